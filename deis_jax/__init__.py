@@ -1,0 +1,48 @@
+"""deis_jax: fast, correct diffusion-model samplers in JAX, built around DEIS.
+
+Quick start::
+
+    import jax
+    from deis_jax import sample, schedules, testing
+
+    sched = schedules.vp_linear()
+    gmm = testing.ring_mixture()                    # analytic model with exact eps
+    x_T = sched.prior_sample(jax.random.key(0), (512, 2))
+    x0 = sample(gmm.eps_fn(sched), sched, x_T, solver="tab3", nfe=10)
+"""
+
+from deis_jax import parameterization
+from deis_jax import quadrature
+from deis_jax import schedules
+from deis_jax import solvers
+from deis_jax import testing
+from deis_jax.grids import GRID_KINDS
+from deis_jax.grids import check_grid
+from deis_jax.grids import timesteps
+from deis_jax.sampling import SampleOutput
+from deis_jax.sampling import sample
+from deis_jax.schedules import Schedule
+from deis_jax.solvers import Solver
+from deis_jax.solvers import get_solver
+from deis_jax.solvers import register_solver
+from deis_jax.solvers import solver_names
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GRID_KINDS",
+    "Schedule",
+    "SampleOutput",
+    "Solver",
+    "check_grid",
+    "get_solver",
+    "parameterization",
+    "quadrature",
+    "register_solver",
+    "sample",
+    "schedules",
+    "solver_names",
+    "solvers",
+    "testing",
+    "timesteps",
+]

@@ -1,0 +1,121 @@
+"""Time grids for sampling: which times ``t_0 = t_max > t_1 > ... > t_N = t_min`` to visit.
+
+All grids are computed in ``jnp`` from (possibly traced) parameters, so a grid parameter such
+as the EDM exponent can be ``jax.vmap``-ed or optimised by gradient descent.
+
+Kinds:
+  * ``"uniform"``: uniform in ``t``.
+  * ``"quadratic"``: uniform in ``sqrt(t)`` (DDIM Sec. D.2, DEIS Sec. 5); ``"power"`` with any
+    ``power`` generalises it.
+  * ``"log_snr"``: uniform in ``lambda = log(alpha/sigma)`` (DPM-Solver Sec. 3.3).
+  * ``"edm"``: uniform in ``rho^(1/p)`` with exponent ``p`` (default 7; Karras et al. 2022,
+    eq. 5), mapped back to ``t`` through the schedule.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from deis_jax._checks import check_choice, check_int, is_concrete
+from deis_jax.schedules import Schedule
+
+__all__ = ["GRID_KINDS", "timesteps", "check_grid"]
+
+GRID_KINDS = ("uniform", "quadratic", "power", "log_snr", "edm")
+
+
+def timesteps(
+    schedule: Schedule,
+    n_steps: int,
+    kind: str = "quadratic",
+    *,
+    t_min=None,
+    t_max=None,
+    power=2.0,
+    rho=7.0,
+):
+    r"""Return ``n_steps + 1`` decreasing times from ``t_max`` to ``t_min``.
+
+    Args:
+      schedule: the noise schedule (for ``log_snr``/``edm`` grids and the default range).
+      n_steps: number of solver steps ``N >= 1`` (not NFE: see ``Solver.steps_for_nfe``).
+      kind: one of :data:`GRID_KINDS`.
+      t_min, t_max: override the schedule's default range (Python floats).
+      power: exponent of the ``"power"`` grid, uniform in ``t^(1/power)``; may be traced.
+      rho: exponent of the ``"edm"`` grid, uniform in ``rho_t^(1/rho)``; may be traced.
+
+    Returns:
+      Array of shape ``(n_steps + 1,)`` with ``ts[0] = t_max`` and ``ts[-1] = t_min`` exactly.
+
+    Example:
+      >>> from deis_jax import schedules, timesteps
+      >>> ts = timesteps(schedules.vp_linear(), 10, "log_snr")
+      >>> ts.shape
+      (11,)
+    """
+    check_choice("kind", kind, GRID_KINDS)
+    n_steps = check_int("n_steps", n_steps, minimum=1)
+    t_min = schedule.t_min if t_min is None else float(t_min)
+    t_max = schedule.t_max if t_max is None else float(t_max)
+    if not t_min < t_max:
+        raise ValueError(f"t_min must be < t_max, got t_min={t_min!r}, t_max={t_max!r}")
+    for name, value in (("t_min", t_min), ("t_max", t_max)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {name}={value!r}")
+    for name, value in (("power", power), ("rho", rho)):
+        if is_concrete(value) and not float(np.asarray(value)) > 0:
+            raise ValueError(f"{name} must be > 0, got {name}={value!r}")
+    if kind in ("log_snr", "edm") and t_min == 0.0:
+        raise ValueError(f"kind={kind!r} needs t_min > 0 (lambda is infinite at t = 0)")
+
+    u = jnp.linspace(0.0, 1.0, n_steps + 1)
+    if kind == "uniform":
+        ts = t_max + u * (t_min - t_max)
+    elif kind in ("quadratic", "power"):
+        p = 2.0 if kind == "quadratic" else power
+        ts = (t_max ** (1 / p) + u * (t_min ** (1 / p) - t_max ** (1 / p))) ** p
+    elif kind == "log_snr":
+        lo, hi = schedule.log_snr(t_max), schedule.log_snr(t_min)
+        ts = schedule.t_from_log_snr(lo + u * (hi - lo))
+    else:  # edm
+        r_max, r_min = schedule.rho(t_max), schedule.rho(t_min)
+        rhos = (r_max ** (1 / rho) + u * (r_min ** (1 / rho) - r_max ** (1 / rho))) ** rho
+        ts = schedule.t_from_rho(rhos)
+    # Pin the end points exactly (inverse maps round); interior points are untouched.
+    return ts.at[0].set(t_max).at[-1].set(t_min)
+
+
+def check_grid(schedule: Schedule, ts, *, name: str = "ts"):
+    """Validate a user time grid eagerly and return it as an array.
+
+    The grid must be 1-d with at least 2 points and strictly monotone (decreasing to sample,
+    increasing to encode), and stay inside ``[0, inf)`` with every point within
+    ``[schedule.t_min, schedule.t_max]`` up to floating-point rounding. Traced grids (e.g. a
+    learned grid under ``jit``) can only be checked for shape.
+    """
+    ts = jnp.asarray(ts)
+    if ts.ndim != 1 or ts.shape[0] < 2:
+        raise ValueError(f"{name} must be a 1-d array of >= 2 times, got shape {ts.shape}")
+    if not jnp.issubdtype(ts.dtype, jnp.floating):
+        raise TypeError(f"{name} must be floating point, got dtype {ts.dtype}")
+    if not is_concrete(ts):
+        return ts
+    v = np.asarray(ts, dtype=np.float64)
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} contains non-finite values: {v}")
+    d = np.diff(v)
+    if not (np.all(d < 0) or np.all(d > 0)):
+        raise ValueError(
+            f"{name} must be strictly monotone (decreasing to sample, increasing to encode); "
+            f"got {name}={v}"
+        )
+    tol = 8 * np.finfo(np.asarray(ts).dtype).eps
+    lo, hi = schedule.t_min, schedule.t_max
+    if v.min() < lo * (1 - tol) or v.max() > hi * (1 + tol):
+        raise ValueError(
+            f"{name} must lie in [t_min, t_max] = [{lo}, {hi}] of the {schedule.name} schedule; "
+            f"got min={v.min()!r}, max={v.max()!r}. Build the schedule with another "
+            "t_min/t_max to sample a wider range."
+        )
+    return ts

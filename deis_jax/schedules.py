@@ -1,0 +1,416 @@
+"""Noise schedules as pure functions of continuous time.
+
+The forward marginal is ``q(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I)``. A :class:`Schedule`
+is an immutable pytree: its numeric parameters are leaves (they may be traced, so a sweep over
+``beta_max`` can be ``jax.vmap``-ed), while its family (the functions) and its default time
+range are static.
+
+Every family defines three primitives -- ``log_alpha(p, t)``, ``log_sigma(p, t)`` and the
+inverse ``t_from_log_snr(p, lam)`` -- and everything else (``rho``, ``f``, ``g2``, the prior)
+derives from them. Derivatives (``f = d log alpha/dt`` and ``g^2 = -2 sigma^2 d lambda/dt``)
+are exact, by forward-mode autodiff of the primitives.
+
+References:
+  Song et al. 2021, "Score-Based Generative Modeling through SDEs" (VP, VE, sub-VP; Table 1).
+  Nichol & Dhariwal 2021, "Improved DDPM" (cosine schedule, eq. 17).
+  Karras et al. 2022, "Elucidating the Design Space..." (EDM, Table 1).
+  Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator" (DEIS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deis_jax._checks import is_concrete
+
+__all__ = [
+    "Schedule",
+    "vp_linear",
+    "vp_cosine",
+    "vp_discrete",
+    "ve",
+    "sub_vp",
+    "edm",
+]
+
+
+class _Family(NamedTuple):
+    """The primitive functions of a schedule family (static, hashable by identity)."""
+
+    name: str
+    log_alpha: Callable[[dict, Any], Any]
+    log_sigma: Callable[[dict, Any], Any]
+    t_from_log_snr: Callable[[dict, Any], Any]
+    prior_std: Callable[[dict, float], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """A noise schedule: parameters (pytree leaves) plus the family's pure functions.
+
+    Attributes:
+      family: the static family (name and primitive functions).
+      params: dict of numeric parameters; leaves of the pytree, may be traced.
+      t_min: default smallest time of a sampling grid (static Python float).
+      t_max: default largest time (static Python float).
+
+    All methods are pure, elementwise in ``t`` and jit/vmap/grad friendly.
+
+    Example:
+      >>> from deis_jax import schedules
+      >>> s = schedules.vp_linear()
+      >>> float(s.alpha(0.0))
+      1.0
+    """
+
+    family: _Family
+    params: dict
+    t_min: float
+    t_max: float
+
+    @property
+    def name(self) -> str:
+        return self.family.name
+
+    def log_alpha(self, t):
+        return self.family.log_alpha(self.params, jnp.asarray(t))
+
+    def log_sigma(self, t):
+        return self.family.log_sigma(self.params, jnp.asarray(t))
+
+    def alpha(self, t):
+        """Mean coefficient ``alpha_t`` of the forward marginal."""
+        return jnp.exp(self.log_alpha(t))
+
+    def sigma(self, t):
+        """Standard deviation ``sigma_t`` of the forward marginal."""
+        return jnp.exp(self.log_sigma(t))
+
+    def log_snr(self, t):
+        """Half log signal-to-noise ratio ``lambda_t = log(alpha_t / sigma_t)``."""
+        return self.log_alpha(t) - self.log_sigma(t)
+
+    def t_from_log_snr(self, lam):
+        """Inverse of :meth:`log_snr` (closed form where one exists)."""
+        return self.family.t_from_log_snr(self.params, jnp.asarray(lam))
+
+    def rho(self, t):
+        """``rho_t = sigma_t / alpha_t = exp(-lambda_t)`` (DEIS's rho, EDM's sigma)."""
+        return jnp.exp(-self.log_snr(t))
+
+    def t_from_rho(self, rho):
+        """Inverse of :meth:`rho`."""
+        return self.t_from_log_snr(-jnp.log(rho))
+
+    def f(self, t):
+        """Drift coefficient ``f(t) = d log alpha_t / dt`` of ``dx = f x dt + g dw``."""
+        t = jnp.asarray(t)
+        return jax.jvp(self.log_alpha, (t,), (jnp.ones_like(t),))[1]
+
+    def g2(self, t):
+        r"""Squared diffusion ``g(t)^2 = d sigma^2/dt - 2 f sigma^2 = -2 sigma^2 d\lambda/dt``."""
+        t = jnp.asarray(t)
+        lam, dlam = jax.jvp(self.log_snr, (t,), (jnp.ones_like(t),))
+        del lam
+        return -2.0 * self.sigma(t) ** 2 * dlam
+
+    def prior_std(self):
+        """Standard deviation of the Gaussian prior used at ``t_max``."""
+        return self.family.prior_std(self.params, self.t_max)
+
+    def prior_sample(self, key, shape, dtype=None):
+        """Draw ``x_T ~ N(0, prior_std^2 I)`` of the given shape."""
+        dtype = dtype or jnp.result_type(float)
+        return self.prior_std() * jax.random.normal(key, shape, dtype)
+
+    def prior_logp(self, x):
+        """Log-density of the prior, summed over all but the leading (batch) axis."""
+        x = jnp.asarray(x)
+        std = self.prior_std()
+        n = math.prod(x.shape[1:])
+        sq = jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=-1)
+        return -0.5 * sq / std**2 - n * (jnp.log(std) + 0.5 * math.log(2 * math.pi))
+
+
+jax.tree_util.register_dataclass(
+    Schedule, data_fields=["params"], meta_fields=["family", "t_min", "t_max"]
+)
+
+
+def _check_positive(**kwargs):
+    for name, value in kwargs.items():
+        if is_concrete(value) and not bool(np.all(np.asarray(value) > 0)):
+            raise ValueError(f"{name} must be > 0, got {name}={value!r}")
+
+
+def _check_range(t_min, t_max):
+    try:
+        t_min, t_max = float(t_min), float(t_max)
+    except (TypeError, jax.errors.ConcretizationTypeError) as err:
+        raise TypeError(
+            f"t_min and t_max must be concrete numbers, got t_min={t_min!r}, t_max={t_max!r}"
+        ) from err
+    if not 0 < t_min < t_max:
+        raise ValueError(
+            f"need 0 < t_min < t_max (sigma vanishes at t = 0), got t_min={t_min!r}, "
+            f"t_max={t_max!r}"
+        )
+
+
+def _sigma_from_log_alpha_vp(log_alpha):
+    # sigma^2 = 1 - alpha^2, computed without cancellation near t = 0.
+    return 0.5 * jnp.log(-jnp.expm1(2.0 * log_alpha))
+
+
+def _log_alpha_from_log_snr_vp(lam):
+    # alpha^2 = sigmoid(2 lambda) when alpha^2 + sigma^2 = 1.
+    return 0.5 * jax.nn.log_sigmoid(2.0 * lam)
+
+
+def _one(p, t_max):
+    del p, t_max
+    return 1.0
+
+
+# ---------------------------------------------------------------- VP linear
+
+
+def _vpl_log_alpha(p, t):
+    return -0.25 * t**2 * (p["beta_max"] - p["beta_min"]) - 0.5 * t * p["beta_min"]
+
+
+def _vpl_t_from_log_alpha(p, log_alpha):
+    # Stable root of 0.25 d t^2 + 0.5 b t + log_alpha = 0 (d = beta_max - beta_min).
+    b, d = p["beta_min"], p["beta_max"] - p["beta_min"]
+    return -2.0 * log_alpha / (0.5 * b + jnp.sqrt(0.25 * b**2 - d * log_alpha))
+
+
+_VP_LINEAR = _Family(
+    "vp_linear",
+    log_alpha=_vpl_log_alpha,
+    log_sigma=lambda p, t: _sigma_from_log_alpha_vp(_vpl_log_alpha(p, t)),
+    t_from_log_snr=lambda p, lam: _vpl_t_from_log_alpha(p, _log_alpha_from_log_snr_vp(lam)),
+    prior_std=_one,
+)
+
+
+def vp_linear(beta_min=0.1, beta_max=20.0, *, t_min=1e-3, t_max=1.0) -> Schedule:
+    r"""Variance-preserving SDE with linear ``beta(t)`` (Song et al. 2021, eq. 11; DDPM).
+
+    ``log alpha_t = -t^2 (beta_max - beta_min)/4 - t beta_min/2``, ``sigma_t^2 = 1 - alpha_t^2``.
+
+    Args:
+      beta_min, beta_max: ``beta(0)`` and ``beta(1)``; may be traced arrays.
+      t_min, t_max: default sampling range.
+    """
+    _check_positive(beta_min=beta_min, beta_max=beta_max)
+    _check_range(t_min, t_max)
+    params = {"beta_min": jnp.asarray(beta_min, float), "beta_max": jnp.asarray(beta_max, float)}
+    return Schedule(_VP_LINEAR, params, float(t_min), float(t_max))
+
+
+# ---------------------------------------------------------------- sub-VP
+
+
+def _subvp_t_from_log_snr(p, lam):
+    # alpha / (1 - alpha^2) = e^lam  =>  alpha = 2 / (e^{-lam} + sqrt(e^{-2 lam} + 4)).
+    e = jnp.exp(-lam)
+    log_alpha = jnp.log(2.0) - jnp.log(e + jnp.sqrt(e**2 + 4.0))
+    return _vpl_t_from_log_alpha(p, log_alpha)
+
+
+_SUB_VP = _Family(
+    "sub_vp",
+    log_alpha=_vpl_log_alpha,
+    log_sigma=lambda p, t: 2.0 * _sigma_from_log_alpha_vp(_vpl_log_alpha(p, t)),
+    t_from_log_snr=_subvp_t_from_log_snr,
+    prior_std=_one,
+)
+
+
+def sub_vp(beta_min=0.1, beta_max=20.0, *, t_min=1e-3, t_max=1.0) -> Schedule:
+    """Sub-VP SDE (Song et al. 2021, eq. 12): VP's ``alpha_t``, ``sigma_t = 1 - alpha_t^2``."""
+    _check_positive(beta_min=beta_min, beta_max=beta_max)
+    _check_range(t_min, t_max)
+    params = {"beta_min": jnp.asarray(beta_min, float), "beta_max": jnp.asarray(beta_max, float)}
+    return Schedule(_SUB_VP, params, float(t_min), float(t_max))
+
+
+# ---------------------------------------------------------------- VP cosine
+
+
+def _cos_log_alpha(p, t):
+    s = p["s"]
+    return jnp.log(jnp.cos((t + s) / (1 + s) * (jnp.pi / 2))) - jnp.log(
+        jnp.cos(s / (1 + s) * (jnp.pi / 2))
+    )
+
+
+def _cos_t_from_log_snr(p, lam):
+    s = p["s"]
+    log_alpha = _log_alpha_from_log_snr_vp(lam)
+    c0 = jnp.log(jnp.cos(s / (1 + s) * (jnp.pi / 2)))
+    return 2.0 * (1 + s) / jnp.pi * jnp.arccos(jnp.exp(log_alpha + c0)) - s
+
+
+_VP_COSINE = _Family(
+    "vp_cosine",
+    log_alpha=_cos_log_alpha,
+    log_sigma=lambda p, t: _sigma_from_log_alpha_vp(_cos_log_alpha(p, t)),
+    t_from_log_snr=_cos_t_from_log_snr,
+    prior_std=_one,
+)
+
+
+def vp_cosine(s=0.008, *, t_min=1e-3, t_max=0.9946) -> Schedule:
+    """VP with the cosine ``alpha_t^2`` of Improved DDPM (Nichol & Dhariwal 2021, eq. 17).
+
+    ``alpha_t = cos((t+s)/(1+s) pi/2) / cos(s/(1+s) pi/2)``. ``alpha`` reaches 0 at ``t = 1``,
+    so the default ``t_max = 0.9946`` (as in DPM-Solver) keeps ``lambda`` finite.
+    """
+    _check_positive(s=s)
+    _check_range(t_min, t_max)
+    if t_max >= 1.0:
+        raise ValueError(f"vp_cosine needs t_max < 1 (alpha_1 = 0), got t_max={t_max!r}")
+    return Schedule(_VP_COSINE, {"s": jnp.asarray(s, float)}, float(t_min), float(t_max))
+
+
+# ---------------------------------------------------------------- VP discrete (DDPM table)
+
+
+def _disc_grid(p):
+    n = p["log_alpha"].shape[0]
+    return jnp.arange(1, n + 1, dtype=p["log_alpha"].dtype) / n
+
+
+def _disc_log_alpha(p, t):
+    la = p["log_alpha"]
+    tn = _disc_grid(p)
+    # Piecewise-linear in t, extended linearly by the end segments.
+    inner = jnp.interp(t, tn, la)
+    lo = la[0] + (t - tn[0]) * (la[1] - la[0]) / (tn[1] - tn[0])
+    hi = la[-1] + (t - tn[-1]) * (la[-1] - la[-2]) / (tn[-1] - tn[-2])
+    return jnp.where(t < tn[0], lo, jnp.where(t > tn[-1], hi, inner))
+
+
+def _disc_t_from_log_snr(p, lam):
+    log_alpha = _log_alpha_from_log_snr_vp(lam)
+    la = p["log_alpha"]
+    tn = _disc_grid(p)
+    # log_alpha is strictly decreasing in t: invert the piecewise-linear map exactly.
+    inner = jnp.interp(-log_alpha, -la, tn)
+    lo = tn[0] + (log_alpha - la[0]) * (tn[1] - tn[0]) / (la[1] - la[0])
+    hi = tn[-1] + (log_alpha - la[-1]) * (tn[-1] - tn[-2]) / (la[-1] - la[-2])
+    return jnp.where(log_alpha > la[0], lo, jnp.where(log_alpha < la[-1], hi, inner))
+
+
+_VP_DISCRETE = _Family(
+    "vp_discrete",
+    log_alpha=_disc_log_alpha,
+    log_sigma=lambda p, t: _sigma_from_log_alpha_vp(_disc_log_alpha(p, t)),
+    t_from_log_snr=_disc_t_from_log_snr,
+    prior_std=_one,
+)
+
+
+def vp_discrete(*, betas=None, alphas_cumprod=None, t_min=None, t_max=1.0) -> Schedule:
+    r"""A DDPM-style discrete table mapped to continuous time (as DPM-Solver does).
+
+    With ``N`` entries, entry ``n`` (0-based) sits at ``t_n = (n+1)/N`` and
+    ``log alpha`` is interpolated piecewise-linearly in ``t`` between them, so a model trained
+    on integer steps ``n`` is queried at ``n = N t - 1`` (see
+    :func:`deis_jax.parameterization.discrete_time_model`).
+
+    Args:
+      betas: per-step ``beta_n`` in ``(0, 1)``, shape ``(N,)``; or
+      alphas_cumprod: ``prod_{m<=n}(1 - beta_m)``, strictly decreasing in ``(0, 1]``.
+      t_min: default ``1/N`` (the first table entry); t_max: default 1.
+    """
+    if (betas is None) == (alphas_cumprod is None):
+        raise ValueError("vp_discrete needs exactly one of betas= or alphas_cumprod=")
+    if betas is not None:
+        b = np.asarray(betas, dtype=np.float64)
+        if b.ndim != 1 or b.size < 2 or not np.all((b > 0) & (b < 1)):
+            raise ValueError(
+                f"betas must be a 1-d array of >= 2 values in (0, 1), got shape {b.shape}"
+            )
+        log_alpha = 0.5 * np.cumsum(np.log1p(-b))
+    else:
+        a = np.asarray(alphas_cumprod, dtype=np.float64)
+        if a.ndim != 1 or a.size < 2 or not np.all((a > 0) & (a <= 1)):
+            raise ValueError(
+                "alphas_cumprod must be a 1-d array of >= 2 values in (0, 1], "
+                f"got shape {a.shape}"
+            )
+        if not np.all(np.diff(a) < 0):
+            bad = int(np.argmax(np.diff(a) >= 0))
+            raise ValueError(
+                "alphas_cumprod must be strictly decreasing; "
+                f"alphas_cumprod[{bad}]={a[bad]!r} <= alphas_cumprod[{bad + 1}]={a[bad + 1]!r}"
+            )
+        log_alpha = 0.5 * np.log(a)
+    n = log_alpha.shape[0]
+    t_min = 1.0 / n if t_min is None else t_min
+    _check_range(t_min, t_max)
+    return Schedule(
+        _VP_DISCRETE, {"log_alpha": jnp.asarray(log_alpha, float)}, float(t_min), float(t_max)
+    )
+
+
+# ---------------------------------------------------------------- VE
+
+
+def _ve_log_sigma(p, t):
+    lo, hi = jnp.log(p["sigma_min"]), jnp.log(p["sigma_max"])
+    return lo + t * (hi - lo)
+
+
+_VE = _Family(
+    "ve",
+    log_alpha=lambda p, t: jnp.zeros_like(t * p["sigma_min"]),
+    log_sigma=_ve_log_sigma,
+    t_from_log_snr=lambda p, lam: (-lam - jnp.log(p["sigma_min"]))
+    / (jnp.log(p["sigma_max"]) - jnp.log(p["sigma_min"])),
+    prior_std=lambda p, t_max: jnp.exp(_ve_log_sigma(p, t_max)),
+)
+
+
+def ve(sigma_min=0.01, sigma_max=50.0, *, t_min=1e-5, t_max=1.0) -> Schedule:
+    """Variance-exploding SDE (Song et al. 2021, eq. 9): ``alpha = 1``,
+    ``sigma_t = sigma_min (sigma_max / sigma_min)^t``; prior ``N(0, sigma(t_max)^2)``."""
+    _check_positive(sigma_min=sigma_min, sigma_max=sigma_max)
+    _check_range(t_min, t_max)
+    if is_concrete(sigma_min) and is_concrete(sigma_max) and not sigma_min < sigma_max:
+        raise ValueError(f"need sigma_min < sigma_max, got {sigma_min=}, {sigma_max=}")
+    params = {"sigma_min": jnp.asarray(sigma_min, float), "sigma_max": jnp.asarray(sigma_max, float)}
+    return Schedule(_VE, params, float(t_min), float(t_max))
+
+
+# ---------------------------------------------------------------- EDM
+
+
+_EDM = _Family(
+    "edm",
+    log_alpha=lambda p, t: jnp.zeros_like(t * p["sigma_data"]),
+    log_sigma=lambda p, t: jnp.log(t),
+    t_from_log_snr=lambda p, lam: jnp.exp(-lam),
+    prior_std=lambda p, t_max: t_max,
+)
+
+
+def edm(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5) -> Schedule:
+    """EDM (Karras et al. 2022, Table 1): ``alpha = 1``, ``sigma_t = t``, so ``rho = t``.
+
+    ``sigma_min``/``sigma_max`` are the default ``t_min``/``t_max`` (static floats);
+    ``sigma_data`` is used by the EDM preconditioning in :mod:`deis_jax.parameterization`.
+    """
+    _check_range(sigma_min, sigma_max)
+    _check_positive(sigma_min=sigma_min, sigma_data=sigma_data)
+    return Schedule(_EDM, {"sigma_data": jnp.asarray(sigma_data, float)}, float(sigma_min),
+                    float(sigma_max))

@@ -1,0 +1,55 @@
+"""Name -> solver registry, resolved once, outside of traced code (no strings in the scan)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+from deis_jax.solvers.base import Solver
+from deis_jax.solvers.ddim import ddim
+from deis_jax.solvers.deis_ab import rhoab_deis, tab_deis
+from deis_jax.solvers.deis_rk import rho_rk
+from deis_jax.solvers.euler import euler
+from deis_jax.solvers.ipndm import ipndm
+
+__all__ = ["get_solver", "register_solver", "solver_names"]
+
+_REGISTRY: dict[str, Callable[[], Solver]] = {
+    "euler": euler,
+    "ddim": ddim,
+    "ipndm": ipndm,
+    **{f"tab{k}": functools.partial(tab_deis, k) for k in range(4)},
+    **{f"rhoab{k}": functools.partial(rhoab_deis, k) for k in range(4)},
+    **{f"ipndm{k}": functools.partial(ipndm, k) for k in range(1, 5)},
+    **{f"rho_{m}": functools.partial(rho_rk, m) for m in ("midpoint", "heun", "kutta3", "rk4")},
+}
+
+
+def register_solver(name: str, factory: Callable[[], Solver]) -> None:
+    """Add ``factory`` (a no-argument callable returning a :class:`Solver`) under ``name``."""
+    if name in _REGISTRY:
+        raise ValueError(f"solver name {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def solver_names() -> tuple[str, ...]:
+    """All registered solver names, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
+def get_solver(solver) -> Solver:
+    """Resolve a solver name (e.g. ``"tab3"``) or pass a :class:`Solver` through.
+
+    Named solvers are built once and cached, so repeated calls return the same object and
+    ``jax.jit`` caches keyed on it are reused.
+    """
+    if isinstance(solver, Solver):
+        return solver
+    if not isinstance(solver, str) or solver not in _REGISTRY:
+        raise ValueError(f"unknown solver={solver!r}; valid choices: {list(solver_names())}")
+    return _build(solver)
+
+
+@functools.lru_cache(maxsize=None)
+def _build(name: str) -> Solver:
+    return _REGISTRY[name]()
