@@ -57,13 +57,13 @@ class GaussianMixture(NamedTuple):
         """``log p_t(x)`` for ``x: (B, d)``, ``t: (B,)`` or scalar."""
         t = jnp.broadcast_to(t, x.shape[:1])
         lp, _, _ = self._component_logpdf(x, schedule.alpha(t), schedule.sigma(t))
-        return jax.nn.logsumexp(lp + jnp.log(self.weights), axis=-1)
+        return jax.nn.logsumexp(lp + jnp.log(self.weights)[None], axis=-1)
 
     def score(self, x, t, schedule: Schedule):
         """Exact ``grad_x log p_t(x)``."""
         t = jnp.broadcast_to(t, x.shape[:1])
         lp, diff, var = self._component_logpdf(x, schedule.alpha(t), schedule.sigma(t))
-        resp = jax.nn.softmax(lp + jnp.log(self.weights), axis=-1)  # (B, K)
+        resp = jax.nn.softmax(lp + jnp.log(self.weights)[None], axis=-1)  # (B, K)
         return -jnp.sum(resp[..., None] * diff / var, axis=1)
 
     def eps(self, x, t, schedule: Schedule):
@@ -82,7 +82,7 @@ class GaussianMixture(NamedTuple):
     def _log_joint(self, x):
         ones = jnp.ones(x.shape[:1], x.dtype)
         lp, _, _ = self._component_logpdf(x, ones, 0 * ones)
-        return lp + jnp.log(self.weights)
+        return lp + jnp.log(self.weights)[None]
 
     def component(self, x):
         """Most probable mixture component of each data point, shape ``(B,)``."""
