@@ -92,7 +92,7 @@ def _step(tab: _Tableau):
             y_s = y
             for l_, a_sl in enumerate(tab.a[s, :s]):
                 if a_sl != 0:
-                    y_s = y_s + (h * a_sl) * ks[l_]
+                    y_s = y_s + (h * float(a_sl)) * ks[l_]
             ks.append(model_fn(co.alpha_stage[s].astype(dtype) * y_s, co.t_stage[s]))
         y_next = y + h * sum(float(b) * k for b, k in zip(tab.b, ks) if b != 0)
         return RKState(co.alpha_next.astype(dtype) * y_next)

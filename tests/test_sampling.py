@@ -1,0 +1,235 @@
+"""The driver: jit, vmap, retracing, NFE accounting, trajectories, hooks, encoding,
+gradients, float32 accuracy and bad input."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deis_jax import get_solver, sample, schedules, solver_names, testing, timesteps
+from deis_jax.sampling import _run
+
+FOUNDATION = ["euler", "ddim", "tab1", "tab2", "tab3", "rhoab1", "rhoab2", "rhoab3",
+              "rho_midpoint", "rho_heun", "rho_kutta3", "rho_rk4", "ipndm"]
+SCHEDULES = {
+    "vp_linear": schedules.vp_linear,
+    "vp_cosine": schedules.vp_cosine,
+    "ve": schedules.ve,
+    "sub_vp": schedules.sub_vp,
+    "edm": schedules.edm,
+    "vp_discrete": lambda: schedules.vp_discrete(betas=np.linspace(1e-4, 0.02, 1000)),
+}
+GMM = testing.gaussian_mixture(2, 3, std=0.3, seed=0)
+
+
+def _deterministic_solvers():
+    return [n for n in solver_names() if not get_solver(n).stochastic]
+
+
+@pytest.mark.parametrize("sched_name", sorted(SCHEDULES))
+def test_every_solver_works_with_every_schedule(x64, sched_name):
+    sched = SCHEDULES[sched_name]()
+    x_T = sched.prior_sample(jax.random.key(0), (16, 2))
+    gt, _ = testing.ode_ground_truth(GMM, sched, x_T, sched.t_max, sched.t_min)
+    for name in FOUNDATION:
+        x = sample(GMM.eps_fn(sched), sched, x_T, solver=name, nfe=96, grid="log_snr")
+        err = float(testing.rmse(x, gt))
+        # Euler in t is the slow baseline; the exponential integrators are far tighter.
+        assert err < (0.2 if name == "euler" else 2e-2), (sched_name, name, err)
+
+
+def test_jit_and_no_retrace():
+    sched = schedules.vp_linear()
+    ts = timesteps(sched, 10, "quadratic")
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run(x_T):
+        return sample(GMM.eps_fn(sched), sched, x_T, solver="tab3", ts=ts)
+
+    for seed in range(3):
+        x_T = sched.prior_sample(jax.random.key(seed), (8, 2))
+        eager = sample(GMM.eps_fn(sched), sched, x_T, solver="tab3", ts=ts)
+        np.testing.assert_allclose(run(x_T), eager, rtol=1e-5, atol=1e-5)
+
+
+def test_eager_calls_compile_once_per_solver_and_shape():
+    sched = schedules.vp_linear()
+    eps_fn = GMM.eps_fn(sched)
+    ts = timesteps(sched, 7, "log_snr")
+    sample(eps_fn, sched, jnp.ones((4, 2)), solver="tab2", ts=ts)
+    before = _run._cache_size()
+    for seed in range(3):
+        x_T = jax.random.normal(jax.random.key(seed), (4, 2))
+        sample(eps_fn, sched, x_T, solver="tab2", ts=ts)
+    assert _run._cache_size() == before
+
+
+def test_vmap_over_seeds_matches_loop():
+    sched = schedules.ve()
+    keys = jax.random.split(jax.random.key(0), 3)
+
+    def one(key):
+        return sample(GMM.eps_fn(sched), sched, sched.prior_sample(key, (4, 2)), solver="tab3",
+                      nfe=8)
+
+    batched = jax.jit(jax.vmap(one))(keys)
+    for i in range(3):
+        np.testing.assert_allclose(batched[i], one(keys[i]), rtol=1e-5, atol=1e-5)
+
+
+def test_vmap_over_grid_exponent_compiles_once():
+    sched = schedules.edm()
+    x_T = sched.prior_sample(jax.random.key(0), (4, 2))
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def sweep(exponents):
+        def one(p):
+            ts = timesteps(sched, 6, "edm", rho=p)
+            return sample(GMM.eps_fn(sched), sched, x_T, solver="tab3", ts=ts)
+
+        return jax.vmap(one)(exponents)
+
+    out = sweep(jnp.array([3.0, 7.0]))
+    ref = sample(GMM.eps_fn(sched), sched, x_T, solver="tab3",
+                 ts=timesteps(sched, 6, "edm", rho=7.0))
+    np.testing.assert_allclose(out[1], ref, rtol=1e-4, atol=1e-4)
+    sweep(jnp.array([5.0, 9.0]))
+
+
+def test_vmap_over_schedule_parameter():
+    def one(beta_max):
+        sched = schedules.vp_linear(0.1, beta_max)
+        return sample(GMM.eps_fn(sched), sched, jnp.ones((4, 2)), solver="ddim", nfe=5)
+
+    out = jax.jit(jax.vmap(one))(jnp.array([10.0, 20.0]))
+    np.testing.assert_allclose(out[1], one(20.0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FOUNDATION)
+def test_nfe_is_exact(name):
+    sched = schedules.vp_linear()
+    calls = []
+
+    def counting(x, t):
+        jax.debug.callback(lambda: calls.append(1))
+        return GMM.eps(x, t, sched)
+
+    solver = get_solver(name)
+    nfe = 4 * solver.nfe_per_step * 3
+    out = sample(counting, sched, jnp.ones((3, 2)), solver=name, nfe=nfe, full_output=True)
+    jax.effects_barrier()
+    assert out.nfe == nfe == len(calls)
+    assert int(out.nonfinite_step) == -1
+
+
+def test_trajectory_and_hook():
+    sched = schedules.vp_linear()
+    ts = timesteps(sched, 5)
+    seen = []
+
+    def hook(x, t):
+        jax.debug.callback(lambda t: seen.append(float(t)), t)
+        return x.at[:, 0].set(0.0)
+
+    out = sample(GMM.eps_fn(sched), sched, jnp.ones((3, 2)), solver="tab2", ts=ts, hook=hook,
+                 full_output=True, return_trajectory=True)
+    jax.effects_barrier()
+    assert out.trajectory.shape == (6, 3, 2)
+    np.testing.assert_allclose(out.trajectory[0], 1.0)
+    np.testing.assert_allclose(out.trajectory[1:, :, 0], 0.0)
+    np.testing.assert_allclose(out.trajectory[-1], out.x)
+    np.testing.assert_allclose(seen, np.asarray(ts[1:]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tab3", "rho_rk4", "ipndm"])
+def test_encode_then_decode_round_trips(x64, name):
+    sched = schedules.vp_linear()
+    x0, _ = GMM.sample(jax.random.key(0), 16)
+    ts = timesteps(sched, 200, "log_snr")
+    z = sample(GMM.eps_fn(sched), sched, x0, solver=name, ts=ts[::-1])
+    back = sample(GMM.eps_fn(sched), sched, z, solver=name, ts=ts)
+    assert float(testing.rmse(back, x0)) < 1e-4
+    assert float(jnp.std(z)) > 0.5  # actually moved to the noise end
+
+
+def test_gradients_through_the_sampler(x64):
+    sched = schedules.vp_linear()
+    x_T = sched.prior_sample(jax.random.key(0), (4, 2))
+
+    def loss(power):
+        ts = timesteps(sched, 8, "power", power=power)
+        return jnp.sum(sample(GMM.eps_fn(sched), sched, x_T, solver="tab3", ts=ts) ** 2)
+
+    g = jax.grad(loss)(2.0)
+    fd = (loss(2.0 + 1e-5) - loss(2.0 - 1e-5)) / 2e-5
+    np.testing.assert_allclose(float(g), float(fd), rtol=1e-5)
+
+
+def test_float32_matches_float64_accuracy():
+    """tAB3 at NFE 10: the float32 RMSE is within 2% of the float64 RMSE (same ground truth)."""
+    with jax.enable_x64(True):
+        sched = schedules.vp_linear()
+        gmm = testing.ring_mixture(8, std=0.05)
+        x_T = sched.prior_sample(jax.random.key(0), (512, 2))
+        gt, _ = testing.ode_ground_truth(gmm, sched, x_T, sched.t_max, sched.t_min)
+        x64_out = sample(gmm.eps_fn(sched), sched, x_T, solver="tab3", nfe=10)
+        err64 = float(testing.rmse(x64_out, gt))
+        gt, x_T = np.asarray(gt), np.asarray(x_T, np.float32)
+    sched32 = schedules.vp_linear()
+    gmm32 = testing.ring_mixture(8, std=0.05)
+    x32 = sample(gmm32.eps_fn(sched32), sched32, jnp.asarray(x_T), solver="tab3", nfe=10)
+    assert x32.dtype == jnp.float32
+    err32 = float(testing.rmse(np.asarray(x32, np.float64), gt))
+    assert abs(err32 / err64 - 1) < 0.02, (err32, err64)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def _run_bad(**kwargs):
+    sched = schedules.vp_linear()
+    args = dict(model_fn=GMM.eps_fn(sched), schedule=sched, x_T=jnp.ones((4, 2)))
+    args.update(kwargs)
+    return sample(args.pop("model_fn"), args.pop("schedule"), args.pop("x_T"), **args)
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        ({"solver": "tab9"}, ValueError, "unknown solver='tab9'.*valid choices"),
+        ({"solver": "tab3", "nfe": 0}, ValueError, "nfe must be >= 1"),
+        ({"solver": "rho_rk4", "nfe": 10}, ValueError, "multiple of 4"),
+        ({"solver": "rho_rk4", "nfe": 2}, ValueError, "nfe"),
+        ({"solver": "tab3"}, ValueError, "ts= .* or nfe="),
+        ({"ts": jnp.array([1.0, 0.4, 0.6, 0.01])}, ValueError, "strictly monotone"),
+        ({"ts": jnp.array([1.0, 0.5, 0.0])}, ValueError, r"\[t_min, t_max\]"),
+        ({"ts": jnp.array([1.0, 0.5]), "nfe": 5}, ValueError, "only one"),
+        ({"x_T": jnp.ones(())}, ValueError, "batch axis"),
+        ({"x_T": jnp.ones((4, 2), jnp.int32), "nfe": 5}, TypeError, "floating"),
+        ({"model_fn": lambda x, t: x[:, :1], "nfe": 5}, ValueError, r"model_fn must return"),
+        ({"prediction": "noise", "nfe": 5}, ValueError, "prediction"),
+        ({"nfe": 5, "grid": "cosine"}, ValueError, "kind"),
+        ({"nfe": 5, "return_trajectory": True}, ValueError, "full_output"),
+    ],
+)
+def test_bad_input_is_reported_before_tracing(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        _run_bad(**kwargs)
+
+
+def test_nan_from_the_model_is_reported():
+    sched = schedules.vp_linear()
+
+    def broken(x, t):
+        return jnp.where(t[:, None] < 0.3, jnp.nan, GMM.eps(x, t, sched))
+
+    with pytest.raises(FloatingPointError, match="non-finite values .* at step"):
+        sample(broken, sched, jnp.ones((4, 2)), solver="tab3", nfe=10)
+    out = jax.jit(functools.partial(sample, broken, sched, solver="tab3", nfe=10,
+                                    full_output=True))(jnp.ones((4, 2)))
+    assert int(out.nonfinite_step) >= 0
