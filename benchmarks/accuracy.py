@@ -101,8 +101,25 @@ def run(quick: bool = False):
                             "rmse_no_flip": float(np.sqrt(np.mean(err[~flips] ** 2)))
                             if finite and (~flips).any() else float("inf"),
                         })
+            gt_checks[f"{pname}/{sname}"]["float32"] = float32_check(gmm, sched, x_T, gt)
             print(f"done {pname}/{sname}", flush=True)
     return records, gt_checks, nfes, grids
+
+
+def float32_check(gmm, sched, x_T, gt):
+    """RMSE of tAB3 at NFE 10 run in float32 vs in float64, against the same ground truth."""
+    err64 = float(testing.rmse(sample(gmm.eps_fn(sched), sched, x_T, solver="tab3", nfe=10),
+                               gt))
+    gt_np, x_np = np.asarray(gt), np.asarray(x_T, np.float32)
+    with jax.enable_x64(False):
+        gmm32 = testing.GaussianMixture(*(jnp.asarray(np.asarray(a), jnp.float32) for a in gmm))
+        sched32 = type(sched)(sched.family, {k: jnp.asarray(np.asarray(v), jnp.float32)
+                                             for k, v in sched.params.items()},
+                              sched.t_min, sched.t_max)
+        x32 = sample(gmm32.eps_fn(sched32), sched32, jnp.asarray(x_np), solver="tab3", nfe=10)
+        assert x32.dtype == jnp.float32
+        err32 = float(np.sqrt(np.mean((np.asarray(x32, np.float64) - gt_np) ** 2)))
+    return {"rmse_float64": err64, "rmse_float32": err32}
 
 
 def _fmt(v):
@@ -119,6 +136,13 @@ def write_markdown(records, gt_checks, nfes, path):
     for k, v in gt_checks.items():
         lines.append(f"- {k}: {v['rmse_vs_half_tolerance']:.1e} "
                      f"(max {v['max_steps']} adaptive steps)")
+    lines += ["", "Float32 vs float64 (tAB3-DEIS, NFE 10, quadratic grid, same x_T and ground "
+              "truth):", ""]
+    for k, v in gt_checks.items():
+        f32 = v["float32"]
+        lines.append(f"- {k}: RMSE float64 {f32['rmse_float64']:.4e}, float32 "
+                     f"{f32['rmse_float32']:.4e} "
+                     f"({100 * (f32['rmse_float32'] / f32['rmse_float64'] - 1):+.2f}%)")
     lines.append("")
     combos = sorted({(r["problem"], r["schedule"]) for r in records})
     for prob, sched in combos:

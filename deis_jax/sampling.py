@@ -44,7 +44,13 @@ class SampleOutput(NamedTuple):
 def _check_model_output(model_fn, x_T):
     batch = x_T.shape[0]
     t_spec = jax.ShapeDtypeStruct((batch,), x_T.dtype)
-    out = jax.eval_shape(model_fn, jax.ShapeDtypeStruct(x_T.shape, x_T.dtype), t_spec)
+    try:
+        out = jax.eval_shape(model_fn, jax.ShapeDtypeStruct(x_T.shape, x_T.dtype), t_spec)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"model_fn failed on x of shape {x_T.shape} and t of shape {(batch,)} "
+            f"(does x_T have the shape the model expects?): {err}"
+        ) from err
     out_shape = getattr(out, "shape", None)
     if out_shape != x_T.shape:
         raise ValueError(

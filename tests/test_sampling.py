@@ -233,3 +233,10 @@ def test_nan_from_the_model_is_reported():
     out = jax.jit(functools.partial(sample, broken, sched, solver="tab3", nfe=10,
                                     full_output=True))(jnp.ones((4, 2)))
     assert int(out.nonfinite_step) >= 0
+
+
+def test_x_T_of_the_wrong_shape_for_the_model_is_reported():
+    sched = schedules.vp_linear()
+    w = jnp.ones((2, 2))
+    with pytest.raises(ValueError, match=r"model_fn failed on x of shape \(4, 3\)"):
+        sample(lambda x, t: x @ w, sched, jnp.ones((4, 3)), solver="ddim", nfe=5)

@@ -1,0 +1,21 @@
+"""Docstring examples run, and the public API imports as documented."""
+
+import doctest
+import importlib
+
+import pytest
+
+import deis_jax
+
+MODULES = ["deis_jax.schedules", "deis_jax.grids", "deis_jax.sampling"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_public_names_import():
+    for name in deis_jax.__all__:
+        assert getattr(deis_jax, name) is not None, name
