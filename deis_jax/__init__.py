@@ -11,11 +11,14 @@ Quick start::
     x0 = sample(gmm.eps_fn(sched), sched, x_T, solver="tab3", nfe=10)
 """
 
+from deis_jax import adaptive
 from deis_jax import parameterization
 from deis_jax import quadrature
 from deis_jax import schedules
 from deis_jax import solvers
 from deis_jax import testing
+from deis_jax import thresholding
+from deis_jax.adaptive import solve_ode
 from deis_jax.grids import GRID_KINDS
 from deis_jax.grids import check_grid
 from deis_jax.grids import timesteps
@@ -36,13 +39,16 @@ __all__ = [
     "Solver",
     "check_grid",
     "get_solver",
+    "adaptive",
     "parameterization",
     "quadrature",
     "register_solver",
     "sample",
     "schedules",
+    "solve_ode",
     "solver_names",
     "solvers",
     "testing",
+    "thresholding",
     "timesteps",
 ]

@@ -17,6 +17,7 @@ Order ``r + 1``, 1 NFE/step.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from deis_jax.quadrature import ei_weights
 from deis_jax.solvers.base import (
@@ -27,8 +28,9 @@ from deis_jax.solvers.base import (
     multistep_init,
     multistep_step,
 )
+from deis_jax.solvers.dpm_solver import exp_poly_weights
 
-__all__ = ["tab_deis", "rhoab_deis"]
+__all__ = ["tab_deis", "rhoab_deis", "logrho_deis"]
 
 
 def _builder(order: int, basis: str):
@@ -52,3 +54,31 @@ def rhoab_deis(order: int = 3):
     order = check_order("order", order, (0, 1, 2, 3))
     return make_solver(f"rhoab{order}", order + 1, 1, _builder(order, "rho"), multistep_init,
                        multistep_step)
+
+
+def _logrho_coefficients(order: int):
+    def coefficients(schedule, ts):
+        ts = jnp.asarray(ts)
+        n = ts.shape[0] - 1
+        a, c = exp_poly_weights(schedule, ts, np.minimum(np.arange(n), order), "eps")
+        if c.shape[-1] < order + 1:
+            c = jnp.pad(c, ((0, 0), (0, order + 1 - c.shape[-1])))
+        return MultistepCoeffs(ts[:-1], a, c)
+
+    return coefficients
+
+
+def logrho_deis(order: int = 3):
+    r"""log-rho AB-DEIS: Lagrange polynomial of degree ``order`` (0..3) in ``log rho = -lambda``,
+    closed-form weights.
+
+    The step integral ``-alpha_{i+1} int e^{-lambda} P_i(lambda) d lambda`` of the polynomial
+    is exact in phi-functions (:func:`~deis_jax.solvers.dpm_solver.exp_poly_weights`):
+    ``C_ij = sum_k p_jk (-sigma_{i+1} h_i k! phi_{k+1}(h_i))`` with ``p_jk`` the monomial
+    coefficients of the Lagrange basis in ``(lambda - lambda_i)/h_i``. It is the
+    noise-prediction twin of DPM-Solver++(3M) (Zhang & Chen 2023, Sec. 4; Lu et al. 2022b).
+    Order ``order + 1``, 1 NFE/step; ``order = 0`` is DDIM.
+    """
+    order = check_order("order", order, (0, 1, 2, 3))
+    return make_solver(f"logrho{order}", order + 1, 1, _logrho_coefficients(order),
+                       multistep_init, multistep_step)

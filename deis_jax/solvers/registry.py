@@ -11,6 +11,16 @@ from deis_jax.solvers.deis_ab import rhoab_deis, tab_deis
 from deis_jax.solvers.deis_rk import rho_rk
 from deis_jax.solvers.euler import euler
 from deis_jax.solvers.ipndm import ipndm
+from deis_jax.solvers.deis_ab import logrho_deis
+from deis_jax.solvers.dpm_solver import dpm_fast, dpm_solver
+from deis_jax.solvers.dpm_solver_pp import dpm_solver_pp, dpmpp_2s
+from deis_jax.solvers.edm_ode import edm_euler, edm_heun
+from deis_jax.solvers.unipc import unipc
+from deis_jax.solvers.ancestral import ddpm, ve_ancestral
+from deis_jax.solvers.edm_sde import edm_sde
+from deis_jax.solvers.pc import pc
+from deis_jax.solvers.sde import euler_maruyama, sde_ei1, sde_ei2
+from deis_jax.solvers.stochastic_ddim import stochastic_ddim
 
 __all__ = ["get_solver", "register_solver", "solver_names"]
 
@@ -22,6 +32,25 @@ _REGISTRY: dict[str, Callable[[], Solver]] = {
     **{f"rhoab{k}": functools.partial(rhoab_deis, k) for k in range(4)},
     **{f"ipndm{k}": functools.partial(ipndm, k) for k in range(1, 5)},
     **{f"rho_{m}": functools.partial(rho_rk, m) for m in ("midpoint", "heun", "kutta3", "rk4")},
+    **{f"dpm{k}": functools.partial(dpm_solver, k) for k in (1, 2, 3)},
+    "dpm_fast": dpm_fast,
+    "dpmpp_2s": dpmpp_2s,
+    "dpmpp_2m": functools.partial(dpm_solver_pp, 2),
+    "dpmpp_3m": functools.partial(dpm_solver_pp, 3),
+    **{f"unipc{k}": functools.partial(unipc, k) for k in (1, 2, 3)},
+    **{f"unipc{k}_bh1": functools.partial(unipc, k, variant="bh1") for k in (1, 2, 3)},
+    **{f"unipc{k}_eps": functools.partial(unipc, k, prediction="eps") for k in (1, 2, 3)},
+    **{f"logrho{k}": functools.partial(logrho_deis, k) for k in (1, 2, 3)},
+    "edm_euler": edm_euler,
+    "edm_heun": edm_heun,
+    "ddpm": ddpm,
+    "ve_ancestral": ve_ancestral,
+    "ddim_eta": stochastic_ddim,
+    "euler_maruyama": euler_maruyama,
+    "sde_ei1": sde_ei1,
+    "sde_ei2": sde_ei2,
+    "pc": pc,
+    "edm_sde": edm_sde,
 }
 
 

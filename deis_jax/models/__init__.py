@@ -1,0 +1,34 @@
+"""Flax (Linen) score networks and a config-based constructor used by checkpoints.
+
+A model is described by a JSON-able config ``{"name": "mlp" | "unet", **attributes}`` so a
+checkpoint can rebuild it; a trained model enters the samplers as
+``functools.partial(model.apply, params)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deis_jax._checks import check_choice
+from deis_jax.models.embedding import SinusoidalEmbedding
+from deis_jax.models.mlp import MLPScore
+from deis_jax.models.unet import UNet
+
+__all__ = ["MODELS", "MLPScore", "SinusoidalEmbedding", "UNet", "model_from_config"]
+
+MODELS = {"mlp": MLPScore, "unet": UNet}
+
+
+def model_from_config(config: dict[str, Any]):
+    """Build a model from ``{"name": ..., **attributes}`` (e.g. read from a checkpoint).
+
+    Example:
+      >>> model_from_config({"name": "mlp", "hidden": 64}).hidden
+      64
+    """
+    if not isinstance(config, dict) or "name" not in config:
+        raise ValueError(f"model config must be a dict with a 'name' key, got {config!r}")
+    check_choice("model name", config["name"], MODELS)
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()
+              if k != "name"}
+    return MODELS[config["name"]](**kwargs)

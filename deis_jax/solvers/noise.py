@@ -1,0 +1,111 @@
+r"""Shared pieces of the stochastic samplers: per-sample noise, the noisy linear step, checks.
+
+Every stochastic step here is (or contains) a *noisy linear multistep* update
+
+.. math::
+   x_{i+1} = a_i x_i + \sum_{j=0}^{K-1} c_{ij}\,\mathrm{out}(x_{i-j}, t_{i-j}) + n_i z_i,
+   \qquad z_i \sim \mathcal N(0, I),
+
+with every coefficient built before the scan (:class:`NoisyCoeffs`). The noise is drawn
+*per sample*: the step key is folded with the sample's batch index, so the same seed and the
+same batch position give the same sample whatever the batch size (and however the batch is
+sharded).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deis_jax._checks import is_concrete
+from deis_jax.solvers.base import MultistepState
+
+__all__ = [
+    "per_sample_normal",
+    "NoisyCoeffs",
+    "noisy_multistep_step",
+    "require_key",
+    "check_scalar",
+]
+
+
+def per_sample_normal(key, shape, dtype=None):
+    """Standard normal noise of ``shape = (batch, ...)``, drawn independently per sample.
+
+    Sample ``b`` uses ``jax.random.fold_in(key, b)``, so its noise depends only on ``key`` and
+    ``b``: a batch of 8 and a batch of 32 share their first 8 noise vectors.
+
+    Example:
+      >>> import jax
+      >>> z8 = per_sample_normal(jax.random.key(0), (8, 3))
+      >>> z32 = per_sample_normal(jax.random.key(0), (32, 3))
+      >>> bool((z8 == z32[:8]).all())
+      True
+    """
+    dtype = dtype or jnp.result_type(float)
+    keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(shape[0]))
+    return jax.vmap(lambda k: jax.random.normal(k, tuple(shape[1:]), dtype))(keys)
+
+
+def require_key(name: str, key):
+    """Raise a ``ValueError`` naming the solver when a stochastic step gets no key."""
+    if key is None:
+        raise ValueError(f"solver {name!r} is stochastic: it needs a PRNG key (pass key=)")
+    return key
+
+
+def check_scalar(name: str, value, *, lower=None, upper=None, lower_open=False,
+                 allow_inf=False):
+    """Eagerly validate a (possibly traced) scalar hyper-parameter.
+
+    Concrete values must be real scalars in the range ``[lower, upper]`` (``(lower, upper]``
+    with ``lower_open``; ``+inf`` only with ``allow_inf``); traced values (e.g. a ``jax.vmap`` sweep over ``eta``) are only
+    checked for shape. Returns Python/NumPy numbers as a Python float (weakly typed, so it
+    keeps full precision when float64 is enabled later) and arrays unchanged.
+    """
+    if jnp.ndim(value) != 0:
+        raise ValueError(f"{name} must be a scalar, got {name}={value!r} "
+                         f"(to sweep over {name}, jax.vmap over a scalar)")
+    if not is_concrete(value):
+        return value
+    v = float(np.asarray(value))
+    lo_ok = lower is None or (v > lower if lower_open else v >= lower)
+    hi_ok = upper is None or v <= upper
+    if not (np.isfinite(v) or (allow_inf and v == np.inf)) or not (lo_ok and hi_ok):
+        lo = "-inf" if lower is None else repr(lower)
+        hi = ("inf]" if allow_inf else "inf)") if upper is None else f"{upper!r}]"
+        bracket = "(" if lower_open else "["
+        raise ValueError(f"{name} must be in {bracket}{lo}, {hi}, got {name}={value!r}")
+    return v if isinstance(value, (int, float, np.number)) else value
+
+
+class NoisyCoeffs(NamedTuple):
+    """Per-step table of a noisy linear multistep step.
+
+    ``x_{i+1} = a_i x_i + sum_j c_{ij} out_{i-j} + noise_i z_i``.
+    """
+
+    t: Any  # (N,) model-evaluation time of step i
+    a: Any  # (N,)
+    c: Any  # (N, K)
+    noise: Any  # (N,) standard deviation of the injected noise
+
+
+def noisy_multistep_step(name: str):
+    """The step ``(model_fn, state, coeffs_i, key) -> state`` of a noisy linear multistep
+    solver called ``name`` (one model call, a fused multiply-add and per-sample noise)."""
+
+    def step(model_fn, state: MultistepState, co: NoisyCoeffs, key=None) -> MultistepState:
+        key = require_key(name, key)
+        out = model_fn(state.x, co.t)
+        hist = jnp.concatenate([out[None], state.hist[:-1]], axis=0)
+        dtype = state.x.dtype
+        z = per_sample_normal(key, state.x.shape, dtype)
+        x = (co.a.astype(dtype) * state.x + jnp.tensordot(co.c.astype(dtype), hist, axes=1)
+             + co.noise.astype(dtype) * z)
+        return MultistepState(x, hist)
+
+    return step

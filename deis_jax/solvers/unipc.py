@@ -1,0 +1,177 @@
+r"""UniPC: unified predictor (UniP) + corrector (UniC) at no extra NFE (Zhao et al. 2023).
+
+Over the interval ``t_n -> t_{n+1}`` (``h = lambda_{n+1} - lambda_n``) with model outputs
+``m`` (data prediction ``x0`` by default, or noise ``eps``), ``hh = -h`` (x0) or ``h``
+(eps), ``r_k = (lambda_{n-k} - lambda_n)/h`` and ``D_k = (m_{n-k} - m_n)/r_k``:
+
+.. math::
+   \tilde x_{n+1} &= \ell_n x^c_n - s_{n+1}\,(e^{hh}-1)\, m_n
+                    - s_{n+1} B(h) \sum_{k=1}^{p-1} a_k D_k
+   \quad (\text{UniP-}p)\\
+   x^c_{n+1} &= \ell_n x^c_n - s_{n+1}\,(e^{hh}-1)\, m_n
+       - s_{n+1} B(h)\Big(\sum_{k=1}^{p-1} c_k D_k + c_p\,(m_{n+1} - m_n)\Big)
+   \quad (\text{UniC-}p)
+
+with ``ell_n = sigma_{n+1}/sigma_n``, ``s = alpha`` (x0) or ``ell_n = alpha_{n+1}/alpha_n``,
+``s = sigma`` (eps); ``B(h) = hh`` (``"bh1"``) or ``e^{hh} - 1`` (``"bh2"``); ``a``, ``c``
+solve ``R a = b`` with ``R_{ik} = r_k^{i}``, ``b_i = hh\,\varphi_{i+1}(hh)\, i!/B(h)`` (a
+transposed Vandermonde system, solved through the Lagrange basis). Zhao et al. 2023, Alg. 2/3
+and eq. (9); ``a_1 = 1/2`` for ``p = 2`` and ``c_1 = 1/2`` for ``p = 1``, as in the
+reference implementation. The corrector needs
+``m_{n+1} = m(\tilde x_{n+1}, t_{n+1})``, which is exactly the next step's model call, so it
+costs nothing: step ``i`` makes one call at the predicted ``x_i``, corrects ``x_i`` with it,
+then predicts ``x_{i+1}``. The last step has no corrector (no call at ``t_N``).
+UniPC-``p`` has order ``p + 1``. Warm-up steps run at lower order (rows of the table).
+
+The state keeps the predicted ``x`` (what the driver's ``hook`` sees and edits), the last
+corrected sample and the history of model outputs; a hook's edit reaches the corrected
+sample through the model call only (the corrector starts from the previous corrected point).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from deis_jax._checks import check_choice
+from deis_jax.solvers.base import check_order, make_solver
+from deis_jax.solvers.dpm_solver import lagrange_monomials, phi
+
+__all__ = ["unipc", "UniPCState", "UniPCCoeffs", "VARIANTS"]
+
+VARIANTS = ("bh1", "bh2")
+
+
+class UniPCState(NamedTuple):
+    x: Any  # predicted sample at the current time
+    x_corr: Any  # corrected sample at the previous time
+    hist: Any  # (P, *x.shape): m_{i-1}, ..., m_{i-P}
+
+
+class UniPCCoeffs(NamedTuple):
+    t: Any  # (N,) model time t_i
+    keep: Any  # (N,) weight of the predicted x in the corrected x (1 on the first row)
+    corr_x: Any  # (N,) weight of the previous corrected x
+    corr: Any  # (N, P+1) corrector weights on [m_i, m_{i-1}, ..., m_{i-P}]
+    pred_x: Any  # (N,) weight of the corrected x in the prediction
+    pred: Any  # (N, P+1) predictor weights on [m_i, ..., m_{i-P}]
+
+
+def interval_weights(schedule, ts, orders, variant: str, model: str):
+    """UniP / UniC weights of every interval ``n`` for the static orders ``orders[n]``.
+
+    Returns ``(lin, pred, corr)``: ``lin (N,)`` the weight of the corrected ``x_n``;
+    ``pred (N, P+1)`` on ``[m_n, ..., m_{n-P}]``; ``corr (N, P+1)`` on
+    ``[m_{n+1}, m_n, ..., m_{n+1-P}]``, ``P = max(orders)``.
+    """
+    orders = np.asarray(orders, dtype=np.int64)
+    n = orders.shape[0]
+    p = int(orders.max())
+    ts = jnp.asarray(ts)
+    lam = schedule.log_snr(ts)
+    h = lam[1:] - lam[:-1]
+    if model == "x0":
+        hh = -h
+        lin = jnp.exp(schedule.log_sigma(ts[1:]) - schedule.log_sigma(ts[:-1]))
+        scale = schedule.alpha(ts[1:])
+    else:
+        hh = h
+        lin = jnp.exp(schedule.log_alpha(ts[1:]) - schedule.log_alpha(ts[:-1]))
+        scale = schedule.sigma(ts[1:])
+    h_phi_1 = jnp.expm1(hh)
+    b_h = hh if variant == "bh1" else h_phi_1
+    b = jnp.stack([hh * phi(m + 1, hh) * math.factorial(m) / b_h for m in range(1, p + 1)],
+                  axis=-1)  # (N, P)
+    # History nodes r_k, k = 1..P-1 (masked where the step's order does not use them).
+    ks = np.arange(1, p)
+    r_mask = ks[None, :] <= orders[:, None] - 1  # (N, P-1)
+    prev = np.maximum(np.arange(n)[:, None] - ks[None, :], 0)
+    r = jnp.where(r_mask, (lam[prev] - lam[:-1, None]) / h[:, None], 1.0)
+
+    def masked_system(nodes, size, dim):
+        # Solve sum_k rho_k nodes_k^i = b_i (i < size) through the Lagrange basis.
+        use = np.arange(dim)[None, :] < size[:, None]
+        return jnp.einsum("nkj,nj->nk", lagrange_monomials(nodes, use), b[:, :dim])
+
+    scale_b = scale * b_h
+    pred = [-scale * h_phi_1] + [jnp.zeros_like(h)] * p
+    if p >= 2:
+        rho_p = masked_system(r, orders - 1, p - 1)  # (N, P-1)
+        rho_p = jnp.where((orders == 2)[:, None] & (ks[None, :] == 1), 0.5, rho_p)
+        for k in ks:
+            w = jnp.where(r_mask[:, k - 1], scale_b * rho_p[:, k - 1] / r[:, k - 1], 0.0)
+            pred[0] = pred[0] + w
+            pred[k] = -w
+    # Corrector nodes: r_1..r_{q-1}, then 1 (the new point) at position q-1.
+    pos = np.arange(p)
+    is_new = pos[None, :] == orders[:, None] - 1
+    r_pad = jnp.concatenate([r, jnp.ones((n, 1), r.dtype)], axis=-1) if p >= 2 else \
+        jnp.ones((n, 1), h.dtype)
+    nodes_c = jnp.where(is_new, 1.0, r_pad)
+    rho_c = masked_system(nodes_c, orders, p)  # (N, P)
+    rho_c = jnp.where((orders == 1)[:, None] & (pos[None, :] == 0), 0.5, rho_c)
+    c_new = jnp.sum(jnp.where(is_new, rho_c, 0.0), axis=-1)
+    corr = [-scale_b * c_new, -scale * h_phi_1 + scale_b * c_new] + [jnp.zeros_like(h)] * (p - 1)
+    for k in ks:
+        w = jnp.where(r_mask[:, k - 1], scale_b * rho_c[:, k - 1] / r[:, k - 1], 0.0)
+        corr[1] = corr[1] + w
+        corr[1 + k] = -w
+    return lin, jnp.stack(pred, axis=-1), jnp.stack(corr, axis=-1)
+
+
+def unipc_orders(n_steps: int, order: int) -> np.ndarray:
+    """Order of every interval: warm-up ``1, 2, ...`` up to ``order``."""
+    return np.minimum(np.arange(n_steps) + 1, order)
+
+
+def unipc(order: int = 2, *, variant: str = "bh2", prediction: str = "x0"):
+    """UniPC-``order`` (1..3): UniP-``order`` + UniC-``order``, order ``order + 1``, 1 NFE/step.
+
+    Args:
+      order: predictor order (1, 2 or 3).
+      variant: ``"bh2"`` (``B(h) = e^{hh}-1``, default) or ``"bh1"`` (``B(h) = hh``).
+      prediction: ``"x0"`` (data prediction, default) or ``"eps"`` (noise prediction).
+
+    Example:
+      >>> from deis_jax.solvers import unipc
+      >>> solver = unipc(3, variant="bh1")
+    """
+    order = check_order("order", order, (1, 2, 3))
+    check_choice("variant", variant, VARIANTS)
+    check_choice("prediction", prediction, ("x0", "eps"))
+
+    def coefficients(schedule, ts):
+        ts = jnp.asarray(ts)
+        n = ts.shape[0] - 1
+        orders = unipc_orders(n, order)
+        lin, pred, corr = interval_weights(schedule, ts, orders, variant, prediction)
+        width = order + 1
+        pad = ((0, 0), (0, width - pred.shape[-1]))
+        pred, corr = jnp.pad(pred, pad), jnp.pad(corr, pad)
+        first = np.arange(n) == 0
+        # Row i corrects interval i-1 (none on row 0) and predicts interval i.
+        corr_rows = jnp.concatenate([jnp.zeros_like(corr[:1]), corr[:-1]], axis=0)
+        corr_x = jnp.concatenate([jnp.zeros_like(lin[:1]), lin[:-1]], axis=0)
+        return UniPCCoeffs(ts[:-1], jnp.asarray(first, lin.dtype), corr_x, corr_rows, lin, pred)
+
+    def init(x, coeffs):
+        k = coeffs.pred.shape[-1] - 1
+        return UniPCState(x, x, jnp.zeros((k,) + x.shape, x.dtype))
+
+    def step(model_fn, state: UniPCState, co: UniPCCoeffs, key=None):
+        del key
+        dtype = state.x.dtype
+        out = model_fn(state.x, co.t)
+        vals = jnp.concatenate([out[None], state.hist], axis=0)
+        x_c = (co.keep.astype(dtype) * state.x + co.corr_x.astype(dtype) * state.x_corr
+               + jnp.tensordot(co.corr.astype(dtype), vals, axes=1))
+        x_next = co.pred_x.astype(dtype) * x_c + jnp.tensordot(co.pred.astype(dtype), vals,
+                                                                axes=1)
+        return UniPCState(x_next, x_c, vals[:-1])
+
+    name = f"unipc{order}" + ("" if variant == "bh2" else f"_{variant}") + \
+        ("" if prediction == "x0" else "_eps")
+    return make_solver(name, order + 1, 1, coefficients, init, step, model=prediction)

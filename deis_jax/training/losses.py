@@ -1,0 +1,162 @@
+r"""Denoising score-matching losses: continuous time under any schedule, EDM, discrete DDPM.
+
+With ``x_t = alpha_t x_0 + sigma_t eps`` every loss here is a weighted regression of the
+model's noise prediction on ``eps`` (Vincent 2011; Song et al. 2021, eq. 7):
+
+.. math::
+   L(\theta) = \mathbb E_{t, x_0, \epsilon}\ w(t)\ \tfrac1d\,\lVert \hat\epsilon_\theta(x_t, t)
+   - \epsilon\rVert^2 ,
+
+with the model in any parameterisation converted to ``eps`` by
+:func:`deis_jax.parameterization.as_eps_fn`. Its minimiser is
+``eps*(x, t) = E[eps | x_t = x]`` for every positive ``w``. Losses take
+``(model_fn, x0, key)`` and return a scalar; ``make_loss`` closes over the options.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from deis_jax._checks import check_choice
+from deis_jax.parameterization import PREDICTIONS, as_eps_fn, edm_precondition
+from deis_jax.schedules import Schedule
+
+__all__ = ["LOSSES", "WEIGHTINGS", "dsm_loss", "edm_loss", "ddpm_loss", "make_loss"]
+
+WEIGHTINGS = ("simple", "likelihood", "native")
+LOSSES = ("dsm", "edm", "ddpm")
+
+
+def _mean_sq(x):
+    return jnp.mean(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=-1)
+
+
+def _bcast(c, x):
+    return jnp.reshape(c, c.shape + (1,) * (x.ndim - 1))
+
+
+def _weight(schedule: Schedule, t, weighting: str, prediction: str):
+    """``w(t)`` multiplying the eps-MSE (see :func:`dsm_loss`)."""
+    if weighting == "simple":
+        return jnp.ones_like(t)
+    if weighting == "likelihood":
+        return schedule.g2(t) / schedule.sigma(t) ** 2
+    alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+    return {
+        "eps": jnp.ones_like(t),
+        "x0": (sigma / alpha) ** 2,
+        "score": 1.0 / sigma**2,
+        "v": ((alpha**2 + sigma**2) / alpha) ** 2,
+        "edm": (sigma / alpha) ** 2,
+    }[prediction]
+
+
+def dsm_loss(model_fn: Callable, schedule: Schedule, x0, key, *, prediction: str = "eps",
+             weighting: str = "simple", t_min=None, t_max=None):
+    r"""Continuous-time denoising score matching, ``t ~ U[t_min, t_max]``.
+
+    Weightings ``w(t)`` of the eps-MSE:
+
+    * ``"simple"``: ``w = 1`` (DDPM's ``L_simple``, Ho et al. 2020, eq. 14);
+    * ``"likelihood"``: ``w = g(t)^2 / sigma_t^2``, i.e. ``g^2 ||s_theta - grad log q||^2``,
+      the weighting that makes the loss a bound on the negative log-likelihood (Song et al.
+      2021b, "Maximum likelihood training of score-based diffusion models", Thm. 1);
+    * ``"native"``: the MSE of the model's own output (``x0``: ``w = rho^2``; ``v``:
+      ``w = ((alpha^2 + sigma^2)/alpha)^2``; ``score``: ``w = 1/sigma^2``).
+
+    Args:
+      model_fn: ``model_fn(x, t)`` (batched ``t``) predicting ``prediction``.
+      schedule: the noise schedule.
+      x0: data batch ``(B, ...)``.
+      key: PRNG key (times and noise).
+      prediction: one of :data:`deis_jax.parameterization.PREDICTIONS`.
+      weighting: one of :data:`WEIGHTINGS`.
+      t_min, t_max: time range (default: the schedule's).
+
+    Returns:
+      The Monte-Carlo estimate of the loss over the batch (scalar).
+    """
+    check_choice("prediction", prediction, PREDICTIONS)
+    check_choice("weighting", weighting, WEIGHTINGS)
+    t_min = schedule.t_min if t_min is None else t_min
+    t_max = schedule.t_max if t_max is None else t_max
+    k_t, k_eps = jax.random.split(key)
+    b = x0.shape[0]
+    t = jax.random.uniform(k_t, (b,), x0.dtype, t_min, t_max)
+    eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+    x_t = _bcast(schedule.alpha(t), x0) * x0 + _bcast(schedule.sigma(t), x0) * eps
+    eps_hat = as_eps_fn(model_fn, schedule, prediction)(x_t, t)
+    return jnp.mean(_weight(schedule, t, weighting, prediction) * _mean_sq(eps_hat - eps))
+
+
+def edm_loss(denoiser_fn: Callable, x0, key, *, p_mean=-1.2, p_std=1.2, sigma_data=0.5):
+    r"""EDM training loss (Karras et al. 2022, eq. 8 and Table 1).
+
+    ``log rho ~ N(p_mean, p_std^2)``, ``y = x0 + rho n``, and
+
+    .. math::
+       L = \mathbb E\ \lambda(\rho)\ \tfrac1d\lVert D_\theta(y; \rho) - x_0\rVert^2,\quad
+       \lambda(\rho) = \frac{\rho^2 + \sigma_d^2}{(\rho\,\sigma_d)^2},
+
+    so the raw network ``F`` inside :func:`deis_jax.parameterization.edm_precondition` sees a
+    unit-variance target. ``y = x/alpha`` makes this valid for any schedule: a denoiser trained
+    here samples through ``prediction="edm"``.
+
+    Args:
+      denoiser_fn: ``D(y, rho)`` (e.g. ``edm_precondition(partial(net.apply, params))``).
+      x0: data batch. key: PRNG key. p_mean, p_std: log-normal ``rho`` distribution.
+      sigma_data: data standard deviation used by the weighting and the preconditioning.
+    """
+    k_r, k_n = jax.random.split(key)
+    rho = jnp.exp(p_mean + p_std * jax.random.normal(k_r, x0.shape[:1], x0.dtype))
+    y = x0 + _bcast(rho, x0) * jax.random.normal(k_n, x0.shape, x0.dtype)
+    lam = (rho**2 + sigma_data**2) / (rho * sigma_data) ** 2
+    return jnp.mean(lam * _mean_sq(denoiser_fn(y, rho) - x0))
+
+
+def ddpm_loss(model_fn: Callable, schedule: Schedule, x0, key):
+    r"""Discrete-time DDPM loss (Ho et al. 2020, Algorithm 1 / eq. 14) for a
+    :func:`deis_jax.schedules.vp_discrete` table of ``N`` steps.
+
+    ``n ~ U{0, ..., N-1}``, ``x_n = sqrt(abar_n) x0 + sqrt(1 - abar_n) eps`` and the model is
+    called at the integer step ``n`` (as a float): ``L = E ||eps_theta(x_n, n) - eps||^2 / d``.
+    Sample with ``discrete_time_model(model_fn, N)``.
+    """
+    if schedule.name != "vp_discrete":
+        raise ValueError(f"ddpm_loss needs a vp_discrete schedule, got schedule={schedule.name!r}")
+    log_alpha = jnp.asarray(schedule.params["log_alpha"])
+    k_n, k_eps = jax.random.split(key)
+    n = jax.random.randint(k_n, x0.shape[:1], 0, log_alpha.shape[0])
+    alpha = jnp.exp(log_alpha[n]).astype(x0.dtype)
+    sigma = jnp.sqrt(-jnp.expm1(2.0 * log_alpha[n])).astype(x0.dtype)
+    eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+    x_n = _bcast(alpha, x0) * x0 + _bcast(sigma, x0) * eps
+    return jnp.mean(_mean_sq(model_fn(x_n, n.astype(x0.dtype)) - eps))
+
+
+def make_loss(kind: str, schedule: Schedule, *, prediction: str = "eps",
+              weighting: str = "simple", sigma_data: float = 0.5) -> Callable:
+    """Return ``loss(model_fn, x0, key)`` for a loss family.
+
+    Args:
+      kind: ``"dsm"`` (:func:`dsm_loss`), ``"edm"`` (:func:`edm_loss`; ``model_fn`` is the
+        raw network ``F(x_in, c_noise)``, preconditioned here) or ``"ddpm"`` (:func:`ddpm_loss`).
+      schedule, prediction, weighting: as in :func:`dsm_loss`.
+      sigma_data: EDM's data standard deviation.
+    """
+    check_choice("loss", kind, LOSSES)
+    check_choice("prediction", prediction, PREDICTIONS)
+    check_choice("weighting", weighting, WEIGHTINGS)
+
+    def loss(model_fn, x0, key):
+        if kind == "dsm":
+            return dsm_loss(model_fn, schedule, x0, key, prediction=prediction,
+                            weighting=weighting)
+        if kind == "ddpm":
+            return ddpm_loss(model_fn, schedule, x0, key)
+        return edm_loss(edm_precondition(model_fn, sigma_data), x0, key, sigma_data=sigma_data)
+
+    return loss

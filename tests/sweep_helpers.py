@@ -1,0 +1,101 @@
+"""Run one solver on many grids (of different lengths) in a single compiled call.
+
+Each grid's coefficient table is padded to a common length with *identity rows* (the
+sample is left unchanged; the model is still called, at the final time), the tables are
+stacked and the scan is ``vmap``-ed over them. One compilation per solver instead of one per
+NFE keeps the convergence-order and no-cliff sweeps cheap. The model wrapper and the scan
+body are exactly those of :func:`deis_jax.sample` (checked in ``test_no_cliffs.py``).
+Shared by the tests and ``benchmarks/cliffs.py``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deis_jax import get_solver
+from deis_jax.sampling import _solver_model
+from deis_jax.solvers.base import MultistepCoeffs, make_solver, multistep_init, multistep_step
+from deis_jax.solvers.dpm_solver import exp_poly_weights
+from deis_jax.solvers.stages import StageCoeffs
+from deis_jax.solvers.unipc import UniPCCoeffs
+
+
+def _identity_row(co):
+    last = jax.tree_util.tree_map(lambda v: v[-1:], co)
+    one, zero = jnp.ones_like(last.t), jnp.zeros_like(last.t)
+    if isinstance(co, MultistepCoeffs):
+        return last._replace(a=one, c=jnp.zeros_like(last.c))
+    if isinstance(co, StageCoeffs):
+        return last._replace(start=jnp.ones_like(last.start), use_x=jnp.ones_like(last.use_x),
+                             slot=jnp.zeros_like(last.slot), a=one, c=jnp.zeros_like(last.c),
+                             set_x=jnp.ones_like(last.set_x))
+    if isinstance(co, UniPCCoeffs):
+        return last._replace(keep=one, corr_x=zero, corr=jnp.zeros_like(last.corr),
+                             pred_x=one, pred=jnp.zeros_like(last.pred))
+    raise TypeError(f"no identity row for {type(co).__name__}")
+
+
+def _pad(co, length):
+    n = co.t.shape[0]
+    if n == length:
+        return co
+    ident = _identity_row(co)
+    rep = jax.tree_util.tree_map(lambda v: jnp.repeat(v, length - n, axis=0), ident)
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=0), co, rep)
+
+
+def sweep(solver, model_fn, schedule, x_T, grids, prediction="eps"):
+    """Final samples of ``solver`` from ``x_T`` on each time grid of ``grids``.
+
+    Returns an array ``(len(grids), *x_T.shape)``.
+    """
+    solver = get_solver(solver)
+    fn = _solver_model(model_fn, schedule, prediction, solver)
+
+    # One program: every table (one builder per grid length), the padding and the vmapped
+    # scan compile together, far cheaper than one compilation per grid length.
+    grids = [jnp.asarray(ts) for ts in grids]
+    lengths = sorted({ts.shape[0] for ts in grids})
+    groups = [[i for i, ts in enumerate(grids) if ts.shape[0] == n] for n in lengths]
+    order = np.argsort(np.concatenate(groups))  # back to the caller's order
+
+    @jax.jit
+    def run(schedule, grouped, x_T):
+        # One builder per grid length, vmapped over the grids of that length.
+        tables = [jax.vmap(solver.coefficients, in_axes=(None, 0))(schedule, g)
+                  for g in grouped]
+        length = max(t.t.shape[1] for t in tables)
+        padded = [jax.vmap(lambda co: _pad(co, length))(t) for t in tables]
+        stacked = jax.tree_util.tree_map(lambda *v: jnp.concatenate(v)[order], *padded)
+
+        def one(co):
+            state = solver.init(x_T, co)
+
+            def body(s, c):
+                return solver.step(fn, s, c, None), None
+
+            state, _ = jax.lax.scan(body, state, co)
+            return state.x
+
+        return jax.vmap(one)(stacked)
+
+    return run(schedule, tuple(jnp.stack([grids[i] for i in g]) for g in groups), x_T)
+
+
+def reference_3m():
+    """DPM-Solver++(3M) with the reference implementation's final-step rule, for comparison:
+    only when there are fewer than 15 steps, the last step has order 1 and the one before
+    order 2 (the 3M weights themselves are this library's)."""
+
+    def coefficients(schedule, ts):
+        n = ts.shape[0] - 1
+        order = np.minimum(np.arange(n) + 1, 3)
+        if n < 15:
+            order = np.minimum(order, np.arange(n, 0, -1))
+        a, c = exp_poly_weights(schedule, ts, order - 1, "x0")
+        return MultistepCoeffs(ts[:-1], a, jnp.pad(c, ((0, 0), (0, 3 - c.shape[-1]))))
+
+    return make_solver("dpmpp_3m_reference", 3, 1, coefficients, multistep_init, multistep_step,
+                       model="x0")

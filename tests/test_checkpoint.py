@@ -1,0 +1,115 @@
+"""Checkpoints: exact resume, keep-last-n, atomicity, the recorded spec, load-and-sample."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import deis_jax
+from deis_jax import schedules
+from deis_jax.training import (
+    DiffusionSpec, TrainConfig, array_dataset, fit, latest_step, load_model,
+    restore_checkpoint, schedule_from_dict, schedule_to_dict)
+
+SPEC = DiffusionSpec(model={"name": "mlp", "hidden": 16, "depth": 1},
+                     schedule=schedule_to_dict(schedules.vp_linear()),
+                     data={"name": "blob", "shape": [2], "kind": "points"})
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return array_dataset(rng.standard_normal((512, 2)) * 0.5 + 1.0, test_fraction=0.25)
+
+
+def test_exact_resume(tmp_path):
+    config = TrainConfig(steps=40, batch_size=32, warmup_steps=5, ckpt_every=10, keep=2,
+                         ema_decay=0.9)
+    data = _data()
+    full = fit(SPEC, data, config, ckpt_dir=tmp_path / "full", progress="none")
+    first = fit(SPEC, data, config, ckpt_dir=tmp_path / "split", until=20, progress="none")
+    assert int(first.state.step) == 20 and latest_step(tmp_path / "split") == 20
+    resumed = fit(SPEC, data, config, ckpt_dir=tmp_path / "split", progress="none")
+    assert int(resumed.state.step) == 40
+    for a, b in zip(jax.tree.leaves((full.state.params, full.state.ema_params,
+                                     full.state.opt_state)),
+                    jax.tree.leaves((resumed.state.params, resumed.state.ema_params,
+                                     resumed.state.opt_state))):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(jax.random.key_data(full.state.key),
+                                  jax.random.key_data(resumed.state.key))
+    # keep=2 with a checkpoint every 10 steps: only the last two remain.
+    steps = sorted(int(d) for d in os.listdir(tmp_path / "full") if d.isdigit())
+    assert steps == [30, 40]
+    # The template restore gives back the same pytree types, at the requested step.
+    state, meta = restore_checkpoint(tmp_path / "full", full.state, step=30)
+    assert type(state) is type(full.state) and int(state.step) == 30
+    assert meta["config"]["steps"] == 40 and meta["spec"] == SPEC
+
+
+def test_incomplete_save_is_ignored(tmp_path):
+    fit(SPEC, _data(), TrainConfig(steps=3, batch_size=8), ckpt_dir=tmp_path, progress="none")
+    # A save interrupted mid-write leaves only orbax's temporary directory behind.
+    os.makedirs(tmp_path / "7.orbax-checkpoint-tmp-1234" / "state")
+    assert latest_step(tmp_path) == 3
+    assert load_model(tmp_path).step == 3
+
+
+def test_load_model_samples_from_the_path_alone(tmp_path):
+    fit(SPEC, _data(), TrainConfig(steps=5, batch_size=8), ckpt_dir=tmp_path, progress="none")
+    m = load_model(tmp_path)
+    assert m.spec == SPEC and m.prediction == "eps" and m.step == 5
+    np.testing.assert_allclose(m.schedule.alpha(0.3), schedules.vp_linear().alpha(0.3))
+    x_T = m.schedule.prior_sample(jax.random.key(0), (8, 2))
+    x = deis_jax.sample(m.model_fn, m.schedule, x_T, solver="tab3", nfe=6,
+                        prediction=m.prediction)
+    assert x.shape == (8, 2) and bool(jnp.all(jnp.isfinite(x)))
+    raw = load_model(tmp_path, ema=False)
+    assert any(float(jnp.max(jnp.abs(a - b))) > 0
+               for a, b in zip(jax.tree.leaves(raw.params), jax.tree.leaves(m.params)))
+
+
+@pytest.mark.parametrize("schedule", [
+    schedules.vp_linear(0.2, 15.0), schedules.vp_cosine(), schedules.sub_vp(),
+    schedules.ve(0.02, 30.0), schedules.edm(sigma_data=0.3),
+    schedules.vp_discrete(betas=np.linspace(1e-4, 0.02, 50)),
+], ids=lambda s: s.name)
+def test_schedule_record_round_trip(schedule):
+    back = schedule_from_dict(schedule_to_dict(schedule))
+    assert back.name == schedule.name and back.t_min == schedule.t_min
+    t = jnp.linspace(schedule.t_min, schedule.t_max, 7)
+    np.testing.assert_allclose(back.alpha(t), schedule.alpha(t), rtol=1e-6)
+    np.testing.assert_allclose(back.sigma(t), schedule.sigma(t), rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss,prediction", [("edm", "edm"), ("ddpm", "eps")])
+def test_spec_sampling_model_wraps_the_network(loss, prediction):
+    sched = schedules.edm() if loss == "edm" else schedules.vp_discrete(
+        betas=np.linspace(1e-4, 0.02, 100))
+    spec = DiffusionSpec(model={"name": "mlp", "hidden": 8, "depth": 1},
+                         schedule=schedule_to_dict(sched), loss=loss)
+    model = spec.build_model()
+    params = model.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
+    fn, pred = spec.sampling_model(params)
+    assert pred == prediction
+    x = jnp.ones((3, 2))
+    if loss == "ddpm":  # queried at the real-valued DDPM step n = N t - 1
+        np.testing.assert_allclose(fn(x, jnp.full((3,), 0.5)),
+                                   model.apply(params, x, jnp.full((3,), 49.0)), rtol=1e-6)
+    else:  # preconditioned: D(y, rho) -> y as rho -> 0
+        np.testing.assert_allclose(fn(x, jnp.full((3,), 1e-4)), x, rtol=1e-3)
+
+
+def test_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
+        load_model(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        load_model(tmp_path)
+    fit(SPEC, _data(), TrainConfig(steps=2, batch_size=8), ckpt_dir=tmp_path, progress="none")
+    with pytest.raises(FileNotFoundError, match=r"step=5.*available: \[2\]"):
+        load_model(tmp_path, step=5)
+    with pytest.raises(ValueError, match="vp_discrete"):
+        DiffusionSpec(model=SPEC.model, schedule=SPEC.schedule, loss="ddpm")
+    with pytest.raises(ValueError, match="schedule"):
+        schedule_from_dict({"name": "vp_quadratic", "params": {}, "t_min": 0.1, "t_max": 1})

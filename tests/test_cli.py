@@ -1,0 +1,97 @@
+"""The ``deis-jax`` command line, in-process through ``main(argv)``."""
+
+import os
+
+import numpy as np
+import pytest
+
+from deis_jax.cli import main
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "cb"
+    assert main(["train", "--data", "checkerboard", "--steps", "20", "--out", str(out),
+                 "--batch-size", "64", "--progress", "none"]) == 0
+    return out
+
+
+def test_train_writes_a_resumable_checkpoint(ckpt, capsys):
+    assert sorted(os.listdir(ckpt)) == ["20"]
+    # Running again with more steps resumes from step 20.
+    assert main(["train", "--data", "checkerboard", "--steps", "25", "--out", str(ckpt),
+                 "--batch-size", "64", "--progress", "log", "--log-every", "5",
+                 "--eval-every", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "step 25/25" in text and "step 20/25" not in text and "to step 25" in text
+    # Periodic evaluation: held-out loss and the energy distance of tab3 samples.
+    assert "eval step=24 test_loss=" in text and "tab3_energy=" in text
+    assert main(["train", "--data", "checkerboard", "--steps", "25", "--out", str(ckpt),
+                 "--schedule", "ve", "--progress", "none"]) == 2
+    assert "different model/schedule/loss" in capsys.readouterr().err
+
+
+def test_sample_png_and_npz(ckpt, tmp_path, capsys):
+    out = tmp_path / "s.png"
+    assert main(["sample", "--ckpt", str(ckpt), "--solver", "ddim", "--nfe", "5", "--n", "32",
+                 "--out", str(out), "--seed", "3"]) == 0
+    assert out.exists() and out.stat().st_size > 1000
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["samples"].shape == (32, 2) and np.all(np.isfinite(z["samples"]))
+        assert str(z["solver"]) == "ddim" and int(z["nfe"]) == 5
+    assert main(["sample", "--ckpt", str(ckpt), "--solver", "ddim", "--nfe", "5", "--n", "32",
+                 "--out", str(tmp_path / "t.npz"), "--seed", "3"]) == 0
+    with np.load(tmp_path / "s.npz") as a, np.load(tmp_path / "t.npz") as b:
+        np.testing.assert_array_equal(a["samples"], b["samples"])  # same seed, same samples
+    assert "32 samples (ddim, NFE 5" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["demo"], ["bench"]])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: deis-jax" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--data", "mnist", "--steps", "3", "--out", "x"], "invalid choice: 'mnist'"),
+    (["train", "--data", "digits", "--steps", "-3", "--out", "x"], "must be >= 1, got -3"),
+    (["train", "--data", "digits", "--steps", "ten", "--out", "x"], "expected an integer"),
+    (["train", "--data", "digits", "--steps", "3", "--out", "x", "--lr", "nan"], "finite"),
+    (["sample", "--ckpt", "x", "--solver", "rk45"], "invalid choice: 'rk45'"),
+    (["sample", "--ckpt", "x", "--n", "0"], "must be >= 1"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_runtime_errors(ckpt, tmp_path, capsys):
+    assert main(["sample", "--ckpt", str(tmp_path / "nope")]) == 2
+    assert "no checkpoint directory" in capsys.readouterr().err
+    assert main(["sample", "--ckpt", str(ckpt), "--out", str(tmp_path / "a.jpg")]) == 2
+    assert "must end in .png or .npz" in capsys.readouterr().err
+    assert main(["bench", "--root", str(tmp_path)]) == 2
+    assert "benchmarks/accuracy.py not found" in capsys.readouterr().err
+
+
+def test_bench_runs_the_script(tmp_path, capsys):
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "accuracy.py").write_text(
+        "import sys, pathlib; pathlib.Path('ran.txt').write_text(' '.join(sys.argv[1:]))\n")
+    assert main(["bench", "--root", str(tmp_path), "--quick"]) == 0
+    assert (tmp_path / "ran.txt").read_text() == "--quick"
+
+
+def test_tiny_demo(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps-2d", "30", "--steps-digits", "0",
+                 "--n", "200", "--progress", "none"]) == 0
+    report = (out / "quality.md").read_text()
+    assert "| checkerboard: sampler |" in report and "| tab3 | 10 |" in report
+    assert "| ddim | 10 |" in report and (out / "comparison.png").stat().st_size > 1000
+    assert report.strip() in capsys.readouterr().out

@@ -1,0 +1,216 @@
+"""DPM-Solver, DPM-Solver++ and log-rho DEIS: closed forms, exact weights, convergence orders,
+bad input."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from deis_jax import get_solver, quadrature, sample, schedules, testing, timesteps
+from deis_jax.solvers import dpm_fast, dpm_solver, dpm_solver_pp, dpmpp_2s, logrho_deis
+from deis_jax.solvers.dpm_solver import exp_poly_weights, phi
+from sweep_helpers import sweep
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """Smooth 2-d mixture under VP-linear with its float64 ground truth (float64 arrays)."""
+    with jax.enable_x64(True):
+        sched = schedules.vp_linear()
+        gmm = testing.gaussian_mixture(2, 4, std=0.3, seed=0)
+        x_T = sched.prior_sample(jax.random.key(0), (64, 2))
+        gt, _ = testing.ode_ground_truth(gmm, sched, x_T, sched.t_max, sched.t_min)
+    return sched, gmm, x_T, gt
+
+
+def measured_order(solver, problem, nfes):
+    sched, gmm, x_T, gt = problem
+    grids = [timesteps(sched, get_solver(solver).steps_for_nfe(n), "log_snr") for n in nfes]
+    xs = sweep(solver, gmm.eps_fn(sched), sched, x_T, grids)
+    err = np.sqrt(np.mean((np.asarray(xs) - np.asarray(gt)[None]) ** 2, axis=(1, 2)))
+    assert np.all(err >= 1e-9), err  # still above the ground truth's own error
+    return -stats.linregress(np.log(nfes), np.log(err)).slope, err
+
+
+# (solver, theoretical order, NFEs in the asymptotic range)
+ORDERS = [
+    ("dpm1", 1, (48, 96, 192)),
+    ("dpm2", 2, (48, 96, 192)),
+    ("dpm3", 3, (48, 96, 192)),
+    ("dpm_fast", 3, (48, 96, 128)),
+    ("dpmpp_2s", 2, (48, 96, 192)),
+    ("dpmpp_2m", 2, (48, 96, 192)),
+    ("dpmpp_3m", 3, (48, 96, 192)),
+    ("logrho1", 2, (48, 96, 192)),
+    ("logrho2", 3, (48, 96, 192)),
+    ("logrho3", 4, (128, 192, 256)),
+]
+
+
+@pytest.mark.parametrize("name,order,nfes", ORDERS, ids=[o[0] for o in ORDERS])
+def test_convergence_order(x64, problem, name, order, nfes):
+    slope, err = measured_order(name, problem, nfes)
+    assert abs(slope - order) < 0.3, (name, slope, err)
+
+
+def test_phi_against_series(x64):
+    z = np.array([-30.0, -3.0, -1.0, -0.999, -1e-3, 0.0, 1e-7, 0.5, 1.0, 1.001, 4.0, 20.0])
+    for n in range(1, 5):
+        # phi_n(z) = (e^z - sum_{m<n} z^m/m!) / z^n, in exact rational arithmetic via the
+        # series for |z| <= 4 and the closed form in float64 for large |z|.
+        ref = np.array([
+            sum(zz**m / math.factorial(m + n) for m in range(120)) if abs(zz) <= 4
+            else (math.exp(zz) - sum(zz**m / math.factorial(m) for m in range(n))) / zz**n
+            for zz in z
+        ])
+        np.testing.assert_allclose(np.asarray(phi(n, jnp.asarray(z))), ref, rtol=1e-13)
+    # Gradients are finite at the branch point and at 0 (double where).
+    g = jax.grad(lambda x: phi(3, x))(jnp.float64(0.0))
+    np.testing.assert_allclose(float(g), 1 / 24, rtol=1e-13)
+
+
+@pytest.mark.parametrize("sched_fn", [schedules.vp_linear, schedules.ve, schedules.edm])
+def test_logrho_weights_match_quadrature(x64, sched_fn):
+    """Closed-form weights of the Lagrange polynomial in log rho == Gauss-Legendre ones."""
+    sched = sched_fn()
+    ts = timesteps(sched, 12, "quadratic")
+    for order in range(4):
+        deg = np.minimum(np.arange(12), order)
+        _, closed = exp_poly_weights(sched, ts, deg, "eps")
+        quad = quadrature.ei_weights(sched, ts, order, "log_rho")
+        np.testing.assert_allclose(np.asarray(closed), np.asarray(quad), rtol=1e-11,
+                                   atol=1e-13 * float(np.max(np.abs(quad))))
+
+
+def test_x0_weights_match_numpy_quadrature(x64):
+    """x0-model weights: sigma_{i+1} int e^{lambda} l_j(lambda) d lambda by numpy Gauss-Legendre."""
+    sched = schedules.vp_linear()
+    ts = timesteps(sched, 9, "quadratic")
+    deg = np.minimum(np.arange(9), 2)
+    _, closed = exp_poly_weights(sched, ts, deg, "x0")
+    lam = np.asarray(sched.log_snr(ts))
+    sig = np.asarray(sched.sigma(ts))
+    x, w = np.polynomial.legendre.leggauss(40)
+    for i in range(9):
+        nodes = lam[i - np.arange(deg[i] + 1)]
+        a, b = lam[i], lam[i + 1]
+        q = 0.5 * (a + b) + 0.5 * (b - a) * x
+        for j in range(deg[i] + 1):
+            basis = np.prod([(q - nodes[m]) / (nodes[j] - nodes[m])
+                             for m in range(deg[i] + 1) if m != j], axis=0)
+            ref = sig[i + 1] * 0.5 * (b - a) * np.sum(w * np.exp(q) * basis)
+            np.testing.assert_allclose(float(closed[i, j]), ref, rtol=1e-12)
+
+
+def test_dpm1_ddim_tab0_agree(x64, problem):
+    sched, gmm, x_T, _ = problem
+    outs = [sample(gmm.eps_fn(sched), sched, x_T, solver=name, nfe=10, grid="log_snr")
+            for name in ("dpm1", "ddim", "tab0")]
+    np.testing.assert_allclose(np.asarray(outs[0]), np.asarray(outs[1]), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(outs[0]), np.asarray(outs[2]), rtol=0, atol=1e-12)
+
+
+def _vp_numpy(t, b0=0.1, b1=20.0):
+    log_alpha = -0.25 * t**2 * (b1 - b0) - 0.5 * t * b0
+    alpha = np.exp(log_alpha)
+    sigma = np.sqrt(-np.expm1(2 * log_alpha))
+    return alpha, sigma, np.log(alpha / sigma)
+
+
+def test_dpmpp_2m_matches_paper_formula(x64, problem):
+    """Two steps of DPM-Solver++(2M) by hand (Lu et al. 2022b, Alg. 2) vs the solver."""
+    sched, gmm, x_T, _ = problem
+    ts = np.array([1.0, 0.4, 0.1])
+    out = sample(gmm.eps_fn(sched), sched, x_T, solver="dpmpp_2m", ts=jnp.asarray(ts))
+    alpha, sigma, lam = _vp_numpy(ts)
+
+    def x0(x, i):
+        eps = np.asarray(gmm.eps(jnp.asarray(x), jnp.full((x.shape[0],), ts[i]), sched))
+        return (x - sigma[i] * eps) / alpha[i]
+
+    x = np.asarray(x_T)
+    h1, h2 = lam[1] - lam[0], lam[2] - lam[1]
+    m0 = x0(x, 0)
+    x1 = sigma[1] / sigma[0] * x - alpha[1] * np.expm1(-h1) * m0  # first step: DDIM
+    m1 = x0(x1, 1)
+    r = h1 / h2
+    d = (1 + 1 / (2 * r)) * m1 - 1 / (2 * r) * m0
+    x2 = sigma[2] / sigma[1] * x1 - alpha[2] * np.expm1(-h2) * d
+    np.testing.assert_allclose(np.asarray(out), x2, rtol=1e-12, atol=1e-12)
+
+
+def test_singlestep_low_nfe_does_not_blow_up(x64):
+    """DPM-Solver-3 / -fast at NFE 5-8 on a sharp mixture stay within 2x of DDIM's error."""
+    sched = schedules.ve()
+    gmm = testing.ring_mixture(8, std=0.05)
+    x_T = sched.prior_sample(jax.random.key(1), (100, 2))
+    gt = np.asarray(testing.ode_ground_truth(gmm, sched, x_T, sched.t_max, sched.t_min)[0])
+    fn = gmm.eps_fn(sched)
+
+    def errors(solver, nfes, grid):
+        s = get_solver(solver)
+        xs = sweep(s, fn, sched, x_T, [timesteps(sched, s.steps_for_nfe(n), grid) for n in nfes])
+        return np.sqrt(np.mean((np.asarray(xs) - gt[None]) ** 2, axis=(1, 2)))
+
+    for grid in ("log_snr", "quadratic"):
+        ddim = errors("ddim", (5, 6, 7, 8), grid)
+        fast = errors("dpm_fast", (5, 6, 7, 8), grid)
+        assert np.all(fast <= 2.0 * ddim), (grid, fast, ddim)
+        assert np.all(errors("dpm3", (6,), grid) <= 2.0 * ddim[1])
+    # Without the long-step rule the same configuration does blow up (the test can fail).
+    raw = errors(dpm_fast(h_max=None), (5, 6, 7, 8), "quadratic")
+    assert np.max(raw) > 5 * np.max(errors("ddim", (5, 6, 7, 8), "quadratic"))
+
+
+def test_nfe_is_exact_and_validated():
+    assert get_solver("dpm3").steps_for_nfe(12) == 12  # row grid: one interval per call
+    assert get_solver("dpm3").nfe_for_steps(12) == 12
+    for nfe in range(1, 20):
+        assert get_solver("dpm_fast").steps_for_nfe(nfe) == nfe
+    with pytest.raises(ValueError, match="multiple of 3.*nfe=7"):
+        get_solver("dpm3").steps_for_nfe(7)
+    with pytest.raises(ValueError, match="even.*nfe=5"):
+        get_solver("dpmpp_2s").steps_for_nfe(5)
+    with pytest.raises(ValueError, match="nfe must be >= 1"):
+        get_solver("dpmpp_2m").steps_for_nfe(0)
+
+
+def test_bad_arguments_raise_before_tracing():
+    with pytest.raises(ValueError, match=r"order must be one of \[1, 2, 3\].*order=4"):
+        dpm_solver(4)
+    with pytest.raises(ValueError, match=r"order must be one of \[2, 3\].*order=1"):
+        dpm_solver_pp(1)
+    with pytest.raises(ValueError, match=r"order must be one of \[0, 1, 2, 3\]"):
+        logrho_deis(5)
+    with pytest.raises(ValueError, match="lower_order_final"):
+        dpm_solver_pp(3, lower_order_final="yes")
+    with pytest.raises(ValueError, match="h_max"):
+        dpm_fast(h_max=-1.0)
+    with pytest.raises(ValueError, match="h_max"):
+        dpmpp_2s(h_max="big")
+    sched = schedules.vp_linear()
+    x_T = jnp.zeros((4, 2))
+    model = testing.gaussian_mixture(2, 2).eps_fn(sched)
+    with pytest.raises(ValueError, match="nfe=8"):
+        sample(model, sched, x_T, solver="dpm3", nfe=8)
+    with pytest.raises(ValueError, match="multiple of 3.*got 8 points"):
+        sample(model, sched, x_T, solver="dpm3", ts=timesteps(sched, 7, "log_snr"))
+
+
+def test_jit_and_vmap_over_seeds():
+    sched = schedules.vp_linear()
+    gmm = testing.gaussian_mixture(2, 3, std=0.4, seed=2)
+    fn = gmm.eps_fn(sched)
+
+    @jax.jit
+    def draw(key):
+        x_T = sched.prior_sample(key, (8, 2))
+        return sample(fn, sched, x_T, solver="dpm_fast", nfe=10, grid="log_snr")
+
+    keys = jax.random.split(jax.random.key(0), 3)
+    batched = jax.vmap(draw)(keys)
+    assert batched.shape == (3, 8, 2) and batched.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(batched[1]), np.asarray(draw(keys[1])), atol=1e-5)

@@ -1,0 +1,107 @@
+"""More NFE must not make a multistep solver worse: RMSE(n + 2) <= 1.10 RMSE(n).
+
+A cheap subset of ``benchmarks/cliffs.py`` (which sweeps every multistep solver, three grids,
+two problems, two schedules and n = 5..48): the sharp 2-d ring mixture under VP-linear,
+n = 5..14, for the solvers whose final-step rule matters. A reference-style
+rule (lower order on the last two steps only when there are fewer than 15 steps, as in
+DPM-Solver++'s implementation) is checked to *fail* the same criterion, so the test can fail.
+Also: the sweep helper equals :func:`deis_jax.sample`, and every solver of this module makes
+exactly the NFE it reports.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from deis_jax import get_solver, sample, schedules, testing, timesteps
+from sweep_helpers import reference_3m, sweep
+
+RATIO = 1.10
+NS = tuple(range(5, 17))
+
+
+@pytest.fixture(scope="module")
+def ring():
+    with jax.enable_x64(True):
+        sched = schedules.vp_linear()
+        gmm = testing.ring_mixture(8, std=0.05)
+        x_T = sched.prior_sample(jax.random.key(0), (200, 2))
+        gt, _ = testing.ode_ground_truth(gmm, sched, x_T, sched.t_max, sched.t_min)
+    return sched, gmm, x_T, np.asarray(gt)
+
+
+def _errors(solver, ring, grid="log_snr", ns=NS):
+    sched, gmm, x_T, gt = ring
+    s = get_solver(solver)
+    xs = sweep(s, gmm.eps_fn(sched), sched, x_T, [timesteps(sched, s.steps_for_nfe(n), grid)
+                                                 for n in ns])
+    return np.sqrt(np.mean((np.asarray(xs) - gt[None]) ** 2, axis=(1, 2)))
+
+
+def _cliffs(err):
+    return [(n, err[i], err[i + 2]) for i, n in enumerate(NS[:-2])
+            if not err[i + 2] <= RATIO * err[i]]
+
+
+@pytest.mark.parametrize("name,grid", [("dpmpp_2m", "log_snr"), ("dpmpp_3m", "log_snr"),
+                                       ("dpmpp_3m", "quadratic"), ("unipc3", "log_snr"),
+                                       ("logrho3", "log_snr")])
+def test_no_cliff(x64, ring, name, grid):
+    err = _errors(name, ring, grid)
+    assert not _cliffs(err), (name, _cliffs(err), err)
+
+
+def test_reference_rule_has_a_cliff(x64, ring):
+    """The reference rule switches the last steps to full order at 15 steps: on this
+    problem's quadratic grid RMSE(15) is ~2.6x RMSE(13) (measured 2.8e-2 -> 7.3e-2)."""
+    cliffs = _cliffs(_errors(reference_3m(), ring, "quadratic"))
+    assert any(n in (13, 14) for n, _, _ in cliffs), cliffs
+
+
+@pytest.mark.parametrize("name", ["dpmpp_3m", "dpm3", "unipc2"])
+def test_sweep_helper_equals_sample(x64, ring, name):
+    sched, gmm, x_T, _ = ring
+    s = get_solver(name)
+    grids = [timesteps(sched, s.steps_for_nfe(n), "quadratic") for n in (9, 15)]
+    xs = sweep(s, gmm.eps_fn(sched), sched, x_T, grids)
+    for x, ts in zip(xs, grids):
+        ref = sample(gmm.eps_fn(sched), sched, x_T, solver=s, ts=ts)
+        np.testing.assert_allclose(np.asarray(x), np.asarray(ref), rtol=0, atol=1e-12)
+
+
+NFE_CASES = [("dpm3", 9), ("dpm_fast", 10), ("dpmpp_2s", 6), ("dpmpp_3m", 7), ("unipc3", 7),
+             ("logrho3", 6), ("edm_heun", 7)]
+
+
+@pytest.mark.parametrize("name,nfe", NFE_CASES, ids=[c[0] for c in NFE_CASES])
+def test_exact_nfe(name, nfe):
+    """Count the model calls at run time (a host callback per call)."""
+    sched = schedules.vp_linear()
+    fn = testing.gaussian_mixture(2, 2, seed=0).eps_fn(sched)
+    calls = []
+
+    def counted(x, t):
+        jax.debug.callback(lambda: calls.append(1))
+        return fn(x, t)
+
+    out = sample(counted, sched, sched.prior_sample(jax.random.key(0), (4, 2)), solver=name,
+                 nfe=nfe, full_output=True)
+    jax.block_until_ready(out.x)
+    assert len(calls) == nfe == out.nfe
+
+
+@pytest.mark.parametrize("name", ["dpmpp_3m", "unipc3", "edm_heun"])
+def test_encode_decode_and_grid_gradient(x64, name):
+    """Increasing ts encodes data into noise and back; d(sample)/d(ts) is finite (learned
+    grids), including through the warm-up rows' masked nodes."""
+    sched = schedules.vp_linear()
+    gmm = testing.gaussian_mixture(2, 3, std=0.4, seed=1)
+    x0 = gmm.sample(jax.random.key(1), 16)[0]
+    fn = gmm.eps_fn(sched)
+    ts = timesteps(sched, 33, "log_snr")
+    z = sample(fn, sched, x0, solver=name, ts=ts[::-1])
+    back = sample(fn, sched, z, solver=name, ts=ts)
+    assert float(np.max(np.abs(back - x0))) < 5e-2  # edm_heun (17 steps): 2.2e-2
+    grad = jax.grad(lambda ts: sample(fn, sched, z, solver=name, ts=ts,
+                                      check_finite=False).sum())(ts)
+    assert bool(np.all(np.isfinite(np.asarray(grad)))) and float(np.abs(grad).max()) > 0
