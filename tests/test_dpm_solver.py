@@ -15,17 +15,6 @@ from deis_jax.solvers.dpm_solver import exp_poly_weights, phi
 from sweep_helpers import sweep
 
 
-@pytest.fixture(scope="module")
-def problem():
-    """Smooth 2-d mixture under VP-linear with its float64 ground truth (float64 arrays)."""
-    with jax.enable_x64(True):
-        sched = schedules.vp_linear()
-        gmm = testing.gaussian_mixture(2, 4, std=0.3, seed=0)
-        x_T = sched.prior_sample(jax.random.key(0), (64, 2))
-        gt, _ = testing.ode_ground_truth(gmm, sched, x_T, sched.t_max, sched.t_min)
-    return sched, gmm, x_T, gt
-
-
 def measured_order(solver, problem, nfes):
     sched, gmm, x_T, gt = problem
     grids = [timesteps(sched, get_solver(solver).steps_for_nfe(n), "log_snr") for n in nfes]

@@ -10,16 +10,6 @@ from deis_jax import get_solver, sample, schedules, testing, timesteps
 from sweep_helpers import sweep
 
 
-@pytest.fixture(scope="module")
-def problem():
-    with jax.enable_x64(True):
-        sched = schedules.vp_linear()
-        gmm = testing.gaussian_mixture(2, 4, std=0.3, seed=0)
-        x_T = sched.prior_sample(jax.random.key(0), (64, 2))
-        gt, _ = testing.ode_ground_truth(gmm, sched, x_T, sched.t_max, sched.t_min)
-    return sched, gmm, x_T, gt
-
-
 @pytest.mark.parametrize("name,order,nfes,grid", [
     ("edm_euler", 1, (48, 96, 192), "log_snr"),
     ("edm_heun", 2, (47, 95, 191), "log_snr"),

@@ -11,16 +11,6 @@ from deis_jax.solvers import unipc
 from sweep_helpers import sweep
 
 
-@pytest.fixture(scope="module")
-def problem():
-    with jax.enable_x64(True):
-        sched = schedules.vp_linear()
-        gmm = testing.gaussian_mixture(2, 4, std=0.3, seed=0)
-        x_T = sched.prior_sample(jax.random.key(0), (64, 2))
-        gt, _ = testing.ode_ground_truth(gmm, sched, x_T, sched.t_max, sched.t_min)
-    return sched, gmm, x_T, gt
-
-
 # UniPC-p is of order p + 1 with its corrector. Measured slopes on this problem (log_snr
 # grid, float64): unipc1 2.0, unipc2 3.0, unipc3 ~3.8 (asymptotic range starts late; see
 # the report), so order 4 is checked on larger NFEs.
