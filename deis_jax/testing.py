@@ -166,12 +166,13 @@ def rmse(x, x_ref, axis=None):
     return jnp.sqrt(jnp.mean((jnp.asarray(x) - jnp.asarray(x_ref)) ** 2, axis=axis))
 
 
-def energy_distance(x, y):
+def energy_distance(x, y, *, unbiased: bool = True):
     r"""Squared energy distance between the samples ``x (n, d)`` and ``y (m, d)``.
 
     ``D^2 = 2 E|X - Y| - E|X - X'| - E|Y - Y'|`` (Szekely & Rizzo 2013), with unbiased
     (off-diagonal) averages for the within-sample terms: zero in expectation when both samples
-    come from the same distribution, positive otherwise. Costs ``O((n + m)^2 d)``.
+    come from the same distribution, positive otherwise. ``unbiased=False`` gives the
+    V-statistic (averages over all pairs, never negative). Costs ``O((n + m)^2 d)``.
     """
     x, y = jnp.asarray(x), jnp.asarray(y)
     x, y = jnp.reshape(x, (x.shape[0], -1)), jnp.reshape(y, (y.shape[0], -1))
@@ -182,6 +183,6 @@ def energy_distance(x, y):
         row_sums = jax.lax.map(lambda r: jnp.sum(jnp.linalg.norm(r[None] - b, axis=-1)), a,
                                batch_size=128)
         n = a.shape[0]
-        return jnp.sum(row_sums) / (n * (n - 1) if same else n * b.shape[0])
+        return jnp.sum(row_sums) / (n * (n - 1) if same and unbiased else n * b.shape[0])
 
     return 2.0 * mean_dist(x, y, False) - mean_dist(x, x, True) - mean_dist(y, y, True)
