@@ -14,6 +14,8 @@ did not flip. Writes ``results/accuracy.md``, ``results/accuracy.json`` and
 
     python benchmarks/accuracy.py            # full run (~10-20 min on 2 CPU cores)
     python benchmarks/accuracy.py --quick    # 2 problems x 2 grids x 4 NFE, a few solvers
+    python benchmarks/accuracy.py --solvers unipc3,unipc3_bh1   # re-measure some solvers,
+                                             # replacing their rows in results/accuracy.json
 """
 
 from __future__ import annotations
@@ -57,9 +59,9 @@ def reachable(name, nfe):
         return None
 
 
-def run(quick: bool = False):
+def run(quick: bool = False, only=None):
     sched_makers = {"vp_linear": schedules.vp_linear, "ve": schedules.ve}
-    names = deterministic_solvers()
+    names = list(only) if only else deterministic_solvers()
     nfes, grids = NFES, GRIDS
     if quick:
         names = [n for n in ("ddim", "tab3", "ipndm", "dpmpp_3m", "unipc3") if n in names]
@@ -228,11 +230,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke-size run")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS, help="output directory")
+    parser.add_argument("--solvers", help="comma-separated solvers to re-measure; their rows "
+                        "replace those in the existing JSON, the others are kept")
     args = parser.parse_args(argv)
+    only = tuple(args.solvers.split(",")) if args.solvers else None
+    valid = deterministic_solvers()
+    if only and set(only) - set(valid):
+        parser.error(f"unknown --solvers {sorted(set(only) - set(valid))}; valid: {valid}")
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    records, gt_checks, nfes, _ = run(args.quick)
+    records, gt_checks, nfes, _ = run(args.quick, only)
     stem = "accuracy_quick" if args.quick else "accuracy"
+    if only:  # merge into the previous full run (same problems, x_T and ground truth)
+        old = json.loads((args.out / f"{stem}.json").read_text())
+        records = [r for r in old["records"] if r["solver"] not in only] + records
     (args.out / f"{stem}.json").write_text(json.dumps(
         {"records": records, "ground_truth": gt_checks}, indent=1))
     write_markdown(records, gt_checks, nfes, args.out / f"{stem}.md")

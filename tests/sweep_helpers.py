@@ -13,11 +13,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import stats
 
-from deis_jax import get_solver
+from deis_jax import get_solver, timesteps
 from deis_jax.sampling import _solver_model
-from deis_jax.solvers.base import MultistepCoeffs, make_solver, multistep_init, multistep_step
-from deis_jax.solvers.dpm_solver import exp_poly_weights
+from deis_jax.solvers.base import MultistepCoeffs
 from deis_jax.solvers.stages import StageCoeffs
 from deis_jax.solvers.unipc import UniPCCoeffs
 
@@ -84,18 +84,12 @@ def sweep(solver, model_fn, schedule, x_T, grids, prediction="eps"):
     return run(schedule, tuple(jnp.stack([grids[i] for i in g]) for g in groups), x_T)
 
 
-def reference_3m():
-    """DPM-Solver++(3M) with the reference implementation's final-step rule, for comparison:
-    only when there are fewer than 15 steps, the last step has order 1 and the one before
-    order 2 (the 3M weights themselves are this library's)."""
-
-    def coefficients(schedule, ts):
-        n = ts.shape[0] - 1
-        order = np.minimum(np.arange(n) + 1, 3)
-        if n < 15:
-            order = np.minimum(order, np.arange(n, 0, -1))
-        a, c = exp_poly_weights(schedule, ts, order - 1, "x0")
-        return MultistepCoeffs(ts[:-1], a, jnp.pad(c, ((0, 0), (0, 3 - c.shape[-1]))))
-
-    return make_solver("dpmpp_3m_reference", 3, 1, coefficients, multistep_init, multistep_step,
-                       model="x0")
+def measured_order(solver, problem, nfes, grid="log_snr"):
+    """Convergence order of ``solver`` on ``problem`` (``(schedule, gmm, x_T, ground truth)``):
+    minus the slope of log RMSE against log NFE over ``nfes``, and the RMSEs."""
+    sched, gmm, x_T, gt = problem
+    grids = [timesteps(sched, get_solver(solver).steps_for_nfe(n), grid) for n in nfes]
+    xs = sweep(solver, gmm.eps_fn(sched), sched, x_T, grids)
+    err = np.sqrt(np.mean((np.asarray(xs) - np.asarray(gt)[None]) ** 2, axis=(1, 2)))
+    assert np.all(err >= 1e-9), err  # still above the ground truth's own error
+    return -stats.linregress(np.log(nfes), np.log(err)).slope, err

@@ -7,21 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 from deis_jax import get_solver, quadrature, sample, schedules, testing, timesteps
 from deis_jax.solvers import dpm_fast, dpm_solver, dpm_solver_pp, dpmpp_2s, logrho_deis
 from deis_jax.solvers.dpm_solver import exp_poly_weights, phi
-from sweep_helpers import sweep
-
-
-def measured_order(solver, problem, nfes):
-    sched, gmm, x_T, gt = problem
-    grids = [timesteps(sched, get_solver(solver).steps_for_nfe(n), "log_snr") for n in nfes]
-    xs = sweep(solver, gmm.eps_fn(sched), sched, x_T, grids)
-    err = np.sqrt(np.mean((np.asarray(xs) - np.asarray(gt)[None]) ** 2, axis=(1, 2)))
-    assert np.all(err >= 1e-9), err  # still above the ground truth's own error
-    return -stats.linregress(np.log(nfes), np.log(err)).slope, err
+from sweep_helpers import measured_order, sweep
 
 
 # (solver, theoretical order, NFEs in the asymptotic range)
@@ -131,6 +121,24 @@ def test_dpmpp_2m_matches_paper_formula(x64, problem):
     np.testing.assert_allclose(np.asarray(out), x2, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("rule", ["stable", "reference", "none"])
+def test_final_step_rules(x64, problem, rule):
+    """Step orders of 3M under each rule, and the table they produce: a step of order k has
+    exactly k non-zero weights."""
+    expect = {  # steps -> orders of the last three steps
+        "stable": {5: [3, 3, 2], 14: [3, 3, 2], 15: [3, 3, 2]},
+        "reference": {5: [3, 2, 1], 14: [3, 2, 1], 15: [3, 3, 3]},
+        "none": {5: [3, 3, 3], 14: [3, 3, 3], 15: [3, 3, 3]},
+    }[rule]
+    sched = problem[0]
+    solver = dpm_solver_pp(3, final_steps=rule)
+    for n, last in expect.items():
+        co = solver.coefficients(sched, timesteps(sched, n, "quadratic"))
+        used = np.sum(np.asarray(co.c) != 0, axis=-1)
+        np.testing.assert_array_equal(used[:2], [1, 2])  # warm-up
+        np.testing.assert_array_equal(used[-3:], last, err_msg=f"{rule}, {n} steps")
+
+
 def test_singlestep_low_nfe_does_not_blow_up(x64):
     """DPM-Solver-3 / -fast at NFE 5-8 on a sharp mixture stay within 2x of DDIM's error."""
     sched = schedules.ve()
@@ -174,8 +182,9 @@ def test_bad_arguments_raise_before_tracing():
         dpm_solver_pp(1)
     with pytest.raises(ValueError, match=r"order must be one of \[0, 1, 2, 3\]"):
         logrho_deis(5)
-    with pytest.raises(ValueError, match="lower_order_final"):
-        dpm_solver_pp(3, lower_order_final="yes")
+    with pytest.raises(ValueError,
+                       match=r"final_steps='yes'.*\['none', 'reference', 'stable'\]"):
+        dpm_solver_pp(3, final_steps="yes")
     with pytest.raises(ValueError, match="h_max"):
         dpm_fast(h_max=-1.0)
     with pytest.raises(ValueError, match="h_max"):

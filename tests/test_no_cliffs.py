@@ -2,9 +2,11 @@
 
 A cheap subset of ``benchmarks/cliffs.py`` (which sweeps every multistep solver, three grids,
 two problems, two schedules and n = 5..48): the sharp 2-d ring mixture under VP-linear,
-n = 5..14, for the solvers whose final-step rule matters. A reference-style
-rule (lower order on the last two steps only when there are fewer than 15 steps, as in
-DPM-Solver++'s implementation) is checked to *fail* the same criterion, so the test can fail.
+n = 5..14, for the solvers whose final-step rule matters, and UniPC-3 on the 64-d mixture
+with and without its blended last step. The reference rule (``dpmpp_3m_reference``: lower
+order on the last two steps only when there are fewer than 15 steps, as in DPM-Solver++'s
+implementation) and UniPC-3 without the blend are checked to *fail* the same criterion, so the
+test can fail.
 Also: the sweep helper equals :func:`deis_jax.sample`, and every solver of this module makes
 exactly the NFE it reports.
 """
@@ -14,7 +16,8 @@ import numpy as np
 import pytest
 
 from deis_jax import get_solver, sample, schedules, testing, timesteps
-from sweep_helpers import reference_3m, sweep
+from deis_jax.solvers import unipc
+from sweep_helpers import sweep
 
 RATIO = 1.10
 NS = tuple(range(5, 17))
@@ -51,10 +54,38 @@ def test_no_cliff(x64, ring, name, grid):
     assert not _cliffs(err), (name, _cliffs(err), err)
 
 
+@pytest.fixture(scope="module")
+def gmm64():
+    """The 64-d 10-mode mixture of the benchmarks under VP-linear, 1,000 starting points (with
+    100 the RMSE is decided by whether one boundary sample flips mode; see cliffs.py)."""
+    with jax.enable_x64(True):
+        sched = schedules.vp_linear()
+        gmm = testing.gaussian_mixture(64, 10, std=0.3, scale=1.0, seed=1)
+        x_T = sched.prior_sample(jax.random.key(0), (1000, 64))
+        gt, _ = testing.ode_ground_truth(gmm, sched, x_T, sched.t_max, sched.t_min)
+    return sched, gmm, x_T, np.asarray(gt)
+
+
+def test_unipc3_final_blend_removes_cliff(x64, gmm64):
+    """UniPC-3 on the quadratic grid: with the plain UniP-3 last step RMSE(12) is ~1.4x
+    RMSE(10) (measured 5.0e-2 -> 7.0e-2); the blended last step has no cliff over 8..14."""
+    sched, gmm, x_T, gt = gmm64
+    ns = (8, 9, 10, 11, 12, 13, 14)
+    grids = [timesteps(sched, n, "quadratic") for n in ns]
+
+    def errors(solver):
+        xs = np.asarray(sweep(solver, gmm.eps_fn(sched), sched, x_T, grids))
+        return np.sqrt(np.mean((xs - gt[None]) ** 2, axis=(1, 2)))
+
+    blend, plain = errors(unipc(3)), errors(unipc(3, final_steps="none"))
+    assert np.all(blend[2:] <= RATIO * blend[:-2]), blend
+    assert np.any(plain[2:] > 1.25 * plain[:-2]), plain
+
+
 def test_reference_rule_has_a_cliff(x64, ring):
     """The reference rule switches the last steps to full order at 15 steps: on this
     problem's quadratic grid RMSE(15) is ~2.6x RMSE(13) (measured 2.8e-2 -> 7.3e-2)."""
-    cliffs = _cliffs(_errors(reference_3m(), ring, "quadratic"))
+    cliffs = _cliffs(_errors("dpmpp_3m_reference", ring, "quadratic"))
     assert any(n in (13, 14) for n, _, _ in cliffs), cliffs
 
 

@@ -11,17 +11,10 @@ import pytest
 
 from deis_jax import get_solver, sample, schedules, solver_names, testing, timesteps
 from deis_jax.sampling import _run
+from schedule_cases import ALL_SCHEDULES as SCHEDULES
 
 FOUNDATION = ["euler", "ddim", "tab1", "tab2", "tab3", "rhoab1", "rhoab2", "rhoab3",
               "rho_midpoint", "rho_heun", "rho_kutta3", "rho_rk4", "ipndm"]
-SCHEDULES = {
-    "vp_linear": schedules.vp_linear,
-    "vp_cosine": schedules.vp_cosine,
-    "ve": schedules.ve,
-    "sub_vp": schedules.sub_vp,
-    "edm": schedules.edm,
-    "vp_discrete": lambda: schedules.vp_discrete(betas=np.linspace(1e-4, 0.02, 1000)),
-}
 GMM = testing.gaussian_mixture(2, 3, std=0.3, seed=0)
 
 

@@ -9,15 +9,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from deis_jax import schedules
-
-ALL = {
-    "vp_linear": schedules.vp_linear,
-    "vp_cosine": schedules.vp_cosine,
-    "ve": schedules.ve,
-    "sub_vp": schedules.sub_vp,
-    "edm": schedules.edm,
-    "vp_discrete": lambda: schedules.vp_discrete(betas=np.linspace(1e-4, 0.02, 1000)),
-}
+from schedule_cases import ALL_SCHEDULES as ALL
 
 
 def _times(s, n=101):

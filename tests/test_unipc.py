@@ -1,14 +1,17 @@
 """UniPC: a hand-computed predictor-corrector step, convergence orders, bad input."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 from deis_jax import get_solver, sample, schedules, testing, timesteps
 from deis_jax.solvers import unipc
-from sweep_helpers import sweep
+from sweep_helpers import measured_order
+
+unipc_module = importlib.import_module("deis_jax.solvers.unipc")  # the function shadows it
 
 
 # UniPC-p is of order p + 1 with its corrector. Measured slopes on this problem (log_snr
@@ -24,11 +27,7 @@ ORDERS = [
 
 @pytest.mark.parametrize("name,order,nfes", ORDERS, ids=[o[0] for o in ORDERS])
 def test_convergence_order(x64, problem, name, order, nfes):
-    sched, gmm, x_T, gt = problem
-    xs = sweep(name, gmm.eps_fn(sched), sched, x_T, [timesteps(sched, n, "log_snr") for n in nfes])
-    err = np.sqrt(np.mean((np.asarray(xs) - np.asarray(gt)[None]) ** 2, axis=(1, 2)))
-    assert np.all(err >= 1e-9), err
-    slope = -stats.linregress(np.log(nfes), np.log(err)).slope
+    slope, err = measured_order(name, problem, nfes)
     assert abs(slope - order) < 0.3, (name, slope, err)
 
 
@@ -77,9 +76,41 @@ def test_variants_differ_only_through_fixed_coefficients(x64, problem):
     assert float(testing.rmse(a, gt)) < 0.1 and float(testing.rmse(b, gt)) < 0.1
 
 
+@pytest.mark.parametrize("prediction", ["x0", "eps"])
+def test_final_blend(x64, problem, prediction):
+    """UniPC-3's last predictor: UniP-3 where the last two steps are equal in lambda (log-SNR
+    grid), UniP-2 where the last step is much longer (10-step quadratic grid, r = 1.87 so
+    w = 1), in between on the EDM grid (r = 1.26); every other row untouched."""
+    sched, gmm, x_T, _ = problem
+    blended, plain = unipc(3, prediction=prediction), unipc(3, prediction=prediction,
+                                                              final_steps="none")
+    lower = unipc_module.unipc_orders(10, 3)
+    lower[-1] = 2
+    for grid, expect_w in (("log_snr", 0.0), ("quadratic", 1.0), ("edm", None)):
+        ts = timesteps(sched, 10, grid)
+        a, b = blended.coefficients(sched, ts), plain.coefficients(sched, ts)
+        _, low, _ = unipc_module.interval_weights(sched, ts, lower, "bh2", prediction)
+        low = low[-1]
+        w = float(unipc_module.final_blend(sched, ts))
+        if expect_w is not None:
+            assert w == expect_w, (grid, w)
+        else:
+            assert 0.5 < w < 0.9, w  # 3 (1.26 - 1)
+        np.testing.assert_allclose(a.pred[-1], (1 - w) * b.pred[-1] + w * low, rtol=1e-12,
+                                   atol=1e-14)
+        np.testing.assert_array_equal(a.pred[:-1], b.pred[:-1])
+        np.testing.assert_array_equal(a.corr, b.corr)
+    # UniP-2 and UniP-3 really differ on the last row (the blend is not vacuous).
+    assert float(jnp.max(jnp.abs(low - b.pred[-1]))) > 1e-3
+    out = sample(gmm.eps_fn(sched), sched, x_T, solver=blended, nfe=3, grid="quadratic")
+    assert bool(jnp.all(jnp.isfinite(out)))  # 3 steps: the smallest grid the blend acts on
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match=r"order must be one of \[1, 2, 3\].*order=4"):
         unipc(4)
+    with pytest.raises(ValueError, match=r"final_steps='yes'.*\['none', 'stable'\]"):
+        unipc(3, final_steps="yes")
     with pytest.raises(ValueError, match=r"variant='bh3'.*\['bh1', 'bh2'\]"):
         unipc(2, variant="bh3")
     with pytest.raises(ValueError, match=r"prediction='v'.*\['eps', 'x0'\]"):

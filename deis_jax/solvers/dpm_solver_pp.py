@@ -20,17 +20,19 @@ With ``x0`` the data prediction and ``h_i = lambda_{i+1} - lambda_i`` (Lu et al.
 All are :class:`~deis_jax.solvers.base.MultistepCoeffs` tables (``model="x0"``): the
 warm-up steps and the lower-order final steps are rows with zero weights, no branches.
 
-**Final steps.** The reference implementation lowers the order of the last two steps (to 1
-and 2) only when there are fewer than 15 steps. Its error then jumps when the step count
-reaches 15: with 3M's weights, on the 8-mode ring under VP-linear on the quadratic grid,
-RMSE goes from 2.8e-2 at 13 steps to 7.3e-2 at 15 (``tests/test_no_cliffs.py``). Here the
-rule does not depend on the NFE: with ``lower_order_final=True`` (default) the *last* step
-of 3M always has order 2, which keeps the global order 3 (one step's local error
-``O(h^3)`` is of the size of the global error) and damps the large final step in ``lambda``
-that quadratic and EDM grids produce near ``t_min``; 2M keeps order 2 throughout. Measured:
-no cliff (``RMSE(n+2) <= 1.1 RMSE(n)``) in ``benchmarks/results/cliffs.md``; the price is a
-larger error than the reference rule at 10-14 steps on quadratic/EDM grids (up to 2.7x on the
-ring); from 15 steps on it is smaller there, and within 10% on the log-SNR grid.
+**Final steps** (``final_steps``). The reference implementation (``"reference"``) lowers the
+order of the last two steps (to 1 and 2) only when there are fewer than 15 steps. Its error
+then jumps when the step count reaches 15: with 3M's weights, on the 8-mode ring under
+VP-linear on the quadratic grid, RMSE goes from 2.8e-2 at 13 steps to 7.3e-2 at 15
+(``tests/test_no_cliffs.py``; 2.6x, ``benchmarks/results/cliffs.md``). The default
+``"stable"`` rule does not depend on the NFE: the *last* step of 3M always has order 2, which
+keeps the global order 3 (one step's local error ``O(h^3)`` is of the size of the global
+error) and damps the large final step in ``lambda`` that quadratic and EDM grids produce near
+``t_min``; 2M keeps order 2 throughout. Measured: no cliff (``RMSE(n+2) <= 1.1 RMSE(n)``,
+NFE 5-50, 1,000 samples) in ``benchmarks/results/cliffs.md``; the price is a larger error than
+the reference rule at 10-14 steps on quadratic/EDM grids (up to 2.7x on the ring); from 15
+steps on it is smaller there, and within 10% on the log-SNR grid. ``"none"``: full order up
+to the last step.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from deis_jax._checks import check_choice
 from deis_jax.solvers.base import (
     MultistepCoeffs,
     check_order,
@@ -48,21 +51,26 @@ from deis_jax.solvers.base import (
 from deis_jax.solvers.dpm_solver import H_MAX, check_h_max, exp_poly_weights, singlestep_rows
 from deis_jax.solvers.stages import make_stage_solver
 
-__all__ = ["dpm_solver_pp", "dpmpp_2s", "multistep_degrees"]
+__all__ = ["dpm_solver_pp", "dpmpp_2s", "multistep_degrees", "FINAL_STEPS"]
+
+FINAL_STEPS = ("stable", "reference", "none")
+REFERENCE_STEPS = 15  # the reference rule lowers the last orders below this many steps
 
 
-def multistep_degrees(n_steps: int, order: int, final_degree: int | None) -> np.ndarray:
-    """Polynomial degree of every step: warm-up ``0, 1, ...`` up to ``order - 1``, and the last
-    step at most ``final_degree`` (``None``: no reduction)."""
+def multistep_degrees(n_steps: int, order: int, final_steps: str = "none") -> np.ndarray:
+    """Polynomial degree (order - 1) of every step: warm-up ``0, 1, ...`` up to ``order - 1``,
+    then the final-step rule (``"stable"``: 3M's last step degree 1; ``"reference"``: below 15
+    steps the last two steps degrees 0 and at most 1; ``"none"``)."""
     deg = np.minimum(np.arange(n_steps), order - 1)
-    if final_degree is not None and n_steps:
-        deg[-1] = min(deg[-1], final_degree)
+    if final_steps == "stable" and order == 3 and n_steps:
+        deg[-1] = min(deg[-1], 1)
+    if final_steps == "reference" and 0 < n_steps < REFERENCE_STEPS:
+        deg[-1] = 0
+        deg[-2:-1] = np.minimum(deg[-2:-1], 1)
     return deg
 
 
-def _coefficients_2m(lower_order_final: bool):
-    del lower_order_final  # 2M's last step keeps order 2 (see module docstring).
-
+def _coefficients_2m(final_steps: str):
     def coefficients(schedule, ts):
         ts = jnp.asarray(ts)
         n = ts.shape[0] - 1
@@ -71,18 +79,18 @@ def _coefficients_2m(lower_order_final: bool):
         a = jnp.exp(schedule.log_sigma(ts[1:]) - schedule.log_sigma(ts[:-1]))
         c0 = -schedule.alpha(ts[1:]) * jnp.expm1(-h)
         h_prev = jnp.concatenate([h[:1], h[:-1]])
-        second = np.arange(n) >= 1
-        d = jnp.where(second, 1.0 / (2.0 * (h_prev / h)), 0.0)  # 1/(2 r_i); 0 on warm-up
+        second = multistep_degrees(n, 2, final_steps) == 1
+        d = jnp.where(second, 1.0 / (2.0 * (h_prev / h)), 0.0)  # 1/(2 r_i); 0 at degree 0
         c = jnp.stack([c0 * (1.0 + d), -c0 * d], axis=-1)
         return MultistepCoeffs(ts[:-1], a, c)
 
     return coefficients
 
 
-def _coefficients_3m(lower_order_final: bool):
+def _coefficients_3m(final_steps: str):
     def coefficients(schedule, ts):
         ts = jnp.asarray(ts)
-        deg = multistep_degrees(ts.shape[0] - 1, 3, 1 if lower_order_final else None)
+        deg = multistep_degrees(ts.shape[0] - 1, 3, final_steps)
         a, c = exp_poly_weights(schedule, ts, deg, "x0")
         if c.shape[-1] < 3:
             c = jnp.pad(c, ((0, 0), (0, 3 - c.shape[-1])))
@@ -91,19 +99,21 @@ def _coefficients_3m(lower_order_final: bool):
     return coefficients
 
 
-def dpm_solver_pp(order: int = 2, *, lower_order_final: bool = True):
+def dpm_solver_pp(order: int = 2, *, final_steps: str = "stable"):
     """Multistep DPM-Solver++(``order``M), ``order`` in (2, 3), 1 NFE per step, x0 model.
 
     Args:
       order: 2 (Alg. 2 of Lu et al. 2022b) or 3.
-      lower_order_final: take 3M's last step with order 2 (independent of the NFE, see the
-        module docstring); 2M is unaffected.
+      final_steps: ``"stable"`` (default: 3M's last step has order 2 at every NFE; 2M
+        unchanged), ``"reference"`` (below 15 steps the last two steps have orders 1 and 2,
+        as in the reference implementations; has an error cliff at 15 steps) or ``"none"``
+        (see the module docstring).
     """
     order = check_order("order", order, (2, 3))
-    if not isinstance(lower_order_final, bool):
-        raise ValueError(f"lower_order_final must be a bool, got {lower_order_final=!r}")
+    check_choice("final_steps", final_steps, FINAL_STEPS)
     build = _coefficients_2m if order == 2 else _coefficients_3m
-    return make_solver(f"dpmpp_{order}m", order, 1, build(lower_order_final), multistep_init,
+    suffix = "" if final_steps == "stable" else f"_{final_steps}"
+    return make_solver(f"dpmpp_{order}m{suffix}", order, 1, build(final_steps), multistep_init,
                        multistep_step, model="x0")
 
 

@@ -37,6 +37,7 @@ _REGISTRY: dict[str, Callable[[], Solver]] = {
     "dpmpp_2s": dpmpp_2s,
     "dpmpp_2m": functools.partial(dpm_solver_pp, 2),
     "dpmpp_3m": functools.partial(dpm_solver_pp, 3),
+    "dpmpp_3m_reference": functools.partial(dpm_solver_pp, 3, final_steps="reference"),
     **{f"unipc{k}": functools.partial(unipc, k) for k in (1, 2, 3)},
     **{f"unipc{k}_bh1": functools.partial(unipc, k, variant="bh1") for k in (1, 2, 3)},
     **{f"unipc{k}_eps": functools.partial(unipc, k, prediction="eps") for k in (1, 2, 3)},

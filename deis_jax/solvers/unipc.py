@@ -23,6 +23,26 @@ costs nothing: step ``i`` makes one call at the predicted ``x_i``, corrects ``x_
 then predicts ``x_{i+1}``. The last step has no corrector (no call at ``t_N``).
 UniPC-``p`` has order ``p + 1``. Warm-up steps run at lower order (rows of the table).
 
+**Final step of UniPC-3.** The last step has no corrector, and on grids that stretch the last
+step in ``lambda`` (quadratic and EDM grids near ``t_min``: ``r = h_{N-1}/h_{N-2}`` is 1.87 on
+a 10-step quadratic VP grid) the quadratic extrapolation of UniP-3 over it is the largest error
+source on sharp data. With ``final_steps="stable"`` (default) its weights are blended with
+UniP-2's,
+
+.. math::
+   w = \min\big(1, \max(0, 3\,(r - 1))\big),\qquad
+   \text{pred}_{N-1} = (1 - w)\,\text{UniP-3} + w\,\text{UniP-2},
+
+a traced function of the actual grid, continuous in it (no step-count threshold, so no jump
+in error when the NFE changes; the reference implementation lowers the order below 10 steps).
+The two predictors differ by ``O(h^3)`` and ``r - 1 = O(h)`` on a refining smooth grid, so the
+blend keeps order 4; on a log-SNR grid ``r = 1`` and nothing changes. Measured (1,000 samples,
+float64, NFE 5-50): without it UniPC-3's RMSE on the 64-d mixture (VP, quadratic grid) rises
+1.39x from NFE 10 to 12; with it no ``RMSE(n+2) > 1.1 RMSE(n)`` anywhere
+(``benchmarks/results/cliffs.md``). Orders 1 and 2 keep their last step (lowering UniPC-2's
+to order 1 made it *less* monotone: 1.2x jumps on the ring under the EDM grid).
+``final_steps="none"`` keeps UniP-3 on the last step.
+
 The state keeps the predicted ``x`` (what the driver's ``hook`` sees and edits), the last
 corrected sample and the history of model outputs; a hook's edit reaches the corrected
 sample through the model call only (the corrector starts from the previous corrected point).
@@ -40,9 +60,12 @@ from deis_jax._checks import check_choice
 from deis_jax.solvers.base import check_order, make_solver
 from deis_jax.solvers.dpm_solver import lagrange_monomials, phi
 
-__all__ = ["unipc", "UniPCState", "UniPCCoeffs", "VARIANTS"]
+__all__ = ["unipc", "UniPCState", "UniPCCoeffs", "VARIANTS", "FINAL_STEPS", "FINAL_BLEND",
+           "final_blend"]
 
 VARIANTS = ("bh1", "bh2")
+FINAL_STEPS = ("stable", "none")
+FINAL_BLEND = 3.0  # w = clip(FINAL_BLEND (r - 1), 0, 1) on UniPC-3's last step
 
 
 class UniPCState(NamedTuple):
@@ -127,13 +150,27 @@ def unipc_orders(n_steps: int, order: int) -> np.ndarray:
     return np.minimum(np.arange(n_steps) + 1, order)
 
 
-def unipc(order: int = 2, *, variant: str = "bh2", prediction: str = "x0"):
+def final_blend(schedule, ts, width: float = FINAL_BLEND):
+    """Weight ``w = clip(width (r - 1), 0, 1)`` of the lower-order predictor on the last step,
+    ``r = h_{N-1} / h_{N-2}`` the ratio of the last two steps in ``lambda`` (0 for 1 step)."""
+    lam = schedule.log_snr(jnp.asarray(ts))
+    if lam.shape[0] < 3:
+        return jnp.zeros((), lam.dtype)
+    r = (lam[-1] - lam[-2]) / (lam[-2] - lam[-3])
+    return jnp.clip(width * (r - 1.0), 0.0, 1.0)
+
+
+def unipc(order: int = 2, *, variant: str = "bh2", prediction: str = "x0",
+          final_steps: str = "stable"):
     """UniPC-``order`` (1..3): UniP-``order`` + UniC-``order``, order ``order + 1``, 1 NFE/step.
 
     Args:
       order: predictor order (1, 2 or 3).
       variant: ``"bh2"`` (``B(h) = e^{hh}-1``, default) or ``"bh1"`` (``B(h) = hh``).
       prediction: ``"x0"`` (data prediction, default) or ``"eps"`` (noise prediction).
+      final_steps: ``"stable"`` (default): for ``order=3``, blend the last step's predictor
+        towards UniP-2 when the grid stretches the last step (see the module docstring; no
+        effect for orders 1, 2); ``"none"``: UniP-``order`` up to the end.
 
     Example:
       >>> from deis_jax.solvers import unipc
@@ -142,12 +179,21 @@ def unipc(order: int = 2, *, variant: str = "bh2", prediction: str = "x0"):
     order = check_order("order", order, (1, 2, 3))
     check_choice("variant", variant, VARIANTS)
     check_choice("prediction", prediction, ("x0", "eps"))
+    check_choice("final_steps", final_steps, FINAL_STEPS)
+    blend = final_steps == "stable" and order == 3
 
     def coefficients(schedule, ts):
         ts = jnp.asarray(ts)
         n = ts.shape[0] - 1
         orders = unipc_orders(n, order)
         lin, pred, corr = interval_weights(schedule, ts, orders, variant, prediction)
+        if blend and n >= 3:
+            lower = orders.copy()
+            lower[-1] = order - 1
+            _, pred_low, _ = interval_weights(schedule, ts, lower, variant, prediction)
+            pred_low = jnp.pad(pred_low, ((0, 0), (0, pred.shape[-1] - pred_low.shape[-1])))
+            w = final_blend(schedule, ts)
+            pred = pred.at[-1].set((1.0 - w) * pred[-1] + w * pred_low[-1])
         width = order + 1
         pad = ((0, 0), (0, width - pred.shape[-1]))
         pred, corr = jnp.pad(pred, pad), jnp.pad(corr, pad)
@@ -172,6 +218,7 @@ def unipc(order: int = 2, *, variant: str = "bh2", prediction: str = "x0"):
                                                                 axes=1)
         return UniPCState(x_next, x_c, vals[:-1])
 
-    name = f"unipc{order}" + ("" if variant == "bh2" else f"_{variant}") + \
-        ("" if prediction == "x0" else "_eps")
+    suffixes = (variant != "bh2", f"_{variant}"), (prediction != "x0", "_eps"), \
+        (final_steps != "stable", f"_{final_steps}")
+    name = f"unipc{order}" + "".join(text for used, text in suffixes if used)
     return make_solver(name, order + 1, 1, coefficients, init, step, model=prediction)
