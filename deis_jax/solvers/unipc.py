@@ -178,7 +178,8 @@ def unipc_orders(n_steps: int, order: int) -> np.ndarray:
 
 def final_blend(schedule, ts, width: float = FINAL_BLEND):
     """Weight ``w = clip(width (r - 1), 0, 1)`` of the lower-order predictor on the last step,
-    ``r = h_{N-1} / h_{N-2}`` the ratio of the last two steps in ``lambda`` (0 for 1 step)."""
+    ``r = h_{N-1} / h_{N-2}`` the ratio of the last two steps in ``lambda`` (0 when ``ts``
+    has fewer than 3 points)."""
     lam = schedule.log_snr(jnp.asarray(ts))
     if lam.shape[0] < 3:
         return jnp.zeros((), lam.dtype)
@@ -214,12 +215,11 @@ def unipc(order: int = 2, *, variant: str = "bh2", prediction: str = "x0",
         orders = unipc_orders(n, order)
         lin, pred, corr = interval_weights(schedule, ts, orders, variant, prediction)
         if blend and n >= 3:
-            lower = orders.copy()
-            lower[-1] = order - 1
-            _, pred_low, _ = interval_weights(schedule, ts, lower, variant, prediction)
-            pred_low = jnp.pad(pred_low, ((0, 0), (0, pred.shape[-1] - pred_low.shape[-1])))
+            # UniP-2 over the last interval needs only the last three grid points.
+            low = interval_weights(schedule, ts[-3:], [1, 2], variant, prediction)[1][-1]
+            low = jnp.pad(low, (0, pred.shape[-1] - low.shape[-1]))
             w = final_blend(schedule, ts)
-            pred = pred.at[-1].set((1.0 - w) * pred[-1] + w * pred_low[-1])
+            pred = pred.at[-1].set((1.0 - w) * pred[-1] + w * low)
         if prediction == "eps":
             v = corrector_damping(schedule, ts)[:, None]
             corr = (1.0 - v) * corr + v * jnp.roll(pred, 1, axis=-1)  # roll: no corrector
