@@ -8,9 +8,11 @@ Writes ``results/cliffs.md`` (worst ratio per solver x grid x problem, every cli
 ``results/cliffs.json``. ``dpmpp_3m_reference`` is 3M with the reference implementation's
 final-step rule (lower order on the last two steps only below 15 steps), for comparison.
 Also records the number of mode flips (samples ending nearest another mixture component than
-their ground truth) per run.
+their ground truth) per run, and a paired-bootstrap 95% interval for every ratio: a cliff is
+*significant* when the whole interval lies above 1.10, i.e. it is not carried by a few of the
+1,000 starting points.
 
-    python benchmarks/cliffs.py            # full sweep (~1.5 h on 2 CPU cores)
+    python benchmarks/cliffs.py            # full sweep (~1 h on 2 CPU cores)
     python benchmarks/cliffs.py --quick    # 3 solvers, 1 problem
 
 Results are appended to the JSON after every solver and the run resumes from it (delete
@@ -42,7 +44,8 @@ NFES = tuple(range(5, 51))
 GRIDS = ("log_snr", "quadratic", "edm")
 SOLVERS = ("dpmpp_3m", "dpmpp_2m", "unipc3", "logrho3", "tab3", "rhoab3", "ipndm",
            "dpmpp_3m_reference", "tab1", "tab2", "rhoab1", "rhoab2", "logrho1", "logrho2",
-           "unipc1", "unipc2", "unipc3_bh1", "unipc3_eps")
+           "unipc1", "unipc2", "unipc3_bh1", "unipc1_bh1", "unipc2_bh1", "ipndm2", "ipndm3",
+           "unipc3_eps", "unipc1_eps", "unipc2_eps")
 RATIO = 1.10
 # 1,000 starting points per problem. With 100 (the accuracy benchmark's batch) the 64-d RMSE
 # was dominated by one sample whose path passes near a mode boundary (its flow map amplifies
@@ -50,6 +53,9 @@ RATIO = 1.10
 # so RMSE(n) jumped up and down by 2-3x for every solver. A larger batch estimates the expected
 # error instead of one sample's luck; the mode-flip counts are recorded beside the RMSE.
 BATCH = 1000
+# A cliff is *significant* when the whole paired-bootstrap 95% interval of the ratio lies above
+# RATIO; RESAMPLES bootstrap draws per ratio.
+RESAMPLES = 2000
 
 
 def problems(quick):
@@ -88,39 +94,44 @@ def run(quick=False, only=None):
                 records.append({"problem": pname, "schedule": sname, "solver": name,
                                 "grid": g, "nfe": list(NFES), "rmse": err[rows].tolist(),
                                 "flips": flipped[rows].sum(-1).tolist(),
-                                "kept_ratio": kept_ratios(sq[rows], flipped[rows])})
+                                **ratio_bounds(sq[rows])})
             print(f"{pname}/{sname}/{name}: {time.perf_counter() - t0:.1f}s", flush=True)
             write(records, quick)
     return records
 
 
-def kept_ratios(sq, flipped):
-    """``RMSE(n+2)/RMSE(n)`` over the samples that flip mode at neither NFE, for every ``n``
-    (``sq``, ``flipped``: per-run, per-sample squared error and flip flag, runs in NFE order)."""
-    out = []
-    for i in range(len(NFES) - 2):
-        keep = ~flipped[i] & ~flipped[i + 2]
-        a, b = sq[i][keep].mean(), sq[i + 2][keep].mean()
-        out.append(float(np.sqrt(b / a)) if np.isfinite(a + b) and a > 0 else float("inf"))
-    return out
+def ratio_bounds(sq, resamples=RESAMPLES, seed=0):
+    """Paired-bootstrap 95% interval of ``RMSE(n+2)/RMSE(n)`` for every ``n``.
+
+    ``sq``: per-run, per-sample squared errors ``(runs, batch)``, runs in NFE order. The same
+    resampled starting points are used at ``n`` and ``n+2`` (the runs share ``x_T``), so the
+    interval measures how much the ratio depends on *which* 1,000 points were drawn: a ratio
+    carried by one sample that changes mode is wide, a grid-wide error increase is narrow.
+    """
+    rng = np.random.default_rng(seed)
+    batch = sq.shape[1]
+    weights = rng.multinomial(batch, np.full(batch, 1.0 / batch), size=resamples) / batch
+    ms = weights @ np.where(np.isfinite(sq), sq, 1e300).T  # (resamples, runs); 1e300: diverged
+    ratios = np.sqrt(ms[:, 2:] / ms[:, :-2])
+    lo, hi = np.quantile(ratios, [0.025, 0.975], axis=0)
+    return {"ratio_lo": lo.tolist(), "ratio_hi": hi.tolist()}
 
 
-def cliffs(rec, key="rmse"):
-    """Every ``n`` with ``ratio(n) > RATIO`` as ``(n, rmse(n), rmse(n+2), ratio, flips(n),
-    flips(n+2), kept ratio)``; ``key="kept"`` tests the ratio over non-flipping samples."""
+def cliffs(rec, significant=False):
+    """Every ``n`` with ``ratio(n) > RATIO`` (or, with ``significant``, with the lower end of its
+    bootstrap interval above ``RATIO``) as ``(n, rmse(n), rmse(n+2), ratio, lo, hi, flips(n),
+    flips(n+2))``."""
     e, f = dict(zip(rec["nfe"], rec["rmse"])), dict(zip(rec["nfe"], rec["flips"]))
     out = []
     for i, n in enumerate(rec["nfe"][:-2]):
         ratio = e[n + 2] / e[n] if e[n] > 0 else np.inf
-        kept = rec["kept_ratio"][i]
-        if not (ratio if key == "rmse" else kept) <= RATIO:
-            out.append((n, e[n], e[n + 2], ratio, f[n], f[n + 2], kept))
+        lo, hi = rec["ratio_lo"][i], rec["ratio_hi"][i]
+        if not (lo if significant else ratio) <= RATIO:
+            out.append((n, e[n], e[n + 2], ratio, lo, hi, f[n], f[n + 2]))
     return out
 
 
-def worst_ratio(rec, key="rmse"):
-    if key == "kept":
-        return max(rec["kept_ratio"])
+def worst_ratio(rec):
     e = dict(zip(rec["nfe"], rec["rmse"]))
     return max(e[n + 2] / e[n] for n in rec["nfe"] if n + 2 in e)
 
@@ -137,13 +148,14 @@ def write(records, quick):
         "",
         "Written by `benchmarks/cliffs.py`. A cliff is `RMSE(n+2) > 1.10 * RMSE(n)` for NFE "
         f"n = 5..48 (float64 solvers vs. a float64 ground truth, same `x_T`, {BATCH} samples "
-        "per problem). Cells: `all / kept`: the worst ratio `max_n RMSE(n+2)/RMSE(n)` over all "
-        "samples, and over the samples that end in their ground-truth mode at both n and n+2 "
-        "(<= 1.10 means no cliff); `-`: not run. A *mode flip* is a sample that ends nearest "
-        "another mixture component than its ground truth: one flip among 1,000 samples adds "
-        "~0.04 to the 64-d mixture's RMSE, several times its discretisation error at NFE 15+, "
-        "so an all-sample cliff with a rising flip count is one boundary sample changing side, "
-        "not a step rule.",
+        "per problem). Each ratio also gets a paired-bootstrap 95% interval (the same "
+        f"resampled starting points at n and n+2, {RESAMPLES} resamples): a cliff is "
+        "*significant* when the whole interval lies above 1.10. Cells: `ratio / lower`: the "
+        "worst ratio `max_n RMSE(n+2)/RMSE(n)`, and the worst lower end of an interval "
+        "(<= 1.10 means no significant cliff); `-`: not run. A *mode flip* is a sample that "
+        "ends nearest another mixture component than its ground truth: one flip among 1,000 "
+        "samples adds ~0.04 to the 64-d mixture's RMSE, several times its discretisation "
+        "error at NFE 15+, so a cliff carried by one flip has a wide interval reaching below 1.",
         "",
         "Solvers swept so far (problem/schedule blocks): "
         + "; ".join(f"{k} ({len(v)}/4)" for k, v in blocks.items()) + ".",
@@ -162,25 +174,25 @@ def write(records, quick):
                 if r is None:
                     cells.append("-")
                     continue
-                pair = [worst_ratio(r, k) for k in ("rmse", "kept")]
+                pair = [worst_ratio(r), max(r["ratio_lo"])]
                 cells.append(" / ".join(f"**{w:.2f}**" if w > RATIO else f"{w:.2f}"
                                         for w in pair))
             lines.append(f"| {name} | {g} | " + " | ".join(cells) + " |")
     n_cliffs = {}
-    for key, title in (("rmse", "Every cliff over all samples"),
-                       ("kept", "Every cliff over the samples that did not flip")):
+    for significant, title in ((False, "Every cliff (point estimate)"),
+                               (True, "Every significant cliff (whole interval above 1.10)")):
         lines += ["", f"## {title}", "",
                   "| problem | schedule | solver | grid | n | RMSE(n) | RMSE(n+2) | ratio | "
-                  "mode flips (n, n+2) | ratio without flips |",
+                  "95% interval | mode flips (n, n+2) |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
-        n_cliffs[key] = 0
+        n_cliffs[significant] = 0
         for r in records:
-            for n, a, b, ratio, fa, fb, kept in cliffs(r, key):
-                n_cliffs[key] += 1
+            for n, a, b, ratio, lo, hi, fa, fb in cliffs(r, significant):
+                n_cliffs[significant] += 1
                 lines.append(f"| {r['problem']} | {r['schedule']} | {r['solver']} | "
-                             f"{r['grid']} | {n} | {a:.3e} | {b:.3e} | {ratio:.2f} | {fa}, {fb} "
-                             f"| {kept:.2f} |")
-        if not n_cliffs[key]:
+                             f"{r['grid']} | {n} | {a:.3e} | {b:.3e} | {ratio:.2f} | "
+                             f"{lo:.2f}-{hi:.2f} | {fa}, {fb} |")
+        if not n_cliffs[significant]:
             lines.append("| (none) | | | | | | | | | |")
     (RESULTS / f"cliffs{suffix}.md").write_text("\n".join(lines) + "\n")
     return n_cliffs
@@ -195,7 +207,7 @@ def main():
     if only and set(only) - set(SOLVERS):
         parser.error(f"unknown --solvers {sorted(set(only) - set(SOLVERS))}; valid: {SOLVERS}")
     n = write(run(args.quick, only), args.quick)
-    print(f"cliffs: {n['rmse']} over all samples, {n['kept']} over non-flipping samples; "
+    print(f"cliffs: {n[False]} point estimates, {n[True]} significant; "
           f"wrote {RESULTS}/cliffs{'_quick' if args.quick else ''}.md")
 
 

@@ -67,6 +67,39 @@ def test_unipc1_matches_hand_computation(x64, problem, variant):
     np.testing.assert_allclose(np.asarray(out), x_c, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+def test_unipc1_eps_matches_hand_computation(x64, problem, variant):
+    """UniPC-1 with noise prediction over 4 steps: DDIM predictor, UniC-1 with the solved
+    weight ``B(h) c_1 = h phi_2(h) = (e^h - 1 - h)/h`` (so bh1 and bh2 coincide), faded towards
+    the predictor by ``v = clip((|h| - 1)/2, 0, 1)``; no corrector on the last step."""
+    sched, gmm, x_T, _ = problem
+    ts = np.array([1.0, 0.7, 0.5, 0.35, 0.05])  # |h| = 2.56, 1.24, 0.77, 2.21
+    out = sample(gmm.eps_fn(sched), sched, x_T,
+                 solver=unipc(1, variant=variant, prediction="eps"), ts=jnp.asarray(ts))
+    alpha, sigma, lam = _vp_numpy(ts)
+
+    def eps(x, i):
+        return np.asarray(gmm.eps(jnp.asarray(x), jnp.full((x.shape[0],), ts[i]), sched))
+
+    x_c = np.asarray(x_T)
+    e = eps(x_c, 0)
+    fades = []
+    for i in range(4):
+        h = lam[i + 1] - lam[i]
+        base = alpha[i + 1] / alpha[i] * x_c - sigma[i + 1] * np.expm1(h) * e
+        if i == 3:
+            x_c = base
+            break
+        e_new = eps(base, i + 1)
+        corrected = base - sigma[i + 1] * (np.expm1(h) - h) / h * (e_new - e)
+        v = np.clip((abs(h) - 1.0) / 2.0, 0.0, 1.0)
+        fades.append(v)
+        x_c = (1.0 - v) * corrected + v * base
+        e = e_new
+    assert 0.0 < fades[1] < fades[0] < 1.0 and fades[2] == 0.0, fades  # partial, none
+    np.testing.assert_allclose(np.asarray(out), x_c, rtol=1e-12, atol=1e-12)
+
+
 def test_variants_differ_only_through_fixed_coefficients(x64, problem):
     """bh1 and bh2 differ (through UniC-1 / UniP-2's fixed 1/2) but converge together."""
     sched, gmm, x_T, gt = problem
@@ -108,9 +141,10 @@ def test_final_blend(x64, problem, prediction):
 
 def test_eps_corrector_fades_on_long_steps(x64):
     """Noise prediction, VE, 6-step quadratic grid (first steps 2.6, 2.1, 1.7 long in lambda):
-    the corrector is off on steps longer than 2, partial between 1 and 2, and the samplers stay
-    within 1.5x of DDIM's error at NFE 5-7 (measured 0.5-1.0x; without the fade UniPC-1 has
-    RMSE 0.79 and UniPC-3 1.41 at NFE 5 on this ring, 7-12x DDIM's)."""
+    UniPC-3's corrector is off on steps longer than 2, partial between 1 and 2 (UniPC-1's fades
+    over 1 to 3, see test_unipc1_eps_matches_hand_computation), and the samplers stay
+    within 1.5x of DDIM's error at NFE 5-7 (measured 0.31-0.77x; without the fade UniPC-1 and
+    UniPC-3 have RMSE 1.00 and 0.97 at NFE 5 on this ring, 9x DDIM's)."""
     sched = schedules.ve()
     ts = timesteps(sched, 6, "quadratic")
     v = np.asarray(unipc_module.corrector_damping(sched, ts))
