@@ -37,7 +37,7 @@ from deis_jax import get_solver, schedules, testing, timesteps  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "tests"))  # the shared sweep helper lives with the tests
-from sweep_helpers import sweep  # noqa: E402
+from sweep_helpers import ratio_bounds, sweep  # noqa: E402
 
 RESULTS = ROOT / "results"
 NFES = tuple(range(5, 51))
@@ -94,27 +94,10 @@ def run(quick=False, only=None):
                 records.append({"problem": pname, "schedule": sname, "solver": name,
                                 "grid": g, "nfe": list(NFES), "rmse": err[rows].tolist(),
                                 "flips": flipped[rows].sum(-1).tolist(),
-                                **ratio_bounds(sq[rows])})
+                                **ratio_bounds(sq[rows], RESAMPLES)})
             print(f"{pname}/{sname}/{name}: {time.perf_counter() - t0:.1f}s", flush=True)
             write(records, quick)
     return records
-
-
-def ratio_bounds(sq, resamples=RESAMPLES, seed=0):
-    """Paired-bootstrap 95% interval of ``RMSE(n+2)/RMSE(n)`` for every ``n``.
-
-    ``sq``: per-run, per-sample squared errors ``(runs, batch)``, runs in NFE order. The same
-    resampled starting points are used at ``n`` and ``n+2`` (the runs share ``x_T``), so the
-    interval measures how much the ratio depends on *which* 1,000 points were drawn: a ratio
-    carried by one sample that changes mode is wide, a grid-wide error increase is narrow.
-    """
-    rng = np.random.default_rng(seed)
-    batch = sq.shape[1]
-    weights = rng.multinomial(batch, np.full(batch, 1.0 / batch), size=resamples) / batch
-    ms = weights @ np.where(np.isfinite(sq), sq, 1e300).T  # (resamples, runs); 1e300: diverged
-    ratios = np.sqrt(ms[:, 2:] / ms[:, :-2])
-    lo, hi = np.quantile(ratios, [0.025, 0.975], axis=0)
-    return {"ratio_lo": lo.tolist(), "ratio_hi": hi.tolist()}
 
 
 def cliffs(rec, significant=False):

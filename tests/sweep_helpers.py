@@ -5,7 +5,8 @@ sample is left unchanged; the model is still called, at the final time), the tab
 stacked and the scan is ``vmap``-ed over them. One compilation per solver instead of one per
 NFE keeps the convergence-order and no-cliff sweeps cheap. The model wrapper and the scan
 body are exactly those of :func:`deis_jax.sample` (checked in ``test_no_cliffs.py``).
-Shared by the tests and ``benchmarks/cliffs.py``.
+Shared by the tests and ``benchmarks/cliffs.py`` (with :func:`ratio_bounds`, the bootstrap
+interval of a no-cliff ratio).
 """
 
 from __future__ import annotations
@@ -93,3 +94,26 @@ def measured_order(solver, problem, nfes, grid="log_snr"):
     err = np.sqrt(np.mean((np.asarray(xs) - np.asarray(gt)[None]) ** 2, axis=(1, 2)))
     assert np.all(err >= 1e-9), err  # still above the ground truth's own error
     return -stats.linregress(np.log(nfes), np.log(err)).slope, err
+
+
+def ratio_bounds(sq, resamples=2000, seed=0):
+    """Paired-bootstrap 95% interval of ``RMSE(n+2)/RMSE(n)`` for every ``n``.
+
+    ``sq``: per-run, per-sample squared errors ``(runs, batch)``, runs in NFE order. The same
+    resampled starting points are used at ``n`` and ``n+2`` (the runs share ``x_T``), so the
+    interval measures how much the ratio depends on *which* 1,000 points were drawn: a ratio
+    carried by one sample that changes mode is wide, a grid-wide error increase is narrow.
+    A run with any non-finite sample gets ``[inf, inf]`` as the ``n+2`` side: divergence is a
+    failure whichever points were drawn.
+    """
+    rng = np.random.default_rng(seed)
+    sq = np.asarray(sq, dtype=np.float64)
+    batch = sq.shape[1]
+    finite = np.isfinite(sq)
+    weights = rng.multinomial(batch, np.full(batch, 1.0 / batch), size=resamples) / batch
+    ms = weights @ np.where(finite, sq, 0.0).T  # (resamples, runs)
+    ratios = np.sqrt(ms[:, 2:] / ms[:, :-2])
+    lo, hi = np.quantile(ratios, [0.025, 0.975], axis=0)
+    diverged = ~finite.all(axis=1)[2:]
+    lo, hi = np.where(diverged, np.inf, lo), np.where(diverged, np.inf, hi)
+    return {"ratio_lo": lo.tolist(), "ratio_hi": hi.tolist()}

@@ -18,7 +18,7 @@ import pytest
 
 from deis_jax import get_solver, sample, schedules, testing, timesteps
 from deis_jax.solvers import unipc
-from sweep_helpers import sweep
+from sweep_helpers import ratio_bounds, sweep
 
 RATIO = 1.10
 NS = tuple(range(5, 17))
@@ -137,3 +137,23 @@ def test_encode_decode_and_grid_gradient(x64, name):
     grad = jax.grad(lambda ts: sample(fn, sched, z, solver=name, ts=ts,
                                       check_finite=False).sum())(ts)
     assert bool(np.all(np.isfinite(np.asarray(grad)))) and float(np.abs(grad).max()) > 0
+
+
+def test_ratio_bounds_separate_one_sample_from_a_grid_wide_rise():
+    """The bootstrap interval of benchmarks/cliffs.py: a 1.2x rise of every sample's error is a
+    narrow interval at 1.2 (significant); the same point ratio carried by one sample of 1,000
+    (a mode flip) has an interval reaching below 1.1; a diverged run is an infinite ratio."""
+    rng = np.random.default_rng(0)
+    base = rng.exponential(1e-4, size=1000)
+    everywhere = np.stack([base, base, 1.44 * base])
+    b = ratio_bounds(everywhere)
+    np.testing.assert_allclose([b["ratio_lo"][0], b["ratio_hi"][0]], 1.2, rtol=1e-12)
+    one = base.copy()
+    one[17] += 0.44 * base.sum()  # same total: point ratio 1.2
+    flip = np.stack([base, base, one])
+    assert np.sqrt(flip[2].mean() / flip[0].mean()) > RATIO
+    b = ratio_bounds(flip)
+    assert b["ratio_lo"][0] < RATIO < b["ratio_hi"][0], b
+    diverged = np.stack([base, base, np.where(np.arange(1000) == 3, np.nan, base)])
+    assert ratio_bounds(diverged)["ratio_lo"] == [np.inf]
+
