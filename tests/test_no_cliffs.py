@@ -156,4 +156,3 @@ def test_ratio_bounds_separate_one_sample_from_a_grid_wide_rise():
     assert b["ratio_lo"][0] < RATIO < b["ratio_hi"][0], b
     diverged = np.stack([base, base, np.where(np.arange(1000) == 3, np.nan, base)])
     assert ratio_bounds(diverged)["ratio_lo"] == [np.inf]
-

@@ -147,7 +147,8 @@ def test_eps_corrector_fades_on_long_steps(x64):
     UniPC-3 have RMSE 1.00 and 0.97 at NFE 5 on this ring, 9x DDIM's)."""
     sched = schedules.ve()
     ts = timesteps(sched, 6, "quadratic")
-    v = np.asarray(unipc_module.corrector_damping(sched, ts))
+    v = np.asarray(unipc_module.corrector_damping(sched, ts,
+                                                  unipc_module.EPS_CORRECTOR_RAMP[3]))
     h = np.abs(np.diff(np.asarray(sched.log_snr(ts))))
     np.testing.assert_allclose(v, np.clip(h - 1.0, 0.0, 1.0), atol=1e-12)
     assert v[0] == 1.0 and 0.0 < v[2] < 1.0 and v[-1] == 0.0, v

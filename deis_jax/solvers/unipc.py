@@ -179,9 +179,10 @@ def interval_weights(schedule, ts, orders, variant: str, model: str):
     return lin, jnp.stack(pred, axis=-1), jnp.stack(corr, axis=-1)
 
 
-def corrector_damping(schedule, ts, ramp=EPS_CORRECTOR_RAMP[2]):
+def corrector_damping(schedule, ts, ramp):
     """Per interval, the weight ``v = clip((|h| - a) / (b - a), 0, 1)`` given to "no
-    corrector" in the noise-prediction UniC step, ``(a, b) = ramp``."""
+    corrector" in the noise-prediction UniC step, ``(a, b) = ramp`` (``EPS_CORRECTOR_RAMP[p]``
+    for UniPC-``p``)."""
     lam = schedule.log_snr(jnp.asarray(ts))
     a, b = ramp
     return jnp.clip((jnp.abs(lam[1:] - lam[:-1]) - a) / (b - a), 0.0, 1.0)
