@@ -53,8 +53,13 @@ def deterministic_solvers():
 
 
 def reachable(name, nfe):
+    """``(solver, steps)`` making exactly ``nfe`` calls (DPM-Solver-fast: its plan for
+    ``nfe``), or None."""
+    solver = get_solver(name)
+    if solver.for_nfe is not None:
+        solver = solver.for_nfe(solver, nfe)
     try:
-        return get_solver(name).steps_for_nfe(nfe)
+        return solver, solver.steps_for_nfe(nfe)
     except ValueError:
         return None
 
@@ -84,11 +89,12 @@ def run(quick: bool = False, only=None):
             eps_fn = gmm.eps_fn(sched)
             for name in names:
                 for nfe in nfes:
-                    n_steps = reachable(name, nfe)
-                    if n_steps is None:
+                    plan = reachable(name, nfe)
+                    if plan is None:
                         continue
-                    fn = jax.jit(lambda x, ts, name=name: sample(eps_fn, sched, x, solver=name,
-                                                                 ts=ts, check_finite=False))
+                    solver, n_steps = plan
+                    fn = jax.jit(lambda x, ts, solver=solver: sample(
+                        eps_fn, sched, x, solver=solver, ts=ts, check_finite=False))
                     for grid in grids:
                         ts = timesteps(sched, n_steps, grid)
                         x = fn(x_T, ts)

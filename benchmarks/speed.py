@@ -1,17 +1,31 @@
-"""Sampler overhead and compile time with a small jitted MLP eps-model.
+"""Sampler speed, measured side by side in one process (ratios: absolute times drift).
 
-Speed of a sampler = wall time of the jitted sampler / (NFE x wall time of one jitted model
-call), same batch, same process (a ratio: absolute times drift between runs on shared
-machines). Also compile time (trace + lower + compile) against NFE. Model: MLP on d = 64 with
-a sinusoidal time embedding, width 512, 3 hidden layers, batch 256, float32.
-Targets (issue 2): ratio <= 1.10 for DDIM and tAB3 at NFE 10 and 50; compile(NFE 50) <=
-1.5 x compile(NFE 5). Writes ``results/speed.md``.
+For each solver family at NFE ~5, 10, 20, 50 (the nearest NFE the solver reaches) and two
+models -- an MLP eps-model (d = 64, width 512, 3 hidden layers, batch 256) and the digits
+U-Net (8x8x1, channels (32, 64) with attention, batch 64), both float32 with their
+parameters passed as data (``params=``):
 
-    python benchmarks/speed.py
+(a) ``t(jitted sampler) / t(compute limit)``, the limit being one jitted ``lax.scan`` that
+    makes the same NFE model calls and nothing else (each call's output is the next call's
+    input). Rounds of the two are interleaved, so load from other processes hits both alike;
+    the minimum over rounds is reported.
+(b) ``t(eager sample(...) with new params) / t(eager sample(...) with the same params)``:
+    new parameters must reuse the executable (no retrace, no recompile), interleaved.
+(c) the pattern stateful scheduler libraries force: a Python loop that calls a jitted
+    "model + DDIM step" NFE times, against our single scan (DDIM and tAB3); ratio loop/scan.
+(d) compile time (trace + lower + compile) against NFE.
+
+Targets (issue "Sampler core v2"): (a) <= 1.05 for every multistep solver at NFE >= 10,
+(b) <= 1.10, (d) compile(NFE 50) <= 1.5 x compile(NFE 5); (c) reported. Writes
+``results/speed.md``::
+
+    python benchmarks/speed.py            # both models, ~25 min on 2 CPU cores
+    python benchmarks/speed.py --quick    # MLP only, NFE 10 and 50
 """
 
 from __future__ import annotations
 
+import argparse
 import pathlib
 import time
 
@@ -20,88 +34,215 @@ import jax.numpy as jnp
 import numpy as np
 
 from deis_jax import get_solver, sample, schedules, timesteps
+from deis_jax.models import UNet
+from deis_jax.solvers.ei import exp_linear
 
 RESULTS = pathlib.Path(__file__).parent / "results"
-DIM, WIDTH, BATCH = 64, 512, 256
+MULTISTEP = ("ddim", "tab3", "rhoab3", "logrho3", "ipndm", "dpmpp_2m", "dpmpp_3m", "unipc3",
+             "euler")
+STAGES = ("rho_rk4", "dpm3", "dpm_fast", "dpmpp_2s", "edm_heun")
+STOCHASTIC = ("ddpm", "sde_ei2", "edm_sde")
+NFES = (5, 10, 20, 50)
 
 
-def make_mlp(key):
-    sizes = [DIM + 64, WIDTH, WIDTH, WIDTH, DIM]
+def mlp_model(key, dim=64, width=512, batch=256):
+    """``(model_fn(params, x, t), params, x)`` for the MLP eps-model."""
+    sizes = [dim + 64, width, width, width, dim]
     keys = jax.random.split(key, len(sizes) - 1)
     params = [(jax.random.normal(k, (m, n)) / np.sqrt(m), jnp.zeros(n))
               for k, m, n in zip(keys, sizes[:-1], sizes[1:])]
     freqs = jnp.exp(jnp.linspace(0.0, 6.0, 32))
-
-    def eps_fn(x, t):
-        emb = jnp.concatenate([jnp.sin(t[:, None] * freqs[None]),
-                               jnp.cos(t[:, None] * freqs[None])], axis=-1)
-        h = jnp.concatenate([x, emb], axis=-1)
-        for w, b in params[:-1]:
-            h = jax.nn.silu(h @ w + b[None])
-        w, b = params[-1]
-        return h @ w + b[None]
-
-    return eps_fn
+    x = jax.random.normal(jax.random.key(1), (batch, dim))
+    return _mlp, {"layers": params, "freqs": freqs}, x
 
 
-def _interleaved_min_times(model, model_args, sampler, sampler_args, rounds=15, calls=10):
-    """Best-of-``rounds`` per-call times of the model and the sampler, measured alternately so
-    that load from other processes hits both alike (min is robust to such interference)."""
-    jax.block_until_ready(model(*model_args))
-    jax.block_until_ready(sampler(*sampler_args))
-    t_model, t_sampler = [], []
+def _mlp(params, x, t):
+    freqs = params["freqs"]
+    emb = jnp.concatenate([jnp.sin(t[:, None] * freqs[None]), jnp.cos(t[:, None] * freqs[None])],
+                          axis=-1)
+    h = jnp.concatenate([x, emb], axis=-1)
+    for w, b in params["layers"][:-1]:
+        h = jax.nn.silu(h @ w + b[None])
+    w, b = params["layers"][-1]
+    return h @ w + b[None]
+
+
+def unet_model(key, batch=64):
+    """``(model.apply, params, x)`` for the digits U-Net (the CLI's ``--size base``)."""
+    net = UNet(channels=(32, 64))
+    x = jax.random.normal(jax.random.key(1), (batch, 8, 8, 1))
+    return net.apply, net.init(key, x, jnp.ones((batch,))), x
+
+
+def _perturb(params, seed):
+    """Parameters of the same structure with new values (a new checkpoint)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree_util.tree_unflatten(
+        treedef, [v + 1e-3 * jax.random.normal(k, v.shape, v.dtype) for v, k in zip(leaves, keys)])
+
+
+def _interleaved_min(fns, rounds):
+    """Best-of-``rounds`` time of each ``fn()`` (all blocking), run alternately."""
+    for fn in fns:
+        fn()
+    best = [np.inf] * len(fns)
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            out = model(*model_args)
-        jax.block_until_ready(out)
-        t_model.append((time.perf_counter() - t0) / calls)
-        t0 = time.perf_counter()
-        jax.block_until_ready(sampler(*sampler_args))
-        t_sampler.append(time.perf_counter() - t0)
-    return min(t_model), min(t_sampler)
+        for j, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[j] = min(best[j], time.perf_counter() - t0)
+    return best
+
+
+def _reachable(solver, target):
+    for nfe in (target, target + 1, target - 1, target + 2, target + 3):
+        try:
+            solver.steps_for_nfe(nfe)
+            return nfe
+        except ValueError:
+            continue
+    raise ValueError(f"{solver.name}: no NFE near {target}")
+
+
+def _limit_fn(model_fn, batch):
+    """The compute limit: ``nfe`` model calls in one scan, nothing else."""
+
+    @jax.jit
+    def limit(params, x, ts):
+        def body(x, t):
+            return model_fn(params, x, jnp.broadcast_to(t, (batch,))), None
+
+        return jax.lax.scan(body, x, ts)[0]
+
+    return limit
+
+
+def _sampler_fn(model_fn, sched, name, nfe):
+    solver = get_solver(name)
+    key = jax.random.key(0) if solver.stochastic else None
+
+    def run(params, x):
+        return sample(model_fn, sched, x, params=params, solver=name, nfe=nfe, key=key)
+
+    return run
+
+
+def _ddim_step_fn(model_fn, sched):
+    """One jitted model call + DDIM step, as a stateful scheduler's step() runs it."""
+
+    @jax.jit
+    def step(params, x, t, t_next):
+        lin = exp_linear(sched, t, t_next, "eps")
+        eps = model_fn(params, x, jnp.broadcast_to(t, x.shape[:1]))
+        return lin.a * x - lin.scale * jnp.expm1(lin.hh) * eps
+
+    return step
+
+
+def measure(model_name, model_fn, params, x, sched, solvers, nfes, rounds, lines):
+    batch = x.shape[0]
+    limit = _limit_fn(model_fn, batch)
+    pool = [_perturb(params, s) for s in range(1, 4)]
+    rows, compile_s = [], {}
+    for name in solvers:
+        solver = get_solver(name)
+        for target in nfes:
+            nfe = _reachable(solver, target)
+            run = _sampler_fn(model_fn, sched, name, nfe)
+            t0 = time.perf_counter()
+            compiled = jax.jit(run).lower(params, x).compile()
+            compile_s[(name, target)] = time.perf_counter() - t0
+            ts_limit = jnp.linspace(1.0, 1e-3, nfe)
+            t_limit, t_sampler = _interleaved_min(
+                [lambda: jax.block_until_ready(limit(params, x, ts_limit)),
+                 lambda: jax.block_until_ready(compiled(params, x))], rounds)
+            counter = iter(range(10**9))
+            t_same, t_new = _interleaved_min(
+                [lambda: jax.block_until_ready(run(params, x)),
+                 lambda: jax.block_until_ready(run(pool[next(counter) % len(pool)], x))],
+                max(3, rounds // 3))
+            rows.append((name, nfe, t_sampler, t_limit, t_new / t_same,
+                         compile_s[(name, target)]))
+            lines.append(f"| {model_name} | {name} | {nfe} | {1e3 * t_sampler:.2f} | "
+                         f"{1e3 * t_limit:.2f} | {t_sampler / t_limit:.3f} | "
+                         f"{t_new / t_same:.3f} | {compile_s[(name, target)]:.2f} |")
+            print(lines[-1], flush=True)
+    return rows, compile_s
+
+
+def loop_vs_scan(model_name, model_fn, params, x, sched, nfes, rounds, lines):
+    step = _ddim_step_fn(model_fn, sched)
+    for nfe in nfes:
+        ts = timesteps(sched, nfe, "quadratic")
+        ts_host = [jnp.asarray(v) for v in np.asarray(ts)]
+
+        def loop():
+            y = x
+            for t, t_next in zip(ts_host[:-1], ts_host[1:]):
+                y = step(params, y, t, t_next)
+            return jax.block_until_ready(y)
+
+        scans = {n: jax.jit(_sampler_fn(model_fn, sched, n, nfe)) for n in ("ddim", "tab3")}
+        t_loop, t_ddim, t_tab3 = _interleaved_min(
+            [loop] + [lambda f=f: jax.block_until_ready(f(params, x)) for f in scans.values()],
+            rounds)
+        lines.append(f"| {model_name} | {nfe} | {1e3 * t_loop:.2f} | {1e3 * t_ddim:.2f} | "
+                     f"{1e3 * t_tab3:.2f} | {t_loop / t_ddim:.2f} | {t_loop / t_tab3:.2f} |")
+        print(lines[-1], flush=True)
+        np.testing.assert_allclose(np.asarray(loop()), np.asarray(scans["ddim"](params, x)),
+                                   rtol=1e-4, atol=1e-4)
 
 
 def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="MLP only, NFE 10 and 50")
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
     sched = schedules.vp_linear()
-    eps_fn = make_mlp(jax.random.key(0))
-    x = sched.prior_sample(jax.random.key(1), (BATCH, DIM))
-    t = jnp.full((BATCH,), 0.5)
-    model = jax.jit(eps_fn)
-    lines = ["# Sampler speed (overhead ratio) and compile time", "",
-             f"MLP eps-model d={DIM}, width {WIDTH}, 3 hidden layers, batch {BATCH}, float32, "
-             f"CPU ({jax.devices()[0].device_kind}, {jax.device_count()} device). "
-             "ratio = t(jitted sampler) / (NFE x t(one jitted model call)), best of 15 "
-             "interleaved rounds in one process (model: mean of 10 back-to-back calls). Generated by `python benchmarks/speed.py`.", "",
-             "| solver | NFE | sampler ms | model ms | ratio | compile s |",
-             "|---|---|---|---|---|---|"]
-    compile_times = {}
-    plan = {"ddim": (5, 10, 20, 50), "tab3": (5, 10, 20, 50), "ipndm": (10, 50),
-            "rhoab3": (10, 50), "rho_rk4": (12, 48)}
-    for name, nfes in plan.items():
-        solver = get_solver(name)
-        for nfe in nfes:
-            ts = timesteps(sched, solver.steps_for_nfe(nfe), "quadratic")
-
-            def run(x_T, ts=ts, name=name):
-                return sample(eps_fn, sched, x_T, solver=name, ts=ts)
-
-            t0 = time.perf_counter()
-            compiled = jax.jit(run).lower(x).compile()
-            compile_s = time.perf_counter() - t0
-            compile_times[(name, nfe)] = compile_s
-            t_model, t_sampler = _interleaved_min_times(model, (x, t), compiled, (x,))
-            ratio = t_sampler / (nfe * t_model)
-            lines.append(f"| {name} | {nfe} | {1e3 * t_sampler:.2f} | {1e3 * t_model:.3f} | "
-                         f"{ratio:.3f} | {compile_s:.2f} |")
-            print(lines[-1], flush=True)
-    lines.append("")
-    for name in ("ddim", "tab3"):
-        r = compile_times[(name, 50)] / compile_times[(name, 5)]
-        lines.append(f"- {name}: compile(NFE 50) / compile(NFE 5) = {r:.2f}")
+    models = {"MLP": mlp_model(jax.random.key(0))}
+    if not args.quick:
+        models["U-Net"] = unet_model(jax.random.key(0))
+    nfes = (10, 50) if args.quick else NFES
+    solvers = MULTISTEP + STAGES + STOCHASTIC
+    head = [
+        "# Sampler speed, measured side by side",
+        "",
+        f"CPU ({jax.devices()[0].device_kind}, {jax.device_count()} device), float32, parameters "
+        "passed as data (`params=`). Generated by `python benchmarks/speed.py`"
+        + (" --quick" if args.quick else "") + f"; best of {args.rounds} interleaved rounds.",
+        "MLP: d = 64, width 512, 3 hidden layers, batch 256. U-Net: digits 8x8x1, channels "
+        "(32, 64), attention, batch 64.",
+        "",
+        "(a) `limit` = one jitted `lax.scan` making the same NFE model calls and nothing else; "
+        "`/ limit` = sampler / limit. (b) `new/same` = eager `sample(...)` with new parameters "
+        "over the same call with the same parameters. (d) compile = trace + lower + compile of "
+        "the jitted sampler.",
+        "",
+        "| model | solver | NFE | sampler ms | limit ms | (a) / limit | (b) new/same | "
+        "(d) compile s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines, loop_lines, summary = list(head), [], []
+    for model_name, (model_fn, params, x) in models.items():
+        rows, compile_s = measure(model_name, model_fn, params, x, sched, solvers, nfes,
+                                  args.rounds, lines)
+        multistep = [r for r in rows if r[0] in MULTISTEP and r[1] >= 10]
+        worst = max(multistep, key=lambda r: r[2] / r[3])
+        summary.append(f"- {model_name}: (a) worst multistep solver at NFE >= 10: {worst[0]} "
+                       f"NFE {worst[1]}, {worst[2] / worst[3]:.3f}; median over them "
+                       f"{np.median([r[2] / r[3] for r in multistep]):.3f}. (b) worst "
+                       f"{max(r[4] for r in rows):.3f}. (d) compile(NFE 50)/compile(NFE 5): "
+                       + ", ".join(f"{n} {compile_s[(n, nfes[-1])] / compile_s[(n, nfes[0])]:.2f}"
+                                   for n in solvers))
+        loop_vs_scan(model_name, model_fn, params, x, sched, nfes, args.rounds, loop_lines)
+    lines += ["", "## (c) Python loop of jitted model + DDIM step vs one scan", "",
+              "| model | NFE | loop ms | DDIM scan ms | tAB3 scan ms | loop / DDIM scan | "
+              "loop / tAB3 scan |", "|---|---|---|---|---|---|---|"] + loop_lines
+    lines += ["", "## Summary", ""] + summary
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "speed.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[-2:]))
+    print("\n".join(summary))
 
 
 if __name__ == "__main__":

@@ -31,10 +31,10 @@ from typing import Any, Callable, NamedTuple
 import diffrax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from deis_jax._checks import check_choice, check_int, is_concrete
-from deis_jax.parameterization import as_eps_fn
+from deis_jax import _callables
+from deis_jax._checks import check_choice, check_int, check_tolerance, is_concrete
+from deis_jax.parameterization import PREDICTIONS, as_eps_fn
 from deis_jax.schedules import Schedule
 
 __all__ = ["ODESolution", "solve_ode", "ADAPTIVE_SOLVERS"]
@@ -77,11 +77,15 @@ def _vector_field(eps_fn: Callable, schedule: Schedule):
     return field
 
 
-@functools.partial(jax.jit, static_argnames=("model_fn", "prediction", "solver", "per_sample",
+@functools.partial(jax.jit, static_argnames=("model", "prediction", "solver", "per_sample",
                                                "max_steps"))
-def _solve(model_fn, prediction, solver, per_sample, max_steps, schedule, x_T, t_start, t_end,
-           rtol, atol):
-    eps_fn = as_eps_fn(model_fn, schedule, prediction)
+def _solve(model, prediction, solver, per_sample, max_steps, model_data, params, schedule, x_T,
+           t_start, t_end, rtol, atol):
+    model_fn = _callables.merge(model, model_data)
+    _callables.check_model(model_fn, params, jax.ShapeDtypeStruct(x_T.shape, x_T.dtype),
+                           jax.ShapeDtypeStruct(x_T.shape[:1], x_T.dtype))
+    eps_fn = as_eps_fn(lambda x, t: _callables.call_model(model_fn, params, x, t), schedule,
+                       prediction)
     lam0 = schedule.log_snr(t_start).astype(x_T.dtype)
     lam1 = schedule.log_snr(t_end).astype(x_T.dtype)
     controller = diffrax.PIDController(rtol=rtol, atol=atol)
@@ -107,18 +111,12 @@ def _solve(model_fn, prediction, solver, per_sample, max_steps, schedule, x_T, t
     return x, _EVALS_AT_START + _EVALS_PER_STEP * n_steps, n_steps, ok
 
 
-def _check_tolerance(name, value):
-    if is_concrete(value):
-        v = np.asarray(value, dtype=np.float64)
-        if v.ndim != 0 or not (np.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a positive finite scalar, got {name}={value!r}")
-
-
 def solve_ode(
     model_fn: Callable,
     schedule: Schedule,
     x_T,
     *,
+    params=None,
     t_start=None,
     t_end=None,
     solver: str = "tsit5",
@@ -131,10 +129,12 @@ def solve_ode(
     r"""Solve the probability-flow ODE adaptively from ``t_start`` to ``t_end``.
 
     Args:
-      model_fn: ``model_fn(x, t)`` with ``x: (batch, ...)``, ``t: (batch,)`` returning the
-        prediction named by ``prediction``.
+      model_fn: ``model_fn(params, x, t)`` with ``params``, else ``model_fn(x, t)``;
+        ``x: (batch, ...)``, ``t: (batch,)``, returning the prediction named by
+        ``prediction`` (as in :func:`deis_jax.sample`).
       schedule: the model's noise schedule.
       x_T: the state at ``t_start``, shape ``(batch, ...)``.
+      params: the model's parameters, traced data (new parameters do not recompile).
       t_start, t_end: start and end times (default ``schedule.t_max -> schedule.t_min``,
         i.e. sampling; swap them to encode data into noise). May be traced.
       solver: ``"tsit5"`` or ``"dopri5"`` (5th-order explicit RK with an embedded 4th-order
@@ -166,8 +166,9 @@ def solve_ode(
     check_choice("solver", solver, ADAPTIVE_SOLVERS)
     check_choice("per_sample", per_sample, (True, False))
     max_steps = check_int("max_steps", max_steps, minimum=1)
-    _check_tolerance("rtol", rtol)
-    _check_tolerance("atol", atol)
+    check_tolerance("rtol", rtol)
+    check_tolerance("atol", atol)
+    check_choice("prediction", prediction, PREDICTIONS)
     x_T = jnp.asarray(x_T)
     if x_T.ndim < 1 or x_T.shape[0] < 1:
         raise ValueError(f"x_T must have a leading batch axis, got shape {x_T.shape}")
@@ -179,8 +180,10 @@ def solve_ode(
         raise ValueError(f"t_start and t_end must differ, got t_start={t_start!r}, "
                          f"t_end={t_end!r}")
     dtype = x_T.dtype
+    model_static, model_data = _callables.split(model_fn)
     x, nfe, n_steps, ok = _solve(
-        model_fn, prediction, solver, bool(per_sample), max_steps, schedule, x_T,
+        model_static, prediction, solver, bool(per_sample), max_steps, model_data, params,
+        schedule, x_T,
         jnp.asarray(t_start, dtype), jnp.asarray(t_end, dtype), jnp.asarray(rtol, dtype),
         jnp.asarray(atol, dtype),
     )

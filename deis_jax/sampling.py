@@ -3,8 +3,13 @@
 The per-step coefficients are built once, vectorised over steps, then fed to ``lax.scan`` as
 ``xs``; the scan body is the solver's step (one model call plus a few fused multiply-adds for
 the multistep solvers). Everything is a pure function of its array inputs, so ``sample`` can
-be ``jax.jit``-ed, ``jax.vmap``-ed (over seeds, grid parameters, schedule parameters) and
-differentiated with respect to ``x_T`` and the grid.
+be ``jax.jit``-ed, ``jax.vmap``-ed (over seeds, grid parameters, schedule parameters,
+solver hyper-parameters) and differentiated with respect to ``x_T`` and the grid.
+
+What is compiled, and what is data: the model's parameters (``params=``, or the array
+arguments of a ``functools.partial``), ``x_T``, the grid, the schedule's parameters and the
+solver's ``hparams`` are traced arguments of one cached executable per (model function,
+solver, grid length, shapes and dtypes); new values never recompile.
 """
 
 from __future__ import annotations
@@ -15,14 +20,15 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from deis_jax._checks import is_concrete
-from deis_jax.grids import check_grid, timesteps
-from deis_jax.parameterization import as_eps_fn, as_x0_fn
+from deis_jax import _callables
+from deis_jax._checks import check_choice, is_concrete
+from deis_jax.grids import GRID_KINDS, check_grid, timesteps
+from deis_jax.parameterization import PREDICTIONS, as_eps_fn, as_x0_fn
 from deis_jax.schedules import Schedule
 from deis_jax.solvers.base import Solver
 from deis_jax.solvers.registry import get_solver
 
-__all__ = ["SampleOutput", "sample"]
+__all__ = ["SampleOutput", "sample", "run_table"]
 
 
 class SampleOutput(NamedTuple):
@@ -41,27 +47,9 @@ class SampleOutput(NamedTuple):
     nonfinite_step: Any
 
 
-def _check_model_output(model_fn, x_T):
-    batch = x_T.shape[0]
-    t_spec = jax.ShapeDtypeStruct((batch,), x_T.dtype)
-    try:
-        out = jax.eval_shape(model_fn, jax.ShapeDtypeStruct(x_T.shape, x_T.dtype), t_spec)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"model_fn failed on x of shape {x_T.shape} and t of shape {(batch,)} "
-            f"(does x_T have the shape the model expects?): {err}"
-        ) from err
-    out_shape = getattr(out, "shape", None)
-    if out_shape != x_T.shape:
-        raise ValueError(
-            f"model_fn must return an array of the input's shape {x_T.shape}; it returned "
-            f"{out_shape if out_shape is not None else type(out).__name__} for x of shape "
-            f"{x_T.shape} and t of shape {(batch,)}"
-        )
-
-
-def _solver_model(model_fn, schedule, prediction, solver: Solver):
-    """The model as the solver consumes it: eps or x0 prediction, scalar ``t``."""
+def solver_model(model_fn: Callable, schedule, prediction: str, solver: Solver):
+    """The model as the solver's steps consume it: eps or x0 prediction, scalar ``t``
+    (``model_fn(x, t)`` with ``t`` of shape ``(batch,)``)."""
     fn = (as_eps_fn if solver.model == "eps" else as_x0_fn)(model_fn, schedule, prediction)
 
     def call(x, t):
@@ -71,34 +59,79 @@ def _solver_model(model_fn, schedule, prediction, solver: Solver):
     return call
 
 
+def run_table(solver: Solver, fn: Callable, table, x_T, ts_next, keys=None, hook=None, *,
+              return_trajectory: bool = False, check_finite: bool = False):
+    """Run ``solver``'s steps over a coefficient ``table`` (one ``lax.scan``, then the
+    solver's ``final_steps``): the body of :func:`sample`, for callers that build or stack
+    tables themselves.
+
+    Args:
+      solver: the solver whose table this is.
+      fn: the model as the steps consume it (:func:`solver_model`).
+      table: ``solver.table(schedule, ts)``.
+      x_T: start.
+      ts_next: ``(N,)`` end time of each step (``ts[1:]``), passed to ``hook``.
+      keys: ``(N,)`` step keys for stochastic solvers, else None.
+      hook: ``hook(x, t) -> x`` after every step.
+
+    Returns:
+      ``(x, trajectory or None, first non-finite step or -1)``.
+    """
+    n = ts_next.shape[0]
+    main = n - len(solver.final_steps)
+
+    def body(kernel):
+        def run(carry, xs):
+            state, bad = carry
+            row, key, i, t_next = xs
+            state = kernel(fn, state, row, key)
+            if hook is not None:
+                state = state._replace(x=hook(state.x, t_next))
+            if check_finite:
+                bad = jnp.where((bad < 0) & ~jnp.all(jnp.isfinite(state.x)), i, bad)
+            return (state, bad), (state.x if return_trajectory else None)
+
+        return run
+
+    xs = (table, keys, jnp.arange(n, dtype=jnp.int32), ts_next)
+    carry = (solver.init(x_T, table), jnp.int32(-1))
+    carry, traj = jax.lax.scan(body(solver.step), carry,
+                               jax.tree_util.tree_map(lambda v: v[:main], xs))
+    parts = [x_T[None], traj] if return_trajectory else []
+    for j, (kernel, _) in enumerate(solver.final_steps):
+        carry, x = body(kernel)(carry, jax.tree_util.tree_map(lambda v: v[main + j], xs))
+        if return_trajectory:
+            parts.append(x[None])
+    (state, bad) = carry
+    return state.x, (jnp.concatenate(parts, axis=0) if return_trajectory else None), bad
+
+
 @functools.partial(
     jax.jit,
-    static_argnames=("model_fn", "prediction", "solver", "hook", "return_trajectory",
+    static_argnames=("model", "hook", "prediction", "grid", "n_steps", "return_trajectory",
                      "check_finite"),
 )
-def _run(model_fn, prediction, solver, hook, return_trajectory, check_finite, schedule, x_T,
-         ts, key):
-    fn = _solver_model(model_fn, schedule, prediction, solver)
-    coeffs = solver.coefficients(schedule, ts)
-    n_steps = ts.shape[0] - 1
-    keys = None if key is None else jax.random.split(key, n_steps)
-    state = solver.init(x_T, coeffs)
+def _run(model, hook, prediction, grid, n_steps, return_trajectory, check_finite, model_data,
+         hook_data, params, solver, schedule, x_T, ts, key):
+    model_fn = _callables.merge(model, model_data)
+    hook_fn = _callables.merge(hook, hook_data)
+    if ts is None:
+        ts = timesteps(schedule, n_steps, grid)
+    t_spec = jax.ShapeDtypeStruct(x_T.shape[:1], x_T.dtype)
+    _callables.check_model(model_fn, params, jax.ShapeDtypeStruct(x_T.shape, x_T.dtype), t_spec)
+    if hook_fn is not None:
+        _callables.check_hook(hook_fn, jax.ShapeDtypeStruct(x_T.shape, x_T.dtype), ts[1])
 
-    def body(carry, xs):
-        state, bad = carry
-        co, k, i, t_next = xs
-        state = solver.step(fn, state, co, k)
-        if hook is not None:
-            state = state._replace(x=hook(state.x, t_next))
-        if check_finite:
-            bad = jnp.where((bad < 0) & ~jnp.all(jnp.isfinite(state.x)), i, bad)
-        return (state, bad), (state.x if return_trajectory else None)
+    def user_model(x, t):
+        return _callables.call_model(model_fn, params, x, t)
 
-    xs = (coeffs, keys, jnp.arange(n_steps, dtype=jnp.int32), ts[1:])
-    (state, bad), traj = jax.lax.scan(body, (state, jnp.int32(-1)), xs)
-    if return_trajectory:
-        traj = jnp.concatenate([x_T[None], traj], axis=0)
-    return state.x, traj, bad
+    fn = solver_model(user_model, schedule, prediction, solver)
+    n = ts.shape[0] - 1
+    keys = None if key is None else jax.random.split(key, n)
+    x, traj, bad = run_table(solver, fn, solver.table(schedule, ts), x_T, ts[1:], keys,
+                             hook_fn, return_trajectory=return_trajectory,
+                             check_finite=check_finite)
+    return x, traj, bad, ts
 
 
 def sample(
@@ -106,6 +139,7 @@ def sample(
     schedule: Schedule,
     x_T,
     *,
+    params=None,
     solver="tab3",
     ts=None,
     nfe: int | None = None,
@@ -119,24 +153,34 @@ def sample(
 ):
     r"""Integrate from ``x_T`` at ``ts[0]`` to ``ts[-1]`` with the chosen solver.
 
+    Every solver's step goes from ``ts[i]`` to ``ts[i+1]`` (its stages, if any, lie inside
+    the step), so a grid of ``N + 1`` points is ``N`` steps and
+    ``get_solver(solver).nfe_for_steps(N)`` model calls.
+
     Args:
-      model_fn: ``model_fn(x, t)`` with ``x: (batch, ...)``, ``t: (batch,)``, returning the
-        prediction named by ``prediction`` with ``x``'s shape. A Flax model enters as
-        ``functools.partial(model.apply, params)``.
+      model_fn: the model. With ``params``, ``model_fn(params, x, t)`` -- a Flax Linen
+        ``model.apply``, an NNX ``lambda state, x, t: nnx.merge(graphdef, state)(x, t)``
+        defined once, or any pure function; without, ``model_fn(x, t)`` (analytic models).
+        ``x: (batch, ...)``, ``t: (batch,)``; returns the prediction named by
+        ``prediction`` with ``x``'s shape.
       schedule: the :class:`~deis_jax.schedules.Schedule` the model was trained with.
       x_T: starting point, shape ``(batch, ...)`` (e.g. ``schedule.prior_sample``).
+      params: the model's parameters (any pytree of arrays), passed as data: new parameters
+        reuse the compiled sampler. The array arguments of a ``functools.partial`` model are
+        data too.
       solver: a registry name (see :func:`deis_jax.solver_names`) or a ``Solver``.
       ts: time grid of shape ``(N+1,)``: decreasing to sample, increasing to encode data
         into noise (deterministic solvers). May be traced (learned grids).
       nfe: alternatively, the number of model evaluations; the grid is then
-        ``timesteps(schedule, solver.steps_for_nfe(nfe), grid)``.
+        ``timesteps(schedule, solver.steps_for_nfe(nfe), grid)`` (and DPM-Solver-fast picks
+        its order mix from ``nfe``).
       grid: grid kind used with ``nfe`` (see :data:`deis_jax.GRID_KINDS`).
       key: PRNG key, required by stochastic solvers.
       prediction: what ``model_fn`` predicts: ``"eps"``, ``"x0"``, ``"score"``, ``"v"`` or
         ``"edm"`` (a denoiser ``D(x/alpha, rho)``).
-      hook: optional ``hook(x, t) -> x`` applied after every step at the step's end time
-        ``t`` (inpainting, projections).
-      return_trajectory: also return every intermediate state (needs ``full_output``).
+      hook: optional ``hook(x, t) -> x`` applied once after every step at the step's end
+        time ``t`` (inpainting, projections); it must keep ``x``'s shape and dtype.
+      return_trajectory: also return the state at every grid time (needs ``full_output``).
       full_output: return a :class:`SampleOutput` instead of the final sample.
       check_finite: record the first step with non-finite output; when called eagerly
         (not under ``jit``), raise ``FloatingPointError`` naming that step.
@@ -160,28 +204,37 @@ def sample(
         raise ValueError(f"x_T must have a leading batch axis, got shape {x_T.shape}")
     if not jnp.issubdtype(x_T.dtype, jnp.floating):
         raise TypeError(f"x_T must be floating point, got dtype {x_T.dtype}")
+    check_choice("prediction", prediction, PREDICTIONS)
+    n_steps = None
     if ts is None:
         if nfe is None:
             raise ValueError("pass either ts= (a time grid) or nfe= (a number of model calls)")
-        ts = timesteps(schedule, solver.steps_for_nfe(nfe), grid)
+        check_choice("grid", grid, GRID_KINDS)
+        if solver.for_nfe is not None:
+            solver = solver.for_nfe(solver, nfe)
+        n_steps = solver.steps_for_nfe(nfe)
     elif nfe is not None:
         raise ValueError("pass only one of ts= and nfe=")
-    ts = check_grid(schedule, ts)
-    n_steps = ts.shape[0] - 1
+    else:
+        ts = check_grid(schedule, ts)
+        n_steps = ts.shape[0] - 1
     if n_steps < solver.min_steps:
         raise ValueError(
             f"solver {solver.name!r} needs at least {solver.min_steps} steps, got a grid of "
-            f"{n_steps} (ts has {ts.shape[0]} points)"
+            f"{n_steps} (ts has {n_steps + 1} points)"
         )
     if solver.stochastic and key is None:
         raise ValueError(f"solver {solver.name!r} is stochastic: pass a PRNG key with key=")
     if return_trajectory and not full_output:
         raise ValueError("return_trajectory=True needs full_output=True")
-    _check_model_output(model_fn, x_T)
-    x, traj, bad = _run(model_fn, prediction, solver, hook, return_trajectory, check_finite,
-                        schedule, x_T, ts, key if solver.stochastic else None)
-    if check_finite and is_concrete(bad) and int(jnp.max(bad)) >= 0:
-        step = int(jnp.max(bad))
+    model_static, model_data = _callables.split(model_fn)
+    hook_static, hook_data = _callables.split(hook)
+    x, traj, bad, ts = _run(
+        model_static, hook_static, prediction, grid if ts is None else None,
+        n_steps if ts is None else None, return_trajectory, check_finite, model_data,
+        hook_data, params, solver, schedule, x_T, ts, key if solver.stochastic else None)
+    if check_finite and is_concrete(bad) and int(bad) >= 0:
+        step = int(bad)
         raise FloatingPointError(
             f"sampling produced non-finite values (NaN/inf) at step {step} "
             f"(t={float(ts[step])} -> {float(ts[step + 1])}) with solver {solver.name!r}; "

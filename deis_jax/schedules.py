@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deis_jax._checks import is_concrete
+from deis_jax._checks import check_positive, check_time_range, is_concrete
 
 __all__ = [
     "Schedule",
@@ -37,6 +37,7 @@ __all__ = [
     "ve",
     "sub_vp",
     "edm",
+    "FAMILIES",
 ]
 
 
@@ -48,6 +49,7 @@ class _Family(NamedTuple):
     log_sigma: Callable[[dict, Any], Any]
     t_from_log_snr: Callable[[dict, Any], Any]
     prior_std: Callable[[dict, float], Any]
+    alpha_is_one: bool = False  # variance exploding: x_t = x_0 + sigma_t eps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,26 +145,6 @@ jax.tree_util.register_dataclass(
 )
 
 
-def _check_positive(**kwargs):
-    for name, value in kwargs.items():
-        if is_concrete(value) and not bool(np.all(np.asarray(value) > 0)):
-            raise ValueError(f"{name} must be > 0, got {name}={value!r}")
-
-
-def _check_range(t_min, t_max):
-    try:
-        t_min, t_max = float(t_min), float(t_max)
-    except (TypeError, jax.errors.ConcretizationTypeError) as err:
-        raise TypeError(
-            f"t_min and t_max must be concrete numbers, got t_min={t_min!r}, t_max={t_max!r}"
-        ) from err
-    if not 0 < t_min < t_max:
-        raise ValueError(
-            f"need 0 < t_min < t_max (sigma vanishes at t = 0), got t_min={t_min!r}, "
-            f"t_max={t_max!r}"
-        )
-
-
 def _sigma_from_log_alpha_vp(log_alpha):
     # sigma^2 = 1 - alpha^2, computed without cancellation near t = 0.
     return 0.5 * jnp.log(-jnp.expm1(2.0 * log_alpha))
@@ -209,8 +191,8 @@ def vp_linear(beta_min=0.1, beta_max=20.0, *, t_min=1e-3, t_max=1.0) -> Schedule
       beta_min, beta_max: ``beta(0)`` and ``beta(1)``; may be traced arrays.
       t_min, t_max: default sampling range.
     """
-    _check_positive(beta_min=beta_min, beta_max=beta_max)
-    _check_range(t_min, t_max)
+    check_positive(beta_min=beta_min, beta_max=beta_max)
+    check_time_range(t_min, t_max)
     params = {"beta_min": jnp.asarray(beta_min, float), "beta_max": jnp.asarray(beta_max, float)}
     return Schedule(_VP_LINEAR, params, float(t_min), float(t_max))
 
@@ -236,8 +218,8 @@ _SUB_VP = _Family(
 
 def sub_vp(beta_min=0.1, beta_max=20.0, *, t_min=1e-3, t_max=1.0) -> Schedule:
     """Sub-VP SDE (Song et al. 2021, eq. 12): VP's ``alpha_t``, ``sigma_t = 1 - alpha_t^2``."""
-    _check_positive(beta_min=beta_min, beta_max=beta_max)
-    _check_range(t_min, t_max)
+    check_positive(beta_min=beta_min, beta_max=beta_max)
+    check_time_range(t_min, t_max)
     params = {"beta_min": jnp.asarray(beta_min, float), "beta_max": jnp.asarray(beta_max, float)}
     return Schedule(_SUB_VP, params, float(t_min), float(t_max))
 
@@ -274,8 +256,8 @@ def vp_cosine(s=0.008, *, t_min=1e-3, t_max=0.9946) -> Schedule:
     ``alpha_t = cos((t+s)/(1+s) pi/2) / cos(s/(1+s) pi/2)``. ``alpha`` reaches 0 at ``t = 1``,
     so the default ``t_max = 0.9946`` (as in DPM-Solver) keeps ``lambda`` finite.
     """
-    _check_positive(s=s)
-    _check_range(t_min, t_max)
+    check_positive(s=s)
+    check_time_range(t_min, t_max)
     if t_max >= 1.0:
         raise ValueError(f"vp_cosine needs t_max < 1 (alpha_1 = 0), got t_max={t_max!r}")
     return Schedule(_VP_COSINE, {"s": jnp.asarray(s, float)}, float(t_min), float(t_max))
@@ -357,7 +339,7 @@ def vp_discrete(*, betas=None, alphas_cumprod=None, t_min=None, t_max=1.0) -> Sc
         log_alpha = 0.5 * np.log(a)
     n = log_alpha.shape[0]
     t_min = 1.0 / n if t_min is None else t_min
-    _check_range(t_min, t_max)
+    check_time_range(t_min, t_max)
     return Schedule(
         _VP_DISCRETE, {"log_alpha": jnp.asarray(log_alpha, float)}, float(t_min), float(t_max)
     )
@@ -378,14 +360,15 @@ _VE = _Family(
     t_from_log_snr=lambda p, lam: (-lam - jnp.log(p["sigma_min"]))
     / (jnp.log(p["sigma_max"]) - jnp.log(p["sigma_min"])),
     prior_std=lambda p, t_max: jnp.exp(_ve_log_sigma(p, t_max)),
+    alpha_is_one=True,
 )
 
 
 def ve(sigma_min=0.01, sigma_max=50.0, *, t_min=1e-5, t_max=1.0) -> Schedule:
     """Variance-exploding SDE (Song et al. 2021, eq. 9): ``alpha = 1``,
     ``sigma_t = sigma_min (sigma_max / sigma_min)^t``; prior ``N(0, sigma(t_max)^2)``."""
-    _check_positive(sigma_min=sigma_min, sigma_max=sigma_max)
-    _check_range(t_min, t_max)
+    check_positive(sigma_min=sigma_min, sigma_max=sigma_max)
+    check_time_range(t_min, t_max)
     if is_concrete(sigma_min) and is_concrete(sigma_max) and not sigma_min < sigma_max:
         raise ValueError(f"need sigma_min < sigma_max, got {sigma_min=}, {sigma_max=}")
     params = {"sigma_min": jnp.asarray(sigma_min, float), "sigma_max": jnp.asarray(sigma_max, float)}
@@ -401,6 +384,7 @@ _EDM = _Family(
     log_sigma=lambda p, t: jnp.log(t),
     t_from_log_snr=lambda p, lam: jnp.exp(-lam),
     prior_std=lambda p, t_max: t_max,
+    alpha_is_one=True,
 )
 
 
@@ -410,7 +394,52 @@ def edm(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5) -> Schedule:
     ``sigma_min``/``sigma_max`` are the default ``t_min``/``t_max`` (static floats);
     ``sigma_data`` is used by the EDM preconditioning in :mod:`deis_jax.parameterization`.
     """
-    _check_range(sigma_min, sigma_max)
-    _check_positive(sigma_min=sigma_min, sigma_data=sigma_data)
+    check_time_range(sigma_min, sigma_max)
+    check_positive(sigma_min=sigma_min, sigma_data=sigma_data)
     return Schedule(_EDM, {"sigma_data": jnp.asarray(sigma_data, float)}, float(sigma_min),
                     float(sigma_max))
+
+
+FAMILIES = {f.name: f for f in (_VP_LINEAR, _VP_COSINE, _VP_DISCRETE, _VE, _SUB_VP, _EDM)}
+"""Every schedule family by name: the one registry the checkpoint format, the CLI and the
+solvers read (``FAMILIES[name].alpha_is_one`` and so on)."""
+
+
+def _ddpm_linear() -> Schedule:
+    """DDPM's table (Ho et al. 2020, Sec. 4): 1000 betas linear from 1e-4 to 0.02."""
+    return vp_discrete(betas=np.linspace(1e-4, 0.02, 1000))
+
+
+_DEFAULT_INSTANCES = {
+    "vp_linear": vp_linear,
+    "vp_cosine": vp_cosine,
+    "vp_discrete": _ddpm_linear,
+    "ve": ve,
+    "sub_vp": sub_vp,
+    "edm": edm,
+}
+
+
+def from_name(name: str) -> Schedule:
+    """The default instance of the family ``name`` (a key of :data:`FAMILIES`).
+
+    Every family's factory with its default arguments; ``"vp_discrete"`` is DDPM's table of
+    1000 betas linear from 1e-4 to 0.02.
+
+    Args:
+      name: a schedule family name, e.g. ``"vp_linear"`` or ``"edm"``.
+
+    Raises:
+      ValueError: ``name`` is not a family, naming the valid choices.
+
+    Example:
+      >>> from deis_jax import schedules
+      >>> schedules.from_name("vp_discrete").params["log_alpha"].shape
+      (1000,)
+    """
+    if name not in FAMILIES:
+        raise ValueError(f"unknown schedule={name!r}; valid choices: {sorted(FAMILIES)}")
+    return _DEFAULT_INSTANCES[name]()
+
+
+__all__ += ["from_name"]

@@ -23,10 +23,12 @@ Use it with any solver that consumes the data prediction (``Solver.model == "x0"
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax.numpy as jnp
 
+from deis_jax._checks import check_scalar
 from deis_jax.parameterization import as_x0_fn
 from deis_jax.schedules import Schedule
 
@@ -34,10 +36,8 @@ __all__ = ["threshold", "thresholded_x0_fn", "dynamic_thresholding"]
 
 
 def _check(percentile, max_value):
-    if not 0.0 < float(percentile) <= 1.0:
-        raise ValueError(f"percentile must be in (0, 1], got {percentile=!r}")
-    if not float(max_value) > 0.0:
-        raise ValueError(f"max_value must be > 0, got {max_value=!r}")
+    check_scalar("percentile", percentile, lower=0.0, upper=1.0, lower_open=True)
+    check_scalar("max_value", max_value, lower=0.0, lower_open=True)
 
 
 def threshold(x0, percentile: float = 0.995, max_value: float = 1.0):
@@ -76,17 +76,30 @@ def thresholded_x0_fn(x0_fn: Callable, percentile: float = 0.995,
     return fn
 
 
+def _thresholded(model_fn, schedule, prediction, percentile, max_value, *args):
+    """``args`` is ``(x, t)`` or ``(params, x, t)``: the wrapped model's call form."""
+    *params, x, t = args
+    inner = functools.partial(model_fn, *params)
+    return threshold(as_x0_fn(inner, schedule, prediction)(x, t), percentile, max_value)
+
+
 def dynamic_thresholding(model_fn: Callable, schedule: Schedule, *, prediction: str = "eps",
                          percentile: float = 0.995, max_value: float = 1.0) -> Callable:
     """A thresholded *data-prediction* model from a model in any parameterisation.
 
     Pass the result to :func:`deis_jax.sample` with ``prediction="x0"``; with an x0-model
-    solver (DPM-Solver++, UniPC) every model output is thresholded.
+    solver (DPM-Solver++, UniPC) every model output is thresholded. The wrapper keeps the
+    model's call form: ``model_fn(x, t)``, or ``model_fn(params, x, t)`` with ``params=``
+    given to ``sample``; it is a ``functools.partial``, so the schedule's arrays stay data
+    (rebuilding the wrapper does not recompile).
 
     Args:
-      model_fn: ``model_fn(x, t)`` predicting ``prediction``.
+      model_fn: the model predicting ``prediction``.
       schedule: its noise schedule.
       prediction: what ``model_fn`` predicts (see :data:`deis_jax.parameterization.PREDICTIONS`).
       percentile, max_value: see :func:`threshold`.
     """
-    return thresholded_x0_fn(as_x0_fn(model_fn, schedule, prediction), percentile, max_value)
+    as_x0_fn(model_fn, schedule, prediction)  # validates prediction eagerly
+    _check(percentile, max_value)
+    return functools.partial(_thresholded, model_fn, schedule, prediction, float(percentile),
+                             float(max_value))

@@ -1,12 +1,13 @@
 """Run one solver on many grids (of different lengths) in a single compiled call.
 
-Each grid's coefficient table is padded to a common length with *identity rows* (the
-sample is left unchanged; the model is still called, at the final time), the tables are
-stacked and the scan is ``vmap``-ed over them. One compilation per solver instead of one per
-NFE keeps the convergence-order and no-cliff sweeps cheap. The model wrapper and the scan
-body are exactly those of :func:`deis_jax.sample` (checked in ``test_no_cliffs.py``).
-Shared by the tests and ``benchmarks/cliffs.py`` (with :func:`ratio_bounds`, the bootstrap
-interval of a no-cliff ratio).
+Each grid's coefficient table is padded at the front to a common length with *identity
+rows* (the sample is left unchanged; the model is still called, at the first time: the
+warm-up rows that follow give those extra history entries zero weight), the tables are
+stacked and :func:`deis_jax.sampling.run_table` -- the body of :func:`deis_jax.sample` --
+is ``vmap``-ed over them. One compilation per solver instead of one per NFE keeps the
+convergence-order and no-cliff sweeps cheap. Shared by the tests and ``benchmarks/cliffs.py``
+(with :func:`ratio_bounds`, the bootstrap interval of a no-cliff ratio, and
+:func:`measured_order`, the one convergence-order helper).
 """
 
 from __future__ import annotations
@@ -16,35 +17,39 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from deis_jax import get_solver, timesteps
-from deis_jax.sampling import _solver_model
-from deis_jax.solvers.base import MultistepCoeffs
-from deis_jax.solvers.stages import StageCoeffs
+from deis_jax import get_solver, testing, timesteps
+from deis_jax.sampling import run_table, solver_model
+from deis_jax.solvers.ei import MultistepCoeffs
+from deis_jax.solvers.runge_kutta import StageCoeffs
 from deis_jax.solvers.unipc import UniPCCoeffs
+
+# Named grids of the order tests: kind and options of deis_jax.timesteps. "uniform_rho"
+# (equal steps in rho, where iPNDM's fixed Adams-Bashforth weights are exact) starts at
+# t = 0.4 (rho = 2): over VP's whole range (rho up to 150) equal steps leave the data end,
+# where eps changes on the scale of the data's std, unresolved below thousands of steps.
+GRIDS = {"log_snr": ("log_snr", {}), "quadratic": ("quadratic", {}), "edm": ("edm", {}),
+         "uniform_rho": ("edm", {"rho": 1.0, "t_max": 0.4}), "uniform": ("uniform", {})}
 
 
 def _identity_row(co):
-    last = jax.tree_util.tree_map(lambda v: v[-1:], co)
-    one, zero = jnp.ones_like(last.t), jnp.zeros_like(last.t)
+    first = jax.tree_util.tree_map(lambda v: v[:1], co)
+    one, zero = jnp.ones_like(first.t), jnp.zeros_like(first.t)
     if isinstance(co, MultistepCoeffs):
-        return last._replace(a=one, c=jnp.zeros_like(last.c))
+        return first._replace(a=one, c=jnp.zeros_like(first.c))
     if isinstance(co, StageCoeffs):
-        return last._replace(start=jnp.ones_like(last.start), use_x=jnp.ones_like(last.use_x),
-                             slot=jnp.zeros_like(last.slot), a=one, c=jnp.zeros_like(last.c),
-                             set_x=jnp.ones_like(last.set_x))
+        return first._replace(a=jnp.ones_like(first.a), c=jnp.zeros_like(first.c))
     if isinstance(co, UniPCCoeffs):
-        return last._replace(keep=one, corr_x=zero, corr=jnp.zeros_like(last.corr),
-                             pred_x=one, pred=jnp.zeros_like(last.pred))
+        return first._replace(keep=one, corr_x=zero, corr=jnp.zeros_like(first.corr),
+                              pred_x=one, pred=jnp.zeros_like(first.pred))
     raise TypeError(f"no identity row for {type(co).__name__}")
 
 
 def _pad(co, length):
-    n = co.t.shape[0]
+    n = jax.tree_util.tree_leaves(co)[0].shape[0]
     if n == length:
         return co
-    ident = _identity_row(co)
-    rep = jax.tree_util.tree_map(lambda v: jnp.repeat(v, length - n, axis=0), ident)
-    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=0), co, rep)
+    rep = jax.tree_util.tree_map(lambda v: jnp.repeat(v, length - n, axis=0), _identity_row(co))
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=0), rep, co)
 
 
 def sweep(solver, model_fn, schedule, x_T, grids, prediction="eps"):
@@ -53,10 +58,7 @@ def sweep(solver, model_fn, schedule, x_T, grids, prediction="eps"):
     Returns an array ``(len(grids), *x_T.shape)``.
     """
     solver = get_solver(solver)
-    fn = _solver_model(model_fn, schedule, prediction, solver)
-
-    # One program: every table (one builder per grid length), the padding and the vmapped
-    # scan compile together, far cheaper than one compilation per grid length.
+    fn = solver_model(model_fn, schedule, prediction, solver)
     grids = [jnp.asarray(ts) for ts in grids]
     lengths = sorted({ts.shape[0] for ts in grids})
     groups = [[i for i, ts in enumerate(grids) if ts.shape[0] == n] for n in lengths]
@@ -65,31 +67,32 @@ def sweep(solver, model_fn, schedule, x_T, grids, prediction="eps"):
     @jax.jit
     def run(schedule, grouped, x_T):
         # One builder per grid length, vmapped over the grids of that length.
-        tables = [jax.vmap(solver.coefficients, in_axes=(None, 0))(schedule, g)
-                  for g in grouped]
-        length = max(t.t.shape[1] for t in tables)
+        tables = [jax.vmap(solver.table, in_axes=(None, 0))(schedule, g) for g in grouped]
+        length = max(ts.shape[1] for ts in grouped) - 1
         padded = [jax.vmap(lambda co: _pad(co, length))(t) for t in tables]
         stacked = jax.tree_util.tree_map(lambda *v: jnp.concatenate(v)[order], *padded)
-
-        def one(co):
-            state = solver.init(x_T, co)
-
-            def body(s, c):
-                return solver.step(fn, s, c, None), None
-
-            state, _ = jax.lax.scan(body, state, co)
-            return state.x
-
-        return jax.vmap(one)(stacked)
+        ts_next = jnp.zeros((length,), x_T.dtype)  # no hook: the end times are unused
+        return jax.vmap(lambda co: run_table(solver, fn, co, x_T, ts_next)[0])(stacked)
 
     return run(schedule, tuple(jnp.stack([grids[i] for i in g]) for g in groups), x_T)
 
 
 def measured_order(solver, problem, nfes, grid="log_snr"):
     """Convergence order of ``solver`` on ``problem`` (``(schedule, gmm, x_T, ground truth)``):
-    minus the slope of log RMSE against log NFE over ``nfes``, and the RMSEs."""
+    minus the slope of log RMSE against log NFE over ``nfes`` on the named grid (:data:`GRIDS`),
+    and the RMSEs. A solver whose plan depends on the NFE (DPM-Solver-fast) must get NFEs with
+    the same plan (e.g. all multiples of 3)."""
     sched, gmm, x_T, gt = problem
-    grids = [timesteps(sched, get_solver(solver).steps_for_nfe(n), grid) for n in nfes]
+    kind, options = GRIDS[grid]
+    if "t_max" in options:  # the same starting points at a later time
+        gt, _ = testing.ode_ground_truth(gmm, sched, x_T, options["t_max"], sched.t_min)
+    solver = get_solver(solver)
+    if solver.for_nfe is not None:
+        plans = [solver.for_nfe(solver, n) for n in nfes]
+        assert len({p.final_steps for p in plans}) == 1, f"{solver.name}: NFEs {nfes} need " \
+            "different step plans"
+        solver = plans[0]
+    grids = [timesteps(sched, solver.steps_for_nfe(n), kind, **options) for n in nfes]
     xs = sweep(solver, gmm.eps_fn(sched), sched, x_T, grids)
     err = np.sqrt(np.mean((np.asarray(xs) - np.asarray(gt)[None]) ** 2, axis=(1, 2)))
     assert np.all(err >= 1e-9), err  # still above the ground truth's own error

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from deis_jax import quadrature, schedules, timesteps
+from deis_jax import schedules, timesteps
+from deis_jax.solvers.ei import ei_weights
 
 # Independent closed forms of d rho / dt for each schedule (numpy, float64).
 
@@ -78,7 +79,7 @@ def test_tab_weights_match_scipy_quad(x64, name, grid):
     make, drho = CASES[name]
     sched = make()
     ts = timesteps(sched, 5, grid)
-    got = np.asarray(quadrature.ei_weights(sched, ts, 3, "t"))
+    got = np.asarray(ei_weights(sched, ts, 3, "t"))
     ref = _reference_weights(sched, drho, ts, 3, "t")
     nonzero = ref != 0
     assert np.array_equal(got != 0, nonzero)
@@ -91,7 +92,7 @@ def test_rhoab_weights_match_scipy_quad(x64, name):
     make, drho = CASES[name]
     sched = make()
     ts = timesteps(sched, 5, "edm")
-    got = np.asarray(quadrature.ei_weights(sched, ts, 3, "rho"))
+    got = np.asarray(ei_weights(sched, ts, 3, "rho"))
     ref = _reference_weights(sched, drho, ts, 3, "rho")
     nonzero = ref != 0
     rel = np.abs(got[nonzero] - ref[nonzero]) / np.abs(ref[nonzero])
@@ -102,7 +103,7 @@ def test_rhoab_weights_match_scipy_quad(x64, name):
 def test_order_zero_is_the_ddim_closed_form(x64, name):
     sched = CASES[name][0]()
     ts = timesteps(sched, 5, "quadratic")
-    got = np.asarray(quadrature.ei_weights(sched, ts, 0, "t"))[:, 0]
+    got = np.asarray(ei_weights(sched, ts, 0, "t"))[:, 0]
     t = np.asarray(ts)
     alpha = np.array([float(sched.alpha(x)) for x in t])
     sigma = np.array([float(sched.sigma(x)) for x in t])
@@ -114,8 +115,8 @@ def test_polynomial_closed_form_on_edm(x64):
     """On EDM (rho = t) the weights are integrals of Lagrange polynomials: exact in numpy."""
     sched = schedules.edm()
     ts = np.asarray(timesteps(sched, 5, "edm"))
-    tab = np.asarray(quadrature.ei_weights(sched, ts, 3, "t"))
-    rhoab = np.asarray(quadrature.ei_weights(sched, ts, 3, "rho"))
+    tab = np.asarray(ei_weights(sched, ts, 3, "t"))
+    rhoab = np.asarray(ei_weights(sched, ts, 3, "rho"))
     np.testing.assert_allclose(tab, rhoab, rtol=1e-12, atol=1e-300)
     for i in range(5):
         k = min(i, 3)
@@ -132,7 +133,7 @@ def test_weights_are_differentiable_in_the_grid(x64):
 
     def total(power):
         ts = timesteps(sched, 6, "power", power=power)
-        return jnp.sum(quadrature.ei_weights(sched, ts, 3, "t"))
+        return jnp.sum(ei_weights(sched, ts, 3, "t"))
 
     g = jax.grad(total)(2.0)
     eps = 1e-6
@@ -144,4 +145,4 @@ def test_weights_are_differentiable_in_the_grid(x64):
 def test_unknown_basis_is_rejected():
     sched = schedules.vp_linear()
     with pytest.raises(ValueError, match="basis"):
-        quadrature.ei_weights(sched, timesteps(sched, 3), 1, "lambda")
+        ei_weights(sched, timesteps(sched, 3), 1, "lambda")

@@ -2,7 +2,8 @@
 
 A model is described by a JSON-able config ``{"name": "mlp" | "unet", **attributes}`` so a
 checkpoint can rebuild it; a trained model enters the samplers as
-``functools.partial(model.apply, params)``.
+``sample(model.apply, schedule, x_T, params=params, ...)`` (the parameters are data: new
+ones reuse the compiled sampler).
 """
 
 from __future__ import annotations

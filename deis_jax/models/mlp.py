@@ -23,11 +23,14 @@ class MLPScore(nn.Module):
       time_scale: multiplier of ``t`` in the embedding (see :class:`SinusoidalEmbedding`).
 
     Example:
-      >>> import functools, jax, jax.numpy as jnp
+      >>> import jax, jax.numpy as jnp
+      >>> from deis_jax import sample, schedules
       >>> model = MLPScore(hidden=32, depth=1)
       >>> params = model.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
-      >>> model_fn = functools.partial(model.apply, params)   # what deis_jax.sample takes
-      >>> model_fn(jnp.ones((4, 2)), jnp.full((4,), 0.5)).shape
+      >>> model.apply(params, jnp.ones((4, 2)), jnp.full((4,), 0.5)).shape
+      (4, 2)
+      >>> sample(model.apply, schedules.vp_linear(), jnp.ones((4, 2)), params=params,
+      ...        nfe=5).shape
       (4, 2)
     """
 

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from deis_jax.solvers.base import Solver, make_solver, multistep_init
+from deis_jax.solvers.base import Solver, make_solver
+from deis_jax.solvers.ei import multistep_init
 from deis_jax.solvers.noise import NoisyCoeffs, noisy_multistep_step
 
 __all__ = ["ddpm", "ve_ancestral", "ddpm_coefficients", "ve_ancestral_coefficients"]
@@ -63,13 +64,17 @@ def ve_ancestral_coefficients(schedule, ts) -> NoisyCoeffs:
     return NoisyCoeffs(ts[:-1], a, c[:, None], sigma[1:] * jnp.sqrt(one_minus))
 
 
+_DDPM = make_solver("ddpm", 1, 1, ddpm_coefficients, multistep_init,
+                    noisy_multistep_step("ddpm"), stochastic=True)
+_VE_ANCESTRAL = make_solver("ve_ancestral", 1, 1, ve_ancestral_coefficients, multistep_init,
+                            noisy_multistep_step("ve_ancestral"), stochastic=True)
+
+
 def ddpm() -> Solver:
     """DDPM ancestral sampling (``sigma_t^2 = beta_t``), 1 NFE per step."""
-    return make_solver("ddpm", 1, 1, ddpm_coefficients, multistep_init,
-                       noisy_multistep_step("ddpm"), stochastic=True)
+    return _DDPM
 
 
 def ve_ancestral() -> Solver:
     """Score-SDE's ancestral predictor for VE (posterior variance), 1 NFE per step."""
-    return make_solver("ve_ancestral", 1, 1, ve_ancestral_coefficients, multistep_init,
-                       noisy_multistep_step("ve_ancestral"), stochastic=True)
+    return _VE_ANCESTRAL

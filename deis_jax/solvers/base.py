@@ -1,53 +1,60 @@
-"""The solver contract shared by every sampler, and the two step kernels most of them use.
+"""The solver contract shared by every sampler.
 
-A :class:`Solver` is a bundle of pure functions (as optax's ``GradientTransformation``):
+A :class:`Solver` is a bundle of pure functions (as optax's ``GradientTransformation``) plus
+its numeric hyper-parameters as data:
 
-* ``coefficients(schedule, ts) -> coeffs``: every per-step number the scan needs, as a pytree
-  whose leaves have leading axis ``N = len(ts) - 1``; built once, vectorised, before the scan.
-* ``init(x_T, coeffs) -> state``: the scan carry; ``state.x`` is the current sample.
-* ``step(model_fn, state, coeffs_i, key) -> state``: one step; ``model_fn(x, t)`` is the
-  eps- or x0-prediction (``Solver.model``) with scalar ``t``. Deterministic solvers ignore
-  ``key``.
+* ``coefficients(schedule, ts, **hparams) -> table``: every per-step number the scan needs,
+  as a pytree whose leaves have leading axis ``N = len(ts) - 1``; built once, vectorised,
+  before the scan. Step ``i`` goes from ``ts[i]`` to ``ts[i+1]`` for every solver; stage
+  times (DPM-Solver's lambda-fractions, Heun's second evaluation, EDM's churned level) are
+  computed here.
+* ``init(x_T, table) -> state``: the scan carry; ``state.x`` is the current sample.
+* ``step(model_fn, state, row, key) -> state``: one step (``nfe_per_step`` model calls);
+  ``model_fn(x, t)`` is the eps- or x0-prediction (``Solver.model``) with scalar ``t``.
+  Deterministic solvers ignore ``key``.
+* ``final_steps``: kernels ``(step, nfe)`` of the last steps when those make fewer model
+  calls (EDM's final Euler step, DPM-Solver-fast's order-2/1 steps): the driver scans the
+  first ``N - len(final_steps)`` rows with ``step`` and applies these to the last rows. They
+  read the same table format, so no branch is traced.
 
-The driver :func:`deis_jax.sample` runs any solver as one ``lax.scan``.
+A ``Solver`` is a pytree: ``hparams`` (``eta``, ``snr``, the churn, ``h_max``) are its leaves
+and everything else is static and compares by value -- the named factories build their
+functions once per static configuration -- so rebuilding a solver with equal settings reuses
+the compiled sampler, new ``hparams`` values do not recompile, and ``jax.vmap`` over ``eta``
+traces once. The driver :func:`deis_jax.sample` runs any solver as one ``lax.scan``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import dataclasses
+from typing import Any, Callable
 
-import jax.numpy as jnp
-import numpy as np
+import jax
 
 from deis_jax._checks import check_int
 
-__all__ = [
-    "Solver",
-    "make_solver",
-    "MultistepState",
-    "MultistepCoeffs",
-    "multistep_init",
-    "multistep_step",
-    "exp_step_factors",
-    "check_order",
-]
+__all__ = ["Solver", "make_solver"]
 
 
-class Solver(NamedTuple):
-    """A sampler: coefficient builder, carry initialiser and pure step.
+@dataclasses.dataclass(frozen=True, eq=False)
+class Solver:
+    """A sampler: coefficient builder, carry initialiser, pure step(s) and hyper-parameters.
 
     Attributes:
       name: registry name, e.g. ``"tab3"``.
-      order: theoretical global convergence order.
-      nfe_per_step: model evaluations per step (for the common case).
-      coefficients: ``(schedule, ts) -> coeffs`` (pytree, leading axis ``N``).
-      init: ``(x_T, coeffs) -> state`` with ``state.x``.
-      step: ``(model_fn, state, coeffs_i, key) -> state``.
-      nfe_for_steps: ``n_steps -> NFE`` (exact number of model calls).
-      steps_for_nfe: ``nfe -> n_steps``; raises ``ValueError`` if ``nfe`` is not reachable.
-      model: ``"eps"`` or ``"x0"``: which prediction ``step`` consumes.
-      stochastic: whether ``step`` uses its PRNG key.
+      order: global convergence order (on grids whose steps shrink uniformly).
+      nfe_per_step: model evaluations of ``step``.
+      coefficients: ``(schedule, ts, **hparams) -> table`` (pytree, leading axis ``N``).
+      init: ``(x_T, table) -> state`` with ``state.x``.
+      step: ``(model_fn, state, row, key) -> state``.
+      final_steps: ``((step, nfe), ...)`` for the last steps (see the module docstring).
+      model: ``"eps"`` or ``"x0"``: which prediction the steps consume.
+      stochastic: whether the steps use their PRNG key.
       min_steps: fewest steps the method is defined for.
+      for_nfe: ``(solver, nfe) -> Solver`` for methods whose step plan depends on the NFE
+        (DPM-Solver-fast: its order mix); ``None`` otherwise. ``sample(..., nfe=n)`` runs
+        ``for_nfe(solver, n)``.
+      hparams: numeric hyper-parameters passed to ``coefficients`` (pytree leaves: traced).
     """
 
     name: str
@@ -56,83 +63,60 @@ class Solver(NamedTuple):
     coefficients: Callable[..., Any]
     init: Callable[..., Any]
     step: Callable[..., Any]
-    nfe_for_steps: Callable[[int], int]
-    steps_for_nfe: Callable[[int], int]
+    final_steps: tuple = ()
     model: str = "eps"
     stochastic: bool = False
     min_steps: int = 1
+    for_nfe: Callable[["Solver", int], "Solver"] | None = None
+    hparams: dict = dataclasses.field(default_factory=dict)
+
+    def table(self, schedule, ts):
+        """The coefficient table of this solver on the grid ``ts``."""
+        return self.coefficients(schedule, ts, **self.hparams)
+
+    def nfe_for_steps(self, n_steps: int) -> int:
+        """Exact number of model calls of ``n_steps`` steps."""
+        n_steps = check_int("n_steps", n_steps, minimum=self.min_steps)
+        tail = len(self.final_steps)
+        return self.nfe_per_step * (n_steps - tail) + sum(nfe for _, nfe in self.final_steps)
+
+    def steps_for_nfe(self, nfe: int) -> int:
+        """Steps that make exactly ``nfe`` model calls; raises naming the reachable NFEs."""
+        nfe = check_int("nfe", nfe, minimum=1)
+        solver = self if self.for_nfe is None else self.for_nfe(self, nfe)
+        first = solver.nfe_for_steps(solver.min_steps)
+        n_steps, rest = divmod(nfe - first, solver.nfe_per_step)
+        if n_steps < 0 or rest:
+            tail = len(solver.final_steps)
+            last = sum(n for _, n in solver.final_steps)
+            plan = (f" ({last} on its last {tail} step{'s' if tail > 1 else ''})" if tail
+                    else "")
+            reachable = ", ".join(str(first + k * solver.nfe_per_step) for k in range(4))
+            raise ValueError(
+                f"solver {solver.name!r} makes {solver.nfe_per_step} model call(s) per step"
+                f"{plan}, so nfe must be one of {reachable}, ... (every "
+                f"{solver.nfe_per_step}); got nfe={nfe}"
+            )
+        return solver.min_steps + n_steps
+
+    def replace(self, **changes) -> "Solver":
+        """A copy with some attributes changed (e.g. ``hparams``)."""
+        return dataclasses.replace(self, **changes)
+
+
+jax.tree_util.register_dataclass(
+    Solver,
+    data_fields=["hparams"],
+    meta_fields=["name", "order", "nfe_per_step", "coefficients", "init", "step",
+                 "final_steps", "model", "stochastic", "min_steps", "for_nfe"],
+)
 
 
 def make_solver(name, order, nfe_per_step, coefficients, init, step, **kwargs) -> Solver:
-    """Build a :class:`Solver` whose NFE is ``nfe_per_step * n_steps``."""
+    """Build a :class:`Solver`; ``kwargs`` are its optional attributes.
 
-    def nfe_for_steps(n_steps: int) -> int:
-        return nfe_per_step * n_steps
-
-    def steps_for_nfe(nfe: int) -> int:
-        nfe = check_int("nfe", nfe, minimum=1)
-        min_nfe = nfe_per_step * kwargs.get("min_steps", 1)
-        if nfe < min_nfe or nfe % nfe_per_step:
-            raise ValueError(
-                f"solver {name!r} uses {nfe_per_step} model call(s) per step, so nfe must be a "
-                f"multiple of {nfe_per_step} and >= {min_nfe}; got nfe={nfe}"
-            )
-        return nfe // nfe_per_step
-
-    return Solver(name, order, nfe_per_step, coefficients, init, step, nfe_for_steps,
-                  steps_for_nfe, **kwargs)
-
-
-class MultistepState(NamedTuple):
-    """Carry of a linear multistep solver: the sample and the last ``K`` model outputs."""
-
-    x: Any
-    hist: Any  # (K, *x.shape), most recent first
-
-
-class MultistepCoeffs(NamedTuple):
-    """Per-step table of a linear multistep exponential integrator.
-
-    ``x_{i+1} = a_i x_i + sum_j c_{ij} out_{i-j}`` with ``out_{i-j}`` the model output at
-    ``t_{i-j}``.
+    For a solver that should reuse compiled samplers when rebuilt, define the functions once
+    (at module level, or in a factory cached on its static arguments) and pass numeric
+    settings as ``hparams``.
     """
-
-    t: Any  # (N,) evaluation time of step i
-    a: Any  # (N,)
-    c: Any  # (N, K)
-
-
-def multistep_init(x, coeffs: MultistepCoeffs) -> MultistepState:
-    k = coeffs.c.shape[-1]
-    return MultistepState(x, jnp.zeros((k,) + x.shape, x.dtype))
-
-
-def multistep_step(model_fn, state: MultistepState, co: MultistepCoeffs, key=None):
-    r"""One linear multistep step: a single model call and a fused multiply-add.
-
-    .. math:: x_{i+1} = a_i x_i + \sum_{j=0}^{K-1} c_{ij}\, \mathrm{out}(x_{i-j}, t_{i-j})
-    """
-    del key
-    out = model_fn(state.x, co.t)
-    hist = jnp.concatenate([out[None], state.hist[:-1]], axis=0)
-    dtype = state.x.dtype
-    x = co.a.astype(dtype) * state.x + jnp.tensordot(co.c.astype(dtype), hist, axes=1)
-    return MultistepState(x, hist)
-
-
-def exp_step_factors(schedule, ts):
-    """``(alpha_{i+1}/alpha_i, alpha_{i+1} (rho_{i+1} - rho_i))`` for every step: the exact
-    linear part and the DDIM weight, computed with ``expm1`` so small steps keep precision."""
-    ts = jnp.asarray(ts)
-    lam = schedule.log_snr(ts)
-    log_alpha = schedule.log_alpha(ts)
-    ratio = jnp.exp(log_alpha[1:] - log_alpha[:-1])
-    ddim = jnp.exp(log_alpha[1:] - lam[:-1]) * jnp.expm1(lam[:-1] - lam[1:])
-    return ratio, ddim
-
-
-def check_order(name: str, order, valid) -> int:
-    """Validate a solver order against the static tuple ``valid``."""
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order not in valid:
-        raise ValueError(f"{name} must be one of {list(valid)}, got {name}={order!r}")
-    return int(order)
+    return Solver(name, order, nfe_per_step, coefficients, init, step, **kwargs)

@@ -2,7 +2,7 @@ r"""DPM-Solver++ (data prediction): singlestep 2S and multistep 2M / 3M.
 
 With ``x0`` the data prediction and ``h_i = lambda_{i+1} - lambda_i`` (Lu et al. 2022b):
 
-* **2S** (Alg. 1, ``r_1 = 1/2`` on a ``"log_snr"`` row grid, 2 NFE per step):
+* **2S** (Alg. 1, the stage at ``r_1 = 1/2`` of the step in ``lambda``, 2 NFE per step):
   ``u = (sigma_{s_1}/sigma_s) x_s - alpha_{s_1}(e^{-r_1 h}-1) x0_s``,
   ``x_t = (sigma_t/sigma_s) x_s - alpha_t (e^{-h}-1)((1 - 1/(2r_1)) x0_s + x0(u, s_1)/(2r_1))``.
 * **2M** (Alg. 2, 1 NFE per step), ``r_i = h_{i-1}/h_i``:
@@ -13,12 +13,13 @@ With ``x0`` the data prediction and ``h_i = lambda_{i+1} - lambda_i`` (Lu et al.
 
 * **3M** (1 NFE per step): the exact exponential integral of the quadratic Lagrange
   interpolant of ``x0`` in ``lambda`` through the last three evaluations (closed form in
-  phi-functions, :func:`~deis_jax.solvers.dpm_solver.exp_poly_weights`); this is the
+  phi-functions, :func:`~deis_jax.solvers.ei.exp_poly_weights`); this is the
   third-order member of the family whose first two members are DDIM and (up to an
   ``O(h^3)`` term) 2M.
 
-All are :class:`~deis_jax.solvers.base.MultistepCoeffs` tables (``model="x0"``): the
-warm-up steps and the lower-order final steps are rows with zero weights, no branches.
+2M and 3M are :class:`~deis_jax.solvers.ei.MultistepCoeffs` tables (``model="x0"``): the
+warm-up steps and the lower-order final steps are rows with zero weights, no branches. 2S is
+a two-stage row of :mod:`deis_jax.solvers.runge_kutta`.
 
 **Final steps** (``final_steps``). The reference implementation (``"reference"``) lowers the
 order of the last two steps (to 1 and 2) only when there are fewer than 15 steps. Its error
@@ -37,19 +38,24 @@ to the last step.
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 
-from deis_jax._checks import check_choice
-from deis_jax.solvers.base import (
+from deis_jax._checks import check_choice, check_member, check_positive_or_none
+from deis_jax.solvers.base import Solver, make_solver
+from deis_jax.solvers.dpm_solver import H_MAX, singlestep_table
+from deis_jax.solvers.ei import (
     MultistepCoeffs,
-    check_order,
-    make_solver,
+    exp_linear,
+    exp_poly_weights,
     multistep_init,
     multistep_step,
+    pad_columns,
+    phi_weights,
 )
-from deis_jax.solvers.dpm_solver import H_MAX, check_h_max, exp_poly_weights, singlestep_rows
-from deis_jax.solvers.stages import make_stage_solver
+from deis_jax.solvers.runge_kutta import stage_init, stage_step
 
 __all__ = ["dpm_solver_pp", "dpmpp_2s", "multistep_degrees", "FINAL_STEPS"]
 
@@ -74,15 +80,14 @@ def _coefficients_2m(final_steps: str):
     def coefficients(schedule, ts):
         ts = jnp.asarray(ts)
         n = ts.shape[0] - 1
-        lam = schedule.log_snr(ts)
-        h = lam[1:] - lam[:-1]
-        a = jnp.exp(schedule.log_sigma(ts[1:]) - schedule.log_sigma(ts[:-1]))
-        c0 = -schedule.alpha(ts[1:]) * jnp.expm1(-h)
+        lin = exp_linear(schedule, ts[:-1], ts[1:], "x0")
+        c0 = phi_weights(lin, 1)[:, 0]
+        h = -lin.hh
         h_prev = jnp.concatenate([h[:1], h[:-1]])
         second = multistep_degrees(n, 2, final_steps) == 1
         d = jnp.where(second, 1.0 / (2.0 * (h_prev / h)), 0.0)  # 1/(2 r_i); 0 at degree 0
         c = jnp.stack([c0 * (1.0 + d), -c0 * d], axis=-1)
-        return MultistepCoeffs(ts[:-1], a, c)
+        return MultistepCoeffs(ts[:-1], lin.a, c)
 
     return coefficients
 
@@ -92,14 +97,20 @@ def _coefficients_3m(final_steps: str):
         ts = jnp.asarray(ts)
         deg = multistep_degrees(ts.shape[0] - 1, 3, final_steps)
         a, c = exp_poly_weights(schedule, ts, deg, "x0")
-        if c.shape[-1] < 3:
-            c = jnp.pad(c, ((0, 0), (0, 3 - c.shape[-1])))
-        return MultistepCoeffs(ts[:-1], a, c)
+        return MultistepCoeffs(ts[:-1], a, pad_columns(c, 3))
 
     return coefficients
 
 
-def dpm_solver_pp(order: int = 2, *, final_steps: str = "stable"):
+@functools.lru_cache(maxsize=None)
+def _dpm_solver_pp(order: int, final_steps: str) -> Solver:
+    build = _coefficients_2m if order == 2 else _coefficients_3m
+    suffix = "" if final_steps == "stable" else f"_{final_steps}"
+    return make_solver(f"dpmpp_{order}m{suffix}", order, 1, build(final_steps), multistep_init,
+                       multistep_step, model="x0")
+
+
+def dpm_solver_pp(order: int = 2, *, final_steps: str = "stable") -> Solver:
     """Multistep DPM-Solver++(``order``M), ``order`` in (2, 3), 1 NFE per step, x0 model.
 
     Args:
@@ -109,32 +120,22 @@ def dpm_solver_pp(order: int = 2, *, final_steps: str = "stable"):
         as in the reference implementations; has an error cliff at 15 steps) or ``"none"``
         (see the module docstring).
     """
-    order = check_order("order", order, (2, 3))
+    order = check_member("order", order, (2, 3))
     check_choice("final_steps", final_steps, FINAL_STEPS)
-    build = _coefficients_2m if order == 2 else _coefficients_3m
-    suffix = "" if final_steps == "stable" else f"_{final_steps}"
-    return make_solver(f"dpmpp_{order}m{suffix}", order, 1, build(final_steps), multistep_init,
-                       multistep_step, model="x0")
+    return _dpm_solver_pp(order, final_steps)
 
 
-def _pattern_2s(nfe: int):
-    if nfe < 2 or nfe % 2:
-        raise ValueError("bad nfe")
-    return [2] * (nfe // 2)
+def _coefficients_2s(schedule, ts, h_max=None):
+    n = jnp.asarray(ts).shape[0] - 1
+    return singlestep_table(schedule, ts, np.full(n, 2), "x0", h_max)
 
 
-def dpmpp_2s(*, h_max=H_MAX):
-    """Singlestep DPM-Solver++(2S), 2 NFE per step (``nfe`` even; row grid, see
-    :mod:`deis_jax.solvers.stages`; ``grid="log_snr"`` puts the stage at ``r_1 = 1/2``).
-    Steps longer than ``h_max`` in ``lambda`` are taken as DDIM steps (see
+_DPMPP_2S = make_solver("dpmpp_2s", 2, 2, _coefficients_2s, stage_init, stage_step(2),
+                        model="x0")
+
+
+def dpmpp_2s(*, h_max=H_MAX) -> Solver:
+    """Singlestep DPM-Solver++(2S), 2 NFE per step, the stage at ``r_1 = 1/2`` of each step
+    in ``lambda``. Steps longer than ``h_max`` in ``lambda`` are taken as DDIM chains (see
     :mod:`deis_jax.solvers.dpm_solver`)."""
-    h_max = check_h_max(h_max)
-
-    def rows(schedule, ts, plan):
-        return singlestep_rows(schedule, ts, plan, "x0", h_max)
-
-    return make_stage_solver(
-        "dpmpp_2s", 2, _pattern_2s, rows, model="x0",
-        nfe_rule="DPM-Solver++(2S) uses 2 model calls per step, so nfe must be a positive "
-        "even number",
-    )
+    return _DPMPP_2S.replace(hparams={"h_max": check_positive_or_none("h_max", h_max)})

@@ -7,77 +7,39 @@ eq. 14, DEIS eq. 6; EDM eq. 4 with ``s = alpha``, ``sigma_EDM = rho``). With
 * **Euler** (1 NFE per step, order 1): ``y_{i+1} = y_i + Delta rho\, eps_i``. In ``x`` this is
   ``x_{i+1} = (alpha_{i+1}/alpha_i) x_i + alpha_{i+1} Delta rho\, eps_i``, i.e. DDIM.
 * **Heun** (order 2): ``y' = y_i + Delta rho\, eps_i``,
-  ``y_{i+1} = y_i + (Delta rho / 2)(eps_i + eps(alpha_{i+1} y', t_{i+1}))``; the last step is
-  an Euler step (EDM Alg. 1, line 9), so ``K`` steps cost ``2K - 1`` NFE.
-
-``alpha_{i+1} Delta rho`` is computed as ``-sigma_{i+1} expm1(lambda_{i+1} - lambda_i)``
-(no cancellation for small steps).
-
-Heun runs on the row grid of :mod:`deis_jax.solvers.stages` (one interval per model call):
-``nfe = 2K - 1`` gives a grid of ``2K`` intervals; Heun step ``k`` goes from ``ts[2k]`` to
-``ts[2k+2]`` (its second call is at ``ts[2k+2]``; the interior point ``ts[2k+1]`` is not used,
-and there the driver's trajectory repeats the step-start sample and a hook's edit is
-discarded), and the final Euler step covers the last interval.
+  ``y_{i+1} = y_i + (Delta rho / 2)(eps_i + eps(alpha_{i+1} y', t_{i+1}))`` -- the Heun
+  tableau of rhoRK-DEIS (:mod:`deis_jax.solvers.runge_kutta`; ``rho_heun`` is the same method
+  on every step). As in EDM Alg. 1 (line 9), the last step is an Euler step, so ``N`` steps
+  cost ``2N - 1`` NFE; step ``i`` goes from ``ts[i]`` to ``ts[i+1]``. On ``timesteps(schedule,
+  N, "edm")`` this is Karras's sampler on his ``N``-step grid with its last point at
+  ``t_min`` instead of 0 (where the final Euler step would return the denoiser's output).
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
-from deis_jax.solvers.base import MultistepCoeffs, make_solver, multistep_init, multistep_step
-from deis_jax.solvers.stages import StageCoeffs, make_stage_solver
+from deis_jax.solvers.base import make_solver
+from deis_jax.solvers.ddim import ddim_coefficients
+from deis_jax.solvers.ei import multistep_init, multistep_step
+from deis_jax.solvers.runge_kutta import TABLEAUX, rho_table, stage_init, stage_step
 
 __all__ = ["edm_euler", "edm_heun"]
 
-
-def _rho_weight(schedule, t_from, t_to):
-    """``alpha_to (rho_to - rho_from)`` without cancellation."""
-    h = schedule.log_snr(t_to) - schedule.log_snr(t_from)
-    return -schedule.sigma(t_to) * jnp.expm1(h)
+_EDM_EULER = make_solver("edm_euler", 1, 1, ddim_coefficients, multistep_init, multistep_step)
 
 
-def _euler_coefficients(schedule, ts):
-    ts = jnp.asarray(ts)
-    a = jnp.exp(schedule.log_alpha(ts[1:]) - schedule.log_alpha(ts[:-1]))
-    return MultistepCoeffs(ts[:-1], a, _rho_weight(schedule, ts[:-1], ts[1:])[:, None])
+def _heun_coefficients(schedule, ts):
+    return rho_table(schedule, ts, TABLEAUX["heun"], final=TABLEAUX["euler"])
+
+
+_EDM_HEUN = make_solver("edm_heun", 2, 2, _heun_coefficients, stage_init, stage_step(2),
+                        final_steps=((stage_step(1), 1),))
 
 
 def edm_euler():
     """EDM Euler in ``rho`` (1 NFE per step, order 1); numerically DDIM."""
-    return make_solver("edm_euler", 1, 1, _euler_coefficients, multistep_init, multistep_step)
-
-
-def _heun_pattern(nfe: int):
-    if nfe < 1 or nfe % 2 == 0:
-        raise ValueError("bad nfe")
-    return [2] * (nfe // 2) + [1]
-
-
-def _heun_rows(schedule, ts, plan) -> StageCoeffs:
-    ts = jnp.asarray(ts)
-    b, e, j = plan.begin, plan.end, plan.stage
-    a = jnp.exp(schedule.log_alpha(ts[e]) - schedule.log_alpha(ts[b]))
-    w = _rho_weight(schedule, ts[b], ts[e])
-    second = j == 1
-    euler = plan.order == 1
-    zero = jnp.zeros_like(w)
-    c0 = jnp.where(second, 0.5 * w, w)
-    c1 = jnp.where(second, 0.5 * w, zero)
-    return StageCoeffs(
-        t=jnp.where(second, ts[e], ts[b]),
-        start=jnp.asarray(j == 0),
-        use_x=jnp.asarray(~second),
-        slot=jnp.asarray(j, jnp.int32),
-        a=a,
-        c=jnp.stack([c0, c1, zero], axis=-1),
-        set_x=jnp.asarray(second | euler),
-    )
+    return _EDM_EULER
 
 
 def edm_heun():
-    """EDM Heun in ``rho`` with a final Euler step: ``nfe = 2K - 1`` (odd), order 2."""
-    return make_stage_solver(
-        "edm_heun", 2, _heun_pattern, _heun_rows, model="eps",
-        nfe_rule="EDM Heun uses 2 model calls per step and 1 on the last, so nfe must be odd "
-        "(nfe = 2K - 1)",
-    )
+    """EDM Heun in ``rho`` with a final Euler step: ``N`` steps, ``2N - 1`` NFE, order 2."""
+    return _EDM_HEUN

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from deis_jax.solvers.base import MultistepCoeffs, make_solver, multistep_init, multistep_step
+from deis_jax.solvers.base import make_solver
+from deis_jax.solvers.ei import MultistepCoeffs, multistep_init, multistep_step
 
 __all__ = ["euler"]
 
@@ -25,6 +26,9 @@ def _coefficients(schedule, ts):
     return MultistepCoeffs(t, a, c[:, None])
 
 
+_EULER = make_solver("euler", 1, 1, _coefficients, multistep_init, multistep_step)
+
+
 def euler():
     """Euler on the probability-flow ODE in ``t`` (1 NFE per step, order 1)."""
-    return make_solver("euler", 1, 1, _coefficients, multistep_init, multistep_step)
+    return _EULER

@@ -1,4 +1,4 @@
-r"""Shared pieces of the stochastic samplers: per-sample noise, the noisy linear step, checks.
+r"""Shared pieces of the stochastic samplers: per-sample noise and the noisy linear step.
 
 Every stochastic step here is (or contains) a *noisy linear multistep* update
 
@@ -14,21 +14,19 @@ sharded).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from deis_jax._checks import is_concrete
-from deis_jax.solvers.base import MultistepState
+from deis_jax._checks import require_key
+from deis_jax.solvers.ei import MultistepState
 
 __all__ = [
     "per_sample_normal",
     "NoisyCoeffs",
     "noisy_multistep_step",
-    "require_key",
-    "check_scalar",
 ]
 
 
@@ -50,38 +48,6 @@ def per_sample_normal(key, shape, dtype=None):
     return jax.vmap(lambda k: jax.random.normal(k, tuple(shape[1:]), dtype))(keys)
 
 
-def require_key(name: str, key):
-    """Raise a ``ValueError`` naming the solver when a stochastic step gets no key."""
-    if key is None:
-        raise ValueError(f"solver {name!r} is stochastic: it needs a PRNG key (pass key=)")
-    return key
-
-
-def check_scalar(name: str, value, *, lower=None, upper=None, lower_open=False,
-                 allow_inf=False):
-    """Eagerly validate a (possibly traced) scalar hyper-parameter.
-
-    Concrete values must be real scalars in the range ``[lower, upper]`` (``(lower, upper]``
-    with ``lower_open``; ``+inf`` only with ``allow_inf``); traced values (e.g. a ``jax.vmap`` sweep over ``eta``) are only
-    checked for shape. Returns Python/NumPy numbers as a Python float (weakly typed, so it
-    keeps full precision when float64 is enabled later) and arrays unchanged.
-    """
-    if jnp.ndim(value) != 0:
-        raise ValueError(f"{name} must be a scalar, got {name}={value!r} "
-                         f"(to sweep over {name}, jax.vmap over a scalar)")
-    if not is_concrete(value):
-        return value
-    v = float(np.asarray(value))
-    lo_ok = lower is None or (v > lower if lower_open else v >= lower)
-    hi_ok = upper is None or v <= upper
-    if not (np.isfinite(v) or (allow_inf and v == np.inf)) or not (lo_ok and hi_ok):
-        lo = "-inf" if lower is None else repr(lower)
-        hi = ("inf]" if allow_inf else "inf)") if upper is None else f"{upper!r}]"
-        bracket = "(" if lower_open else "["
-        raise ValueError(f"{name} must be in {bracket}{lo}, {hi}, got {name}={value!r}")
-    return v if isinstance(value, (int, float, np.number)) else value
-
-
 class NoisyCoeffs(NamedTuple):
     """Per-step table of a noisy linear multistep step.
 
@@ -94,6 +60,7 @@ class NoisyCoeffs(NamedTuple):
     noise: Any  # (N,) standard deviation of the injected noise
 
 
+@functools.lru_cache(maxsize=None)
 def noisy_multistep_step(name: str):
     """The step ``(model_fn, state, coeffs_i, key) -> state`` of a noisy linear multistep
     solver called ``name`` (one model call, a fused multiply-add and per-sample noise)."""

@@ -13,8 +13,8 @@ Predictors (``A = alpha_s/alpha_t``, ``v = sigma_s^2 - A^2 sigma_t^2``, ``z ~ N(
   ``x_s = A x_t + sqrt(v) z``: ``x_t = (2 - A) x_s + v nabla log p_s(x_s) + sqrt(v) z``.
 * ``"euler_maruyama"``: Euler--Maruyama on the reverse SDE (:mod:`deis_jax.solvers.sde`).
 * ``"ancestral"``: DDPM ancestral sampling on VP-type schedules and the VE ancestral step
-  (App. F) on ``alpha = 1`` schedules (``ve``, ``edm``), as in Score-SDE
-  (:mod:`deis_jax.solvers.ancestral`).
+  (App. F) on schedules with ``alpha = 1`` (``schedule.family.alpha_is_one``: ``ve``,
+  ``edm``), as in Score-SDE (:mod:`deis_jax.solvers.ancestral`).
 
 Correctors (Alg. 4 for VE, Alg. 5 for VP), with ``a_i = A^2`` (``1 - beta_i`` for VP, 1 for
 VE) and signal-to-noise ratio ``r = snr``:
@@ -34,22 +34,22 @@ NFE = ``(1 + n_corrector_steps) * N`` (``N`` with ``corrector="none"``).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from deis_jax._checks import check_choice, check_int
+from deis_jax._checks import check_choice, check_int, check_scalar, require_key
 from deis_jax.solvers.ancestral import ddpm_coefficients, ve_ancestral_coefficients
 from deis_jax.solvers.base import Solver, make_solver
-from deis_jax.solvers.noise import NoisyCoeffs, check_scalar, per_sample_normal, require_key
+from deis_jax.solvers.noise import NoisyCoeffs, per_sample_normal
 from deis_jax.solvers.sde import euler_maruyama_coefficients
 
 __all__ = ["pc", "PREDICTORS", "CORRECTORS", "PCState", "PCCoeffs"]
 
 PREDICTORS = ("reverse_diffusion", "euler_maruyama", "ancestral")
 CORRECTORS = ("langevin", "ald", "none")
-_ALPHA_ONE_FAMILIES = ("ve", "edm")
 
 
 class PCState(NamedTuple):
@@ -77,7 +77,7 @@ def _predictor_coefficients(predictor, schedule, ts) -> NoisyCoeffs:
         return _reverse_diffusion_coefficients(schedule, ts)
     if predictor == "euler_maruyama":
         return euler_maruyama_coefficients(schedule, ts, 1.0)
-    if schedule.name in _ALPHA_ONE_FAMILIES:
+    if schedule.family.alpha_is_one:
         return ve_ancestral_coefficients(schedule, ts)
     return ddpm_coefficients(schedule, ts)
 
@@ -90,7 +90,7 @@ def pc(predictor: str = "reverse_diffusion", corrector: str = "langevin", snr=0.
       predictor: one of :data:`PREDICTORS`.
       corrector: one of :data:`CORRECTORS`.
       snr: Langevin signal-to-noise ratio ``r > 0`` (0.16 is Score-SDE's VE CIFAR-10 value);
-        may be a traced scalar.
+        the solver's ``hparams``: a new value (or a ``jax.vmap`` over it) does not recompile.
       n_corrector_steps: Langevin steps per predictor step ``M >= 0`` (a Python int).
 
     Returns:
@@ -102,8 +102,12 @@ def pc(predictor: str = "reverse_diffusion", corrector: str = "langevin", snr=0.
     n_corr = check_int("n_corrector_steps", n_corrector_steps, minimum=0)
     if corrector == "none":
         n_corr = 0
+    return _pc(predictor, corrector, n_corr).replace(hparams={"snr": snr})
 
-    def coefficients(schedule, ts):
+
+@functools.lru_cache(maxsize=None)
+def _pc(predictor: str, corrector: str, n_corr: int) -> Solver:
+    def coefficients(schedule, ts, *, snr):
         ts = jnp.asarray(ts)
         pred = _predictor_coefficients(predictor, schedule, ts)
         log_alpha, sigma = schedule.log_alpha(ts), schedule.sigma(ts)
@@ -141,5 +145,9 @@ def pc(predictor: str = "reverse_diffusion", corrector: str = "langevin", snr=0.
             x, _ = jax.lax.scan(lambda x, k: (langevin(model_fn, x, co, k), None), x, keys[1:])
         return PCState(x)
 
-    return make_solver("pc", 1, 1 + n_corr, coefficients, lambda x, coeffs: PCState(x), step,
-                       stochastic=True)
+    return make_solver("pc", 1, 1 + n_corr, coefficients, _pc_init, step, stochastic=True)
+
+
+def _pc_init(x, coeffs):
+    del coeffs
+    return PCState(x)

@@ -7,11 +7,10 @@ from typing import Callable
 
 from deis_jax.solvers.base import Solver
 from deis_jax.solvers.ddim import ddim
-from deis_jax.solvers.deis_ab import rhoab_deis, tab_deis
-from deis_jax.solvers.deis_rk import rho_rk
+from deis_jax.solvers.deis_ab import logrho_deis, rhoab_deis, tab_deis
+from deis_jax.solvers.deis_rk import RK_METHODS, rho_rk
 from deis_jax.solvers.euler import euler
 from deis_jax.solvers.ipndm import ipndm
-from deis_jax.solvers.deis_ab import logrho_deis
 from deis_jax.solvers.dpm_solver import dpm_fast, dpm_solver
 from deis_jax.solvers.dpm_solver_pp import dpm_solver_pp, dpmpp_2s
 from deis_jax.solvers.edm_ode import edm_euler, edm_heun
@@ -31,7 +30,7 @@ _REGISTRY: dict[str, Callable[[], Solver]] = {
     **{f"tab{k}": functools.partial(tab_deis, k) for k in range(4)},
     **{f"rhoab{k}": functools.partial(rhoab_deis, k) for k in range(4)},
     **{f"ipndm{k}": functools.partial(ipndm, k) for k in range(1, 5)},
-    **{f"rho_{m}": functools.partial(rho_rk, m) for m in ("midpoint", "heun", "kutta3", "rk4")},
+    **{f"rho_{m}": functools.partial(rho_rk, m) for m in RK_METHODS},
     **{f"dpm{k}": functools.partial(dpm_solver, k) for k in (1, 2, 3)},
     "dpm_fast": dpm_fast,
     "dpmpp_2s": dpmpp_2s,
@@ -70,8 +69,8 @@ def solver_names() -> tuple[str, ...]:
 def get_solver(solver) -> Solver:
     """Resolve a solver name (e.g. ``"tab3"``) or pass a :class:`Solver` through.
 
-    Named solvers are built once and cached, so repeated calls return the same object and
-    ``jax.jit`` caches keyed on it are reused.
+    Named solvers are built once and cached, so repeated calls return the same object;
+    ``get_solver(name).name == name``.
     """
     if isinstance(solver, Solver):
         return solver
@@ -82,4 +81,5 @@ def get_solver(solver) -> Solver:
 
 @functools.lru_cache(maxsize=None)
 def _build(name: str) -> Solver:
-    return _REGISTRY[name]()
+    solver = _REGISTRY[name]()
+    return solver if solver.name == name else solver.replace(name=name)

@@ -38,17 +38,20 @@ with ``h = lambda_t - lambda_s > 0``; ``z ~ N(0, I)`` is drawn per sample.
   linear interpolant, ``correction="exact"``) or ``w = alpha_t phi / (2r)`` (Lu et al.'s
   midpoint form, ``correction="midpoint"``). The first step is first order (``w = 0``).
 
-All three: 1 NFE/step; ``eta`` may be a traced scalar (``jax.vmap`` over ``eta`` compiles
-once). Grids must decrease (these integrate the reverse SDE).
+All three: 1 NFE/step; ``eta`` is the solver's ``hparams`` (traced: new values and a
+``jax.vmap`` over ``eta`` do not recompile). Grids must decrease (these integrate the reverse SDE).
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 
-from deis_jax._checks import check_choice
-from deis_jax.solvers.base import Solver, exp_step_factors, make_solver, multistep_init
-from deis_jax.solvers.noise import NoisyCoeffs, check_scalar, noisy_multistep_step
+from deis_jax._checks import check_choice, check_scalar
+from deis_jax.solvers.base import Solver, make_solver
+from deis_jax.solvers.ei import exp_linear, multistep_init, phi_weights
+from deis_jax.solvers.noise import NoisyCoeffs, noisy_multistep_step
 
 __all__ = ["euler_maruyama", "sde_ei1", "sde_ei2", "euler_maruyama_coefficients"]
 
@@ -65,16 +68,32 @@ def euler_maruyama_coefficients(schedule, ts, eta) -> NoisyCoeffs:
     return NoisyCoeffs(t, a, c[:, None], eta * jnp.sqrt(g2 * jnp.abs(h)))
 
 
+def _em_coefficients(schedule, ts, *, eta):
+    return euler_maruyama_coefficients(schedule, ts, eta)
+
+
+_EULER_MARUYAMA = make_solver("euler_maruyama", 1, 1, _em_coefficients, multistep_init,
+                              noisy_multistep_step("euler_maruyama"), stochastic=True)
+
+
 def euler_maruyama(eta=1.0) -> Solver:
     """Euler--Maruyama on the reverse ``eta``-SDE (1 NFE per step, weak order 1).
 
     Args:
       eta: noise scale ``>= 0``; 0 is Euler on the probability-flow ODE, 1 the reverse SDE.
     """
-    eta = check_scalar("eta", eta, lower=0.0)
-    return make_solver("euler_maruyama", 1, 1,
-                       lambda schedule, ts: euler_maruyama_coefficients(schedule, ts, eta),
-                       multistep_init, noisy_multistep_step("euler_maruyama"), stochastic=True)
+    return _EULER_MARUYAMA.replace(hparams={"eta": check_scalar("eta", eta, lower=0.0)})
+
+
+def _ei1_coefficients(schedule, ts, *, eta):
+    ts = jnp.asarray(ts)
+    lin = exp_linear(schedule, ts[:-1], ts[1:], "eps")
+    noise = eta * schedule.sigma(ts[1:]) * jnp.sqrt(jnp.expm1(2.0 * lin.hh))
+    return NoisyCoeffs(ts[:-1], lin.a, (1.0 + eta**2) * phi_weights(lin, 1), noise)
+
+
+_SDE_EI1 = make_solver("sde_ei1", 1, 1, _ei1_coefficients, multistep_init,
+                       noisy_multistep_step("sde_ei1"), stochastic=True)
 
 
 def sde_ei1(eta=1.0) -> Solver:
@@ -83,32 +102,12 @@ def sde_ei1(eta=1.0) -> Solver:
     Args:
       eta: noise scale ``>= 0``; 0 is DDIM, 1 is SDE-DPM-Solver-1.
     """
-    eta = check_scalar("eta", eta, lower=0.0)
-
-    def coefficients(schedule, ts):
-        ts = jnp.asarray(ts)
-        a, ddim_weight = exp_step_factors(schedule, ts)
-        lam = schedule.log_snr(ts)
-        h = lam[1:] - lam[:-1]
-        noise = eta * schedule.sigma(ts[1:]) * jnp.sqrt(jnp.expm1(2.0 * h))
-        return NoisyCoeffs(ts[:-1], a, ((1.0 + eta**2) * ddim_weight)[:, None], noise)
-
-    return make_solver("sde_ei1", 1, 1, coefficients, multistep_init,
-                       noisy_multistep_step("sde_ei1"), stochastic=True)
+    return _SDE_EI1.replace(hparams={"eta": check_scalar("eta", eta, lower=0.0)})
 
 
-def sde_ei2(eta=1.0, correction: str = "exact") -> Solver:
-    """Second-order multistep data-prediction exponential integrator for the ``eta``-SDE.
-
-    Args:
-      eta: noise scale ``>= 0``; 1 is SDE-DPM-Solver++(2M).
-      correction: ``"exact"`` (exact exponential weight of the linear interpolant) or
-        ``"midpoint"`` (Lu et al. 2022b's form).
-    """
-    eta = check_scalar("eta", eta, lower=0.0)
-    check_choice("correction", correction, CORRECTIONS)
-
-    def coefficients(schedule, ts):
+@functools.lru_cache(maxsize=None)
+def _sde_ei2(correction: str) -> Solver:
+    def coefficients(schedule, ts, *, eta):
         ts = jnp.asarray(ts)
         lam, log_sigma = schedule.log_snr(ts), schedule.log_sigma(ts)
         h = lam[1:] - lam[:-1]
@@ -129,3 +128,16 @@ def sde_ei2(eta=1.0, correction: str = "exact") -> Solver:
 
     return make_solver("sde_ei2", 2, 1, coefficients, multistep_init,
                        noisy_multistep_step("sde_ei2"), model="x0", stochastic=True)
+
+
+def sde_ei2(eta=1.0, correction: str = "exact") -> Solver:
+    """Second-order multistep data-prediction exponential integrator for the ``eta``-SDE.
+
+    Args:
+      eta: noise scale ``>= 0``; 1 is SDE-DPM-Solver++(2M).
+      correction: ``"exact"`` (exact exponential weight of the linear interpolant) or
+        ``"midpoint"`` (Lu et al. 2022b's form).
+    """
+    eta = check_scalar("eta", eta, lower=0.0)
+    check_choice("correction", correction, CORRECTIONS)
+    return _sde_ei2(correction).replace(hparams={"eta": eta})

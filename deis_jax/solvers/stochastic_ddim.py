@@ -27,10 +27,27 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from deis_jax.solvers.base import Solver, make_solver, multistep_init
-from deis_jax.solvers.noise import NoisyCoeffs, check_scalar, noisy_multistep_step
+from deis_jax._checks import check_scalar
+from deis_jax.solvers.base import Solver, make_solver
+from deis_jax.solvers.ei import multistep_init
+from deis_jax.solvers.noise import NoisyCoeffs, noisy_multistep_step
 
 __all__ = ["stochastic_ddim"]
+
+
+def _coefficients(schedule, ts, *, eta):
+    ts = jnp.asarray(ts)
+    lam, log_alpha, sigma = schedule.log_snr(ts), schedule.log_alpha(ts), schedule.sigma(ts)
+    h = lam[1:] - lam[:-1]
+    q = eta**2 * -jnp.expm1(-2.0 * h)
+    sigma_t = sigma[1:]
+    b = -sigma_t * (q / (1.0 + jnp.sqrt(1.0 - q)) + jnp.expm1(h))
+    a = jnp.exp(log_alpha[1:] - log_alpha[:-1])
+    return NoisyCoeffs(ts[:-1], a, b[:, None], sigma_t * jnp.sqrt(q))
+
+
+_STOCHASTIC_DDIM = make_solver("ddim_eta", 1, 1, _coefficients, multistep_init,
+                               noisy_multistep_step("ddim_eta"), stochastic=True)
 
 
 def stochastic_ddim(eta=1.0) -> Solver:
@@ -38,7 +55,8 @@ def stochastic_ddim(eta=1.0) -> Solver:
 
     Args:
       eta: 0 gives deterministic DDIM, 1 the ancestral (posterior) sampler. A Python float
-        or a (possibly traced) scalar array.
+        or a (possibly traced) scalar array; it is the solver's ``hparams``, so a new value
+        reuses the compiled sampler.
 
     Example:
       >>> import jax
@@ -51,16 +69,4 @@ def stochastic_ddim(eta=1.0) -> Solver:
       ...             key=jax.random.key(1))
     """
     eta = check_scalar("eta", eta, lower=0.0, upper=1.0)
-
-    def coefficients(schedule, ts):
-        ts = jnp.asarray(ts)
-        lam, log_alpha, sigma = schedule.log_snr(ts), schedule.log_alpha(ts), schedule.sigma(ts)
-        h = lam[1:] - lam[:-1]
-        q = eta**2 * -jnp.expm1(-2.0 * h)
-        sigma_t = sigma[1:]
-        b = -sigma_t * (q / (1.0 + jnp.sqrt(1.0 - q)) + jnp.expm1(h))
-        a = jnp.exp(log_alpha[1:] - log_alpha[:-1])
-        return NoisyCoeffs(ts[:-1], a, b[:, None], sigma_t * jnp.sqrt(q))
-
-    return make_solver("ddim_eta", 1, 1, coefficients, multistep_init,
-                       noisy_multistep_step("ddim_eta"), stochastic=True)
+    return _STOCHASTIC_DDIM.replace(hparams={"eta": eta})

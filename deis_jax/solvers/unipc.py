@@ -81,15 +81,22 @@ sample through the model call only (the corrector starts from the previous corre
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
-from deis_jax._checks import check_choice
-from deis_jax.solvers.base import check_order, make_solver
-from deis_jax.solvers.dpm_solver import lagrange_monomials, phi
+from deis_jax._checks import check_choice, check_member
+from deis_jax.solvers.base import Solver, make_solver
+from deis_jax.solvers.ei import (
+    exp_linear,
+    history_window,
+    lagrange_monomials,
+    pad_columns,
+    phi,
+)
 
 __all__ = ["unipc", "UniPCState", "UniPCCoeffs", "VARIANTS", "FINAL_STEPS", "FINAL_BLEND",
            "final_blend", "EPS_CORRECTOR_RAMP", "corrector_damping"]
@@ -129,22 +136,15 @@ def interval_weights(schedule, ts, orders, variant: str, model: str):
     ts = jnp.asarray(ts)
     lam = schedule.log_snr(ts)
     h = lam[1:] - lam[:-1]
-    if model == "x0":
-        hh = -h
-        lin = jnp.exp(schedule.log_sigma(ts[1:]) - schedule.log_sigma(ts[:-1]))
-        scale = schedule.alpha(ts[1:])
-    else:
-        hh = h
-        lin = jnp.exp(schedule.log_alpha(ts[1:]) - schedule.log_alpha(ts[:-1]))
-        scale = schedule.sigma(ts[1:])
+    lin, scale, hh = exp_linear(schedule, ts[:-1], ts[1:], model)
     h_phi_1 = jnp.expm1(hh)
     b_h = hh if variant == "bh1" else h_phi_1
     b = jnp.stack([hh * phi(m + 1, hh) * math.factorial(m) / b_h for m in range(1, p + 1)],
                   axis=-1)  # (N, P)
     # History nodes r_k, k = 1..P-1 (masked where the step's order does not use them).
     ks = np.arange(1, p)
-    r_mask = ks[None, :] <= orders[:, None] - 1  # (N, P-1)
-    prev = np.maximum(np.arange(n)[:, None] - ks[None, :], 0)
+    idx, mask = history_window(n, orders - 1)
+    prev, r_mask = idx[:, 1:], mask[:, 1:]  # (N, P-1)
     r = jnp.where(r_mask, (lam[prev] - lam[:-1, None]) / h[:, None], 1.0)
 
     def masked_system(nodes, size, dim):
@@ -204,26 +204,35 @@ def final_blend(schedule, ts, width: float = FINAL_BLEND):
     return jnp.clip(width * (r - 1.0), 0.0, 1.0)
 
 
-def unipc(order: int = 2, *, variant: str = "bh2", prediction: str = "x0",
-          final_steps: str = "stable"):
-    """UniPC-``order`` (1..3): UniP-``order`` + UniC-``order``, order ``order + 1``, 1 NFE/step.
+def unipc(predictor_order: int = 2, *, variant: str = "bh2", prediction: str = "x0",
+          final_steps: str = "stable") -> Solver:
+    """UniPC-``p``: UniP-``p`` + UniC-``p`` (``p = predictor_order``, 1..3), convergence order
+    ``p + 1``, 1 NFE/step.
 
     Args:
-      order: predictor order (1, 2 or 3).
+      predictor_order: order ``p`` of the predictor UniP-``p`` (1, 2 or 3); the corrector
+        raises the method's order to ``p + 1`` (``Solver.order``).
       variant: ``"bh2"`` (``B(h) = e^{hh}-1``, default) or ``"bh1"`` (``B(h) = hh``).
       prediction: ``"x0"`` (data prediction, default) or ``"eps"`` (noise prediction).
-      final_steps: ``"stable"`` (default): for ``order=3``, blend the last step's predictor
+      final_steps: ``"stable"`` (default): for ``p = 3``, blend the last step's predictor
         towards UniP-2 when the grid stretches the last step (see the module docstring; no
-        effect for orders 1, 2); ``"none"``: UniP-``order`` up to the end.
+        effect for ``p = 1, 2``); ``"none"``: UniP-``p`` up to the end.
 
     Example:
       >>> from deis_jax.solvers import unipc
       >>> solver = unipc(3, variant="bh1")
+      >>> solver.order
+      4
     """
-    order = check_order("order", order, (1, 2, 3))
+    p = check_member("predictor_order", predictor_order, (1, 2, 3))
     check_choice("variant", variant, VARIANTS)
     check_choice("prediction", prediction, ("x0", "eps"))
     check_choice("final_steps", final_steps, FINAL_STEPS)
+    return _unipc(p, variant, prediction, final_steps)
+
+
+@functools.lru_cache(maxsize=None)
+def _unipc(order: int, variant: str, prediction: str, final_steps: str) -> Solver:
     blend = final_steps == "stable" and order == 3
 
     def coefficients(schedule, ts):
@@ -240,31 +249,32 @@ def unipc(order: int = 2, *, variant: str = "bh2", prediction: str = "x0",
         if prediction == "eps":
             v = corrector_damping(schedule, ts, EPS_CORRECTOR_RAMP[order])[:, None]
             corr = (1.0 - v) * corr + v * jnp.roll(pred, 1, axis=-1)  # roll: no corrector
-        width = order + 1
-        pad = ((0, 0), (0, width - pred.shape[-1]))
-        pred, corr = jnp.pad(pred, pad), jnp.pad(corr, pad)
+        pred, corr = pad_columns(pred, order + 1), pad_columns(corr, order + 1)
         first = np.arange(n) == 0
         # Row i corrects interval i-1 (none on row 0) and predicts interval i.
         corr_rows = jnp.concatenate([jnp.zeros_like(corr[:1]), corr[:-1]], axis=0)
         corr_x = jnp.concatenate([jnp.zeros_like(lin[:1]), lin[:-1]], axis=0)
         return UniPCCoeffs(ts[:-1], jnp.asarray(first, lin.dtype), corr_x, corr_rows, lin, pred)
 
-    def init(x, coeffs):
-        k = coeffs.pred.shape[-1] - 1
-        return UniPCState(x, x, jnp.zeros((k,) + x.shape, x.dtype))
-
-    def step(model_fn, state: UniPCState, co: UniPCCoeffs, key=None):
-        del key
-        dtype = state.x.dtype
-        out = model_fn(state.x, co.t)
-        vals = jnp.concatenate([out[None], state.hist], axis=0)
-        x_c = (co.keep.astype(dtype) * state.x + co.corr_x.astype(dtype) * state.x_corr
-               + jnp.tensordot(co.corr.astype(dtype), vals, axes=1))
-        x_next = co.pred_x.astype(dtype) * x_c + jnp.tensordot(co.pred.astype(dtype), vals,
-                                                                axes=1)
-        return UniPCState(x_next, x_c, vals[:-1])
-
     suffixes = (variant != "bh2", f"_{variant}"), (prediction != "x0", "_eps"), \
         (final_steps != "stable", f"_{final_steps}")
     name = f"unipc{order}" + "".join(text for used, text in suffixes if used)
-    return make_solver(name, order + 1, 1, coefficients, init, step, model=prediction)
+    return make_solver(name, order + 1, 1, coefficients, unipc_init, unipc_step,
+                       model=prediction)
+
+
+def unipc_init(x, coeffs: UniPCCoeffs) -> UniPCState:
+    k = coeffs.pred.shape[-1] - 1
+    return UniPCState(x, x, jnp.zeros((k,) + x.shape, x.dtype))
+
+
+def unipc_step(model_fn, state: UniPCState, co: UniPCCoeffs, key=None) -> UniPCState:
+    """One call at the predicted ``x_i``; correct ``x_i`` with it; predict ``x_{i+1}``."""
+    del key
+    dtype = state.x.dtype
+    out = model_fn(state.x, co.t)
+    vals = jnp.concatenate([out[None], state.hist], axis=0)
+    x_c = (co.keep.astype(dtype) * state.x + co.corr_x.astype(dtype) * state.x_corr
+           + jnp.tensordot(co.corr.astype(dtype), vals, axes=1))
+    x_next = co.pred_x.astype(dtype) * x_c + jnp.tensordot(co.pred.astype(dtype), vals, axes=1)
+    return UniPCState(x_next, x_c, vals[:-1])
