@@ -9,6 +9,7 @@ import pytest
 
 import deis_jax
 from deis_jax import schedules
+from deis_jax.sampling import _run
 from deis_jax.training import (
     DiffusionSpec, TrainConfig, array_dataset, fit, latest_step, load_model,
     restore_checkpoint, schedule_from_dict, schedule_to_dict)
@@ -62,7 +63,7 @@ def test_load_model_samples_from_the_path_alone(tmp_path):
     assert m.spec == SPEC and m.prediction == "eps" and m.step == 5
     np.testing.assert_allclose(m.schedule.alpha(0.3), schedules.vp_linear().alpha(0.3))
     x_T = m.schedule.prior_sample(jax.random.key(0), (8, 2))
-    x = deis_jax.sample(m.model_fn, m.schedule, x_T, solver="tab3", nfe=6,
+    x = deis_jax.sample(m.model_fn, m.schedule, x_T, params=m.params, solver="tab3", nfe=6,
                         prediction=m.prediction)
     assert x.shape == (8, 2) and bool(jnp.all(jnp.isfinite(x)))
     raw = load_model(tmp_path, ema=False)
@@ -83,22 +84,73 @@ def test_schedule_record_round_trip(schedule):
     np.testing.assert_allclose(back.sigma(t), schedule.sigma(t), rtol=1e-6)
 
 
+def _sampling_spec(loss: str) -> DiffusionSpec:
+    sched = {"dsm": schedules.vp_linear(), "edm": schedules.edm(),
+             "ddpm": schedules.vp_discrete(betas=np.linspace(1e-4, 0.02, 100))}[loss]
+    return DiffusionSpec(model={"name": "mlp", "hidden": 8, "depth": 1},
+                         schedule=schedule_to_dict(sched), loss=loss)
+
+
+def _init(spec: DiffusionSpec, seed: int):
+    params = spec.build_model().init(jax.random.key(seed), jnp.zeros((1, 2)), jnp.zeros((1,)))
+    # The output layer starts at zero; perturb every leaf so that the networks differ.
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed + 100), len(leaves))
+    return treedef.unflatten([p + 0.1 * jax.random.normal(k, p.shape)
+                              for p, k in zip(leaves, keys)])
+
+
 @pytest.mark.parametrize("loss,prediction", [("edm", "edm"), ("ddpm", "eps")])
 def test_spec_sampling_model_wraps_the_network(loss, prediction):
-    sched = schedules.edm() if loss == "edm" else schedules.vp_discrete(
-        betas=np.linspace(1e-4, 0.02, 100))
-    spec = DiffusionSpec(model={"name": "mlp", "hidden": 8, "depth": 1},
-                         schedule=schedule_to_dict(sched), loss=loss)
-    model = spec.build_model()
-    params = model.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
-    fn, pred = spec.sampling_model(params)
+    spec = _sampling_spec(loss)
+    params = _init(spec, 0)
+    fn, pred = spec.sampling_model()
     assert pred == prediction
     x = jnp.ones((3, 2))
     if loss == "ddpm":  # queried at the real-valued DDPM step n = N t - 1
-        np.testing.assert_allclose(fn(x, jnp.full((3,), 0.5)),
-                                   model.apply(params, x, jnp.full((3,), 49.0)), rtol=1e-6)
+        np.testing.assert_allclose(fn(params, x, jnp.full((3,), 0.5)),
+                                   spec.build_model().apply(params, x, jnp.full((3,), 49.0)),
+                                   rtol=1e-6)
     else:  # preconditioned: D(y, rho) -> y as rho -> 0
-        np.testing.assert_allclose(fn(x, jnp.full((3,), 1e-4)), x, rtol=1e-3)
+        np.testing.assert_allclose(fn(params, x, jnp.full((3,), 1e-4)), x, rtol=1e-3)
+
+
+def _assert_one_executable(draw, a, b):
+    """``draw(a)`` compiles; ``draw(b)`` and ``draw(a)`` again add no executable to the
+    sampler's cache, ``b`` gives other samples and ``a`` the same ones."""
+    first = draw(a)
+    compiled = _run._cache_size()
+    second, again = draw(b), draw(a)
+    assert _run._cache_size() == compiled
+    assert float(jnp.max(jnp.abs(second - first))) > 0
+    np.testing.assert_array_equal(again, first)
+
+
+@pytest.mark.parametrize("loss", ["dsm", "edm", "ddpm"])
+def test_rebuilt_model_with_new_parameters_reuses_the_sampler(loss):
+    spec = _sampling_spec(loss)
+    x_T = spec.build_schedule().prior_sample(jax.random.key(0), (8, 2))
+
+    def draw(params):  # rebuilds the model function and the schedule, as an evaluation does
+        model_fn, prediction = spec.sampling_model()
+        return deis_jax.sample(model_fn, spec.build_schedule(), x_T, params=params,
+                               solver="tab3", nfe=6, prediction=prediction)
+
+    _assert_one_executable(draw, _init(spec, 0), _init(spec, 1))
+
+
+def test_freshly_loaded_models_reuse_the_sampler(tmp_path):
+    for seed in (0, 1):
+        fit(SPEC, _data(), TrainConfig(steps=5, batch_size=8, seed=seed),
+            ckpt_dir=tmp_path / str(seed), progress="none")
+    x_T = schedules.vp_linear().prior_sample(jax.random.key(0), (8, 2))
+
+    def draw(seed):
+        m = load_model(tmp_path / str(seed))
+        return deis_jax.sample(m.model_fn, m.schedule, x_T, params=m.params, solver="tab3",
+                               nfe=6, prediction=m.prediction)
+
+    _assert_one_executable(draw, 0, 1)
 
 
 def test_errors(tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from deis_jax.cli import main
+from deis_jax.sampling import _run
 
 
 @pytest.fixture(scope="module")
@@ -19,13 +20,16 @@ def ckpt(tmp_path_factory):
 def test_train_writes_a_resumable_checkpoint(ckpt, capsys):
     assert sorted(os.listdir(ckpt)) == ["20"]
     # Running again with more steps resumes from step 20.
+    compiled = _run._cache_size()
     assert main(["train", "--data", "checkerboard", "--steps", "25", "--out", str(ckpt),
                  "--batch-size", "64", "--progress", "log", "--log-every", "5",
                  "--eval-every", "4"]) == 0
     text = capsys.readouterr().out
     assert "step 25/25" in text and "step 20/25" not in text and "to step 25" in text
-    # Periodic evaluation: held-out loss and the energy distance of tab3 samples.
+    # Periodic evaluation: held-out loss and the energy distance of tab3 samples, at steps 24
+    # and 25 with one compiled sampler (the parameters are data).
     assert "eval step=24 test_loss=" in text and "tab3_energy=" in text
+    assert "eval step=25 test_loss=" in text and _run._cache_size() - compiled <= 1
     assert main(["train", "--data", "checkerboard", "--steps", "25", "--out", str(ckpt),
                  "--schedule", "ve", "--progress", "none"]) == 2
     assert "different model/schedule/loss" in capsys.readouterr().err
@@ -59,6 +63,8 @@ def test_help(command, capsys):
     (["train", "--data", "digits", "--steps", "-3", "--out", "x"], "must be >= 1, got -3"),
     (["train", "--data", "digits", "--steps", "ten", "--out", "x"], "expected an integer"),
     (["train", "--data", "digits", "--steps", "3", "--out", "x", "--lr", "nan"], "finite"),
+    (["train", "--data", "digits", "--steps", "3", "--out", "x", "--schedule", "vp"],
+     "invalid choice: 'vp'"),
     (["sample", "--ckpt", "x", "--solver", "rk45"], "invalid choice: 'rk45'"),
     (["sample", "--ckpt", "x", "--n", "0"], "must be >= 1"),
     (["frobnicate"], "invalid choice"),

@@ -153,3 +153,21 @@ def test_vp_linear_inverse_property(lam, beta_max):
         s = schedules.vp_linear(0.1, beta_max, t_min=1e-6, t_max=10.0)
         t = s.t_from_log_snr(lam)
         assert float(s.log_snr(t)) == pytest.approx(lam, abs=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(schedules.FAMILIES))
+def test_from_name_builds_each_family_default(name):
+    assert schedules.from_name(name).family is schedules.FAMILIES[name]
+
+
+def test_from_name_vp_discrete_is_the_ddpm_table():
+    sched = schedules.from_name("vp_discrete")
+    alpha_bar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    np.testing.assert_allclose(sched.alpha(1.0) ** 2, alpha_bar[-1], rtol=1e-5)
+    assert sched.t_min == 1e-3
+
+
+def test_from_name_names_the_valid_choices():
+    with pytest.raises(ValueError, match=r"unknown schedule='vp_quadratic'; valid choices: "
+                                         r"\['edm', 'sub_vp', 've', 'vp_cosine'"):
+        schedules.from_name("vp_quadratic")

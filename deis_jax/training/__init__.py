@@ -24,6 +24,9 @@ from deis_jax.training.metrics import digit_quality
 from deis_jax.training.metrics import energy_distance
 from deis_jax.training.metrics import frechet_distance
 from deis_jax.training.metrics import sliced_wasserstein
+from deis_jax.training.presets import SIZES
+from deis_jax.training.presets import default_batch_size
+from deis_jax.training.presets import default_spec
 from deis_jax.training.sharding import make_mesh
 from deis_jax.training.sharding import replicate
 from deis_jax.training.sharding import shard_batch
@@ -43,6 +46,7 @@ from deis_jax.training.trainer import make_train_step
 __all__ = [
     "DATASETS",
     "LOSSES",
+    "SIZES",
     "WEIGHTINGS",
     "Dataset",
     "DiffusionSpec",
@@ -53,6 +57,8 @@ __all__ = [
     "array_dataset",
     "checkpoint_manager",
     "ddpm_loss",
+    "default_batch_size",
+    "default_spec",
     "digit_classifier",
     "digit_quality",
     "dsm_loss",

@@ -113,16 +113,21 @@ def restore_checkpoint(directory, template=None, *, step: int | None = None):
 
 
 class LoadedModel(NamedTuple):
-    """A checkpoint ready for :func:`deis_jax.sample`.
+    """A trained model ready for :func:`deis_jax.sample` and
+    :func:`deis_jax.adaptive.solve_ode` with ``params=``.
 
     Attributes:
-      model_fn: ``model_fn(x, t)``, predicting ``prediction``.
+      model_fn: ``model_fn(params, x, t)``, predicting ``prediction`` (see
+        :meth:`DiffusionSpec.sampling_model`); equal for every model of the same spec, so new
+        parameters reuse the compiled sampler.
       schedule: the training schedule.
       prediction: pass as ``sample(..., prediction=prediction)``.
       spec: the recorded :class:`DiffusionSpec`.
-      params: the parameters used (EMA by default).
-      step: the checkpoint's training step.
+      params: the parameters (EMA by default); pass as ``sample(..., params=params)``.
+      step: the training step of the parameters.
       meta: the full metadata record.
+
+    :func:`load_model` has an example.
     """
 
     model_fn: Callable
@@ -133,6 +138,14 @@ class LoadedModel(NamedTuple):
     step: int
     meta: dict
 
+    @classmethod
+    def from_spec(cls, spec: DiffusionSpec, params, *, step: int = 0,
+                  meta: dict | None = None) -> "LoadedModel":
+        """The model of ``spec`` with ``params`` held in memory (e.g. during training)."""
+        model_fn, prediction = spec.sampling_model()
+        meta = {"spec": spec, "step": step} if meta is None else meta
+        return cls(model_fn, spec.build_schedule(), prediction, spec, params, step, meta)
+
 
 def load_model(directory, *, step: int | None = None, ema: bool = True) -> LoadedModel:
     """Load a checkpoint as a sampler (EMA parameters unless ``ema=False``).
@@ -141,12 +154,9 @@ def load_model(directory, *, step: int | None = None, ema: bool = True) -> Loade
 
         m = load_model("runs/checkerboard")
         x_T = m.schedule.prior_sample(jax.random.key(0), (512, *m.spec.data["shape"]))
-        x0 = deis_jax.sample(m.model_fn, m.schedule, x_T, solver="tab3", nfe=10,
-                             prediction=m.prediction)
+        x0 = deis_jax.sample(m.model_fn, m.schedule, x_T, params=m.params, solver="tab3",
+                             nfe=10, prediction=m.prediction)
     """
     state, meta = restore_checkpoint(directory, step=step)
-    spec = meta["spec"]
     params = state["ema_params"] if ema else state["params"]
-    model_fn, prediction = spec.sampling_model(params)
-    return LoadedModel(model_fn, spec.build_schedule(), prediction, spec, params,
-                       int(meta["step"]), meta)
+    return LoadedModel.from_spec(meta["spec"], params, step=int(meta["step"]), meta=meta)

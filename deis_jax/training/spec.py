@@ -1,8 +1,8 @@
 """What a checkpoint must record to sample: model config, schedule, loss and parameterisation.
 
-:class:`DiffusionSpec` is JSON-serialisable; ``spec.sampling_model(params)`` returns the
-``(model_fn, prediction)`` pair :func:`deis_jax.sample` takes, so sampling needs nothing but
-the checkpoint.
+:class:`DiffusionSpec` is JSON-serialisable; ``spec.sampling_model()`` returns the
+``(model_fn, prediction)`` pair that :func:`deis_jax.sample` takes with ``params=``, so
+sampling needs nothing but the checkpoint.
 """
 
 from __future__ import annotations
@@ -14,25 +14,13 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import numpy as np
 
-from deis_jax import schedules as _schedules
 from deis_jax._checks import check_choice
 from deis_jax.models import model_from_config
 from deis_jax.parameterization import PREDICTIONS, discrete_time_model, edm_precondition
-from deis_jax.schedules import Schedule
+from deis_jax.schedules import FAMILIES, Schedule
 from deis_jax.training.losses import LOSSES, WEIGHTINGS
 
-__all__ = ["DiffusionSpec", "SCHEDULES", "schedule_from_dict", "schedule_to_dict"]
-
-# A default instance of every family; a saved schedule is rebuilt from its family.
-_DEFAULTS = {
-    "vp_linear": _schedules.vp_linear(),
-    "vp_cosine": _schedules.vp_cosine(),
-    "vp_discrete": _schedules.vp_discrete(betas=np.linspace(1e-4, 0.02, 10)),
-    "ve": _schedules.ve(),
-    "sub_vp": _schedules.sub_vp(),
-    "edm": _schedules.edm(),
-}
-SCHEDULES = tuple(_DEFAULTS)
+__all__ = ["DiffusionSpec", "schedule_from_dict", "schedule_to_dict"]
 
 
 def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
@@ -47,8 +35,8 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
 
 def schedule_from_dict(record: dict[str, Any]) -> Schedule:
     """Inverse of :func:`schedule_to_dict`."""
-    check_choice("schedule", record.get("name"), SCHEDULES)
-    family = _DEFAULTS[record["name"]].family
+    check_choice("schedule", record.get("name"), FAMILIES)
+    family = FAMILIES[record["name"]]
     params = {k: jnp.asarray(v, jnp.float32) for k, v in record["params"].items()}
     return Schedule(family, params, float(record["t_min"]), float(record["t_max"]))
 
@@ -96,13 +84,35 @@ class DiffusionSpec:
     def build_schedule(self) -> Schedule:
         return schedule_from_dict(self.schedule)
 
-    def sampling_model(self, params, model=None) -> tuple[Callable, str]:
-        """``(model_fn, prediction)`` for :func:`deis_jax.sample` from trained ``params``."""
-        model = self.build_model() if model is None else model
-        net = functools.partial(model.apply, params)
+    def sampling_model(self) -> tuple[Callable, str]:
+        """``(model_fn, prediction)`` for ``deis_jax.sample(..., params=params)``.
+
+        ``model_fn(params, x, t)`` is the network's ``apply`` (a bound method of a Flax module,
+        which compares by value), or a ``functools.partial`` of a module-level function with
+        the module and the loss's static constants (EDM preconditioning, DDPM step index).
+        Rebuilding it -- a new :func:`~deis_jax.training.load_model`, every evaluation during
+        training -- therefore reuses the compiled sampler.
+
+        Example::
+
+            model_fn, prediction = spec.sampling_model()
+            x0 = deis_jax.sample(model_fn, spec.build_schedule(), x_T, params=params,
+                                 solver="tab3", nfe=10, prediction=prediction)
+        """
+        model = self.build_model()
         if self.loss == "edm":
-            return edm_precondition(net, self.sigma_data), "edm"
+            return functools.partial(_edm_denoiser, model, self.sigma_data), "edm"
         if self.loss == "ddpm":
             n_train = len(self.schedule["params"]["log_alpha"])
-            return discrete_time_model(net, n_train), "eps"
-        return net, self.prediction
+            return functools.partial(_discrete_time_net, model, n_train), "eps"
+        return model.apply, self.prediction
+
+
+def _edm_denoiser(model, sigma_data: float, params, y, rho):
+    """The EDM denoiser ``D(y; rho)`` of the raw network ``model`` (``edm_precondition``)."""
+    return edm_precondition(functools.partial(model.apply, params), sigma_data)(y, rho)
+
+
+def _discrete_time_net(model, n_train: int, params, x, t):
+    """``model`` trained on DDPM steps ``0..n_train-1``, queried at continuous ``t``."""
+    return discrete_time_model(functools.partial(model.apply, params), n_train)(x, t)

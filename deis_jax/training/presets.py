@@ -1,0 +1,62 @@
+"""The built-in model for each dataset, as used by ``deis-jax train``, the demo and the
+training benchmark: an MLP for 2-d points, a U-Net for 8x8 images."""
+
+from __future__ import annotations
+
+from deis_jax import schedules
+from deis_jax._checks import check_choice
+from deis_jax.training.data import Dataset
+from deis_jax.training.spec import DiffusionSpec, schedule_to_dict
+
+__all__ = ["SIZES", "default_batch_size", "default_spec"]
+
+SIZES = ("small", "base")
+
+
+def _default_loss(schedule_name: str) -> str:
+    """``"edm"`` for the EDM schedule, ``"ddpm"`` for ``vp_discrete``, else ``"dsm"``."""
+    return {"edm": "edm", "vp_discrete": "ddpm"}.get(schedule_name, "dsm")
+
+
+def default_batch_size(data: Dataset) -> int:
+    """Examples per training step: 128 for images, 512 for points."""
+    return 128 if data.kind == "images" else 512
+
+
+def default_spec(data: Dataset, schedule_name: str = "vp_linear", *, loss: str | None = None,
+                 prediction: str = "eps", weighting: str = "simple",
+                 size: str = "small") -> DiffusionSpec:
+    """The built-in model for ``data`` with the default instance of a schedule family.
+
+    Args:
+      data: the dataset (its kind picks the network, its name and shape are recorded).
+      schedule_name: a :data:`deis_jax.schedules.FAMILIES` name (see
+        :func:`deis_jax.schedules.from_name`).
+      loss: default ``"edm"`` for the EDM schedule, ``"ddpm"`` for ``vp_discrete``, else
+        ``"dsm"``. The DDPM loss trains on integer steps, so its network embeds ``t``
+        unscaled; the others scale ``t`` by 1000.
+      prediction: what the network predicts under the ``"dsm"`` loss.
+      weighting: the ``"dsm"`` weighting.
+      size: ``"small"`` (demo, tests) or ``"base"`` (benchmarks).
+
+    Example:
+      >>> from deis_jax.training import default_spec, load_dataset
+      >>> default_spec(load_dataset("checkerboard", n_train=8, n_test=8)).model["name"]
+      'mlp'
+    """
+    check_choice("size", size, SIZES)
+    schedule = schedules.from_name(schedule_name)
+    loss = _default_loss(schedule_name) if loss is None else loss
+    time_scale = 1.0 if loss == "ddpm" else 1000.0
+    small = size == "small"
+    if data.kind == "images":
+        model = {"name": "unet", "channels": [16, 32] if small else [32, 64],
+                 "time_scale": time_scale}
+    else:
+        model = {"name": "mlp", "hidden": 128 if small else 256, "depth": 3,
+                 "time_scale": time_scale}
+    return DiffusionSpec(
+        model=model, schedule=schedule_to_dict(schedule), loss=loss, prediction=prediction,
+        weighting=weighting, data={"name": data.name, "shape": list(data.shape),
+                                   "kind": data.kind},
+    )
