@@ -28,7 +28,7 @@ from deis_jax.schedules import Schedule
 from deis_jax.solvers.base import Solver
 from deis_jax.solvers.registry import get_solver
 
-__all__ = ["SampleOutput", "sample", "run_table"]
+__all__ = ["SampleOutput", "sample", "run_table", "solver_model"]
 
 
 class SampleOutput(NamedTuple):

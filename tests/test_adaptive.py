@@ -105,6 +105,25 @@ def test_new_tolerances_do_not_recompile():
     assert nfes == sorted(nfes) and nfes[-1] > nfes[0]  # the tolerances did take effect
 
 
+def test_new_params_do_not_recompile():
+    """params= is traced data of the solve; the parameters do take effect."""
+    sched = schedules.vp_linear()
+    traces = [0]
+
+    def model(params, x, t):
+        traces[0] += 1  # runs at trace time only
+        return params["scale"] * jnp.tanh(x + t[:, None])
+
+    x_T = sched.prior_sample(jax.random.key(2), (8, 2))
+    a = solve_ode(model, sched, x_T, params={"scale": jnp.float32(0.5)}, rtol=1e-4, atol=1e-4)
+    after_first = traces[0]
+    b = solve_ode(model, sched, x_T, params={"scale": jnp.float32(0.7)}, rtol=1e-4, atol=1e-4)
+    assert traces[0] == after_first > 0
+    assert float(jnp.max(jnp.abs(a.x - b.x))) > 1e-3
+    with pytest.raises(ValueError, match=r"model_fn\(x, t\).*pass them with params="):
+        solve_ode(model, sched, x_T)
+
+
 def test_encodes_data_into_noise(x64):
     sched = schedules.vp_linear()
     gmm = testing.gaussian_mixture(**GMM_ARGS)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -54,6 +55,8 @@ __all__ = [
     "pad_columns",
     "phi",
     "phi_weights",
+    "ring_combine",
+    "ring_push",
 ]
 
 BASES = ("t", "rho", "log_rho")
@@ -295,17 +298,19 @@ def pad_columns(c, width: int):
 
 
 class MultistepState(NamedTuple):
-    """Carry of a linear multistep solver: the sample and the last ``K`` model outputs."""
+    """Carry of a linear multistep solver: the sample, the last ``K`` model outputs in a ring
+    buffer (the output of step ``j`` in slot ``j mod K``) and the step count."""
 
     x: Any
-    hist: Any  # (K, *x.shape), most recent first
+    hist: Any  # (K, *x.shape)
+    step: Any  # int32 scalar
 
 
 class MultistepCoeffs(NamedTuple):
     """Per-step table of a linear multistep exponential integrator.
 
     ``x_{i+1} = a_i x_i + sum_j c_{ij} out_{i-j}`` with ``out_{i-j}`` the model output at
-    ``t_{i-j}``.
+    ``t_{i-j}`` (columns in history order: most recent first).
     """
 
     t: Any  # (N,) evaluation time of step i
@@ -315,7 +320,25 @@ class MultistepCoeffs(NamedTuple):
 
 def multistep_init(x, coeffs: MultistepCoeffs) -> MultistepState:
     k = coeffs.c.shape[-1]
-    return MultistepState(x, jnp.zeros((k,) + x.shape, x.dtype))
+    return MultistepState(x, jnp.zeros((k,) + x.shape, x.dtype), jnp.zeros((), jnp.int32))
+
+
+def ring_push(hist, step, out):
+    """``hist`` with ``out`` written in place into slot ``step mod K`` (no shifting copy)."""
+    return jax.lax.dynamic_update_index_in_dim(hist, out.astype(hist.dtype),
+                                               step % hist.shape[0], axis=0)
+
+
+def ring_combine(hist, c, step, dtype):
+    r"""``sum_j c[j] out_{step-j}`` over the ring buffer after :func:`ring_push` at ``step``:
+    the ``K`` weights are permuted into slot order, then one unrolled, fused multiply-add
+    over the slots."""
+    k = hist.shape[0]
+    w = jnp.take(c.astype(dtype), (step - jnp.arange(k)) % k)
+    total = w[0] * hist[0]
+    for slot in range(1, k):
+        total = total + w[slot] * hist[slot]
+    return total
 
 
 def multistep_step(model_fn, state: MultistepState, co: MultistepCoeffs, key=None):
@@ -324,8 +347,7 @@ def multistep_step(model_fn, state: MultistepState, co: MultistepCoeffs, key=Non
     .. math:: x_{i+1} = a_i x_i + \sum_{j=0}^{K-1} c_{ij}\, \mathrm{out}(x_{i-j}, t_{i-j})
     """
     del key
-    out = model_fn(state.x, co.t)
-    hist = jnp.concatenate([out[None], state.hist[:-1]], axis=0)
     dtype = state.x.dtype
-    x = co.a.astype(dtype) * state.x + jnp.tensordot(co.c.astype(dtype), hist, axes=1)
-    return MultistepState(x, hist)
+    hist = ring_push(state.hist, state.step, model_fn(state.x, co.t))
+    x = co.a.astype(dtype) * state.x + ring_combine(hist, co.c, state.step, dtype)
+    return MultistepState(x, hist, state.step + 1)

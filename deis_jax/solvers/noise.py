@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from deis_jax._checks import require_key
-from deis_jax.solvers.ei import MultistepState
+from deis_jax.solvers.ei import MultistepState, ring_combine, ring_push
 
 __all__ = [
     "per_sample_normal",
@@ -67,12 +67,11 @@ def noisy_multistep_step(name: str):
 
     def step(model_fn, state: MultistepState, co: NoisyCoeffs, key=None) -> MultistepState:
         key = require_key(name, key)
-        out = model_fn(state.x, co.t)
-        hist = jnp.concatenate([out[None], state.hist[:-1]], axis=0)
         dtype = state.x.dtype
+        hist = ring_push(state.hist, state.step, model_fn(state.x, co.t))
         z = per_sample_normal(key, state.x.shape, dtype)
-        x = (co.a.astype(dtype) * state.x + jnp.tensordot(co.c.astype(dtype), hist, axes=1)
+        x = (co.a.astype(dtype) * state.x + ring_combine(hist, co.c, state.step, dtype)
              + co.noise.astype(dtype) * z)
-        return MultistepState(x, hist)
+        return MultistepState(x, hist, state.step + 1)
 
     return step

@@ -96,6 +96,8 @@ from deis_jax.solvers.ei import (
     lagrange_monomials,
     pad_columns,
     phi,
+    ring_combine,
+    ring_push,
 )
 
 __all__ = ["unipc", "UniPCState", "UniPCCoeffs", "VARIANTS", "FINAL_STEPS", "FINAL_BLEND",
@@ -111,7 +113,8 @@ EPS_CORRECTOR_RAMP = {1: (1.0, 3.0), 2: (1.0, 2.0), 3: (1.0, 2.0)}
 class UniPCState(NamedTuple):
     x: Any  # predicted sample at the current time
     x_corr: Any  # corrected sample at the previous time
-    hist: Any  # (P, *x.shape): m_{i-1}, ..., m_{i-P}
+    hist: Any  # (P+1, *x.shape) ring buffer of m_i, ..., m_{i-P} (ei.ring_push)
+    step: Any  # int32 step count
 
 
 class UniPCCoeffs(NamedTuple):
@@ -264,17 +267,17 @@ def _unipc(order: int, variant: str, prediction: str, final_steps: str) -> Solve
 
 
 def unipc_init(x, coeffs: UniPCCoeffs) -> UniPCState:
-    k = coeffs.pred.shape[-1] - 1
-    return UniPCState(x, x, jnp.zeros((k,) + x.shape, x.dtype))
+    k = coeffs.pred.shape[-1]
+    return UniPCState(x, x, jnp.zeros((k,) + x.shape, x.dtype), jnp.zeros((), jnp.int32))
 
 
 def unipc_step(model_fn, state: UniPCState, co: UniPCCoeffs, key=None) -> UniPCState:
     """One call at the predicted ``x_i``; correct ``x_i`` with it; predict ``x_{i+1}``."""
     del key
     dtype = state.x.dtype
-    out = model_fn(state.x, co.t)
-    vals = jnp.concatenate([out[None], state.hist], axis=0)
+    i = state.step
+    vals = ring_push(state.hist, i, model_fn(state.x, co.t))  # m_i, ..., m_{i-P}
     x_c = (co.keep.astype(dtype) * state.x + co.corr_x.astype(dtype) * state.x_corr
-           + jnp.tensordot(co.corr.astype(dtype), vals, axes=1))
-    x_next = co.pred_x.astype(dtype) * x_c + jnp.tensordot(co.pred.astype(dtype), vals, axes=1)
-    return UniPCState(x_next, x_c, vals[:-1])
+           + ring_combine(vals, co.corr, i, dtype))
+    x_next = co.pred_x.astype(dtype) * x_c + ring_combine(vals, co.pred, i, dtype)
+    return UniPCState(x_next, x_c, vals, i + 1)
