@@ -143,6 +143,8 @@ def test_every_pair_makes_the_same_calls_on_both_sides():
             assert plan.nfe_for_steps(n) == nfe
             if peers.PEERS[peer].nfe_for_steps is not None:
                 assert peers.PEERS[peer].nfe_for_steps(n) == nfe
+    # DPM-Solver-fast reaches every NFE, two of them (6 and 8) in the same number of steps.
+    assert {c[2] for c in peers.cells("dpm_fast", "k-diffusion/dpm_fast")} == set(peers.NFES)
 
 
 def test_pair_cells_and_summary():
