@@ -68,11 +68,14 @@ compared in minutes without torch installed. :func:`ours_vs_peers` does the same
 :class:`~deis_jax.solvers.Solver` object without registering it. The ground truths are
 cached in ``benchmarks/.cache`` (git-ignored).
 
-    python benchmarks/peers.py                  # everything (~25 min on 2 CPU cores)
-    python benchmarks/peers.py --ours-only      # our side only, peers from results/peers.json
-    python benchmarks/peers.py --ours-only --solvers dpmpp_3m,unipc3   # some pairs only
-    python benchmarks/peers.py --peers-only     # the peers only (problems changed)
+    python benchmarks/peers.py                  # everything: 36 min on 2 shared CPU cores
+    python benchmarks/peers.py --ours-only      # our side only (26 min), peers from the JSON
+    python benchmarks/peers.py --ours-only --solvers dpmpp_3m,unipc3   # ~2-3 min per solver
+    python benchmarks/peers.py --peers-only     # the peers only (7 min; problems changed)
     python benchmarks/peers.py --quick          # small smoke run -> results/peers_quick.*
+
+Our side's time is almost all XLA compilation (one per solver, step count and problem; the
+four grids share it); the ground truths (~10 s each) are cached after the first run.
 
 Install the peers (CPU; torch first, exactly this version, or pip pulls a multi-GB CUDA
 build)::
@@ -186,7 +189,8 @@ def score(prob: Problem, x) -> dict:
     x = np.asarray(x, np.float64)
     if not np.all(np.isfinite(x)):
         return {"rmse": float("inf"), "flips": -1, "rmse_no_flip": float("inf")}
-    flips = np.asarray(testing.mode_flips(prob.gmm, jnp.asarray(x), jnp.asarray(prob.gt)))
+    with jax.enable_x64(True):
+        flips = np.asarray(testing.mode_flips(prob.gmm, jnp.asarray(x), jnp.asarray(prob.gt)))
     err2 = np.mean((x - prob.gt) ** 2, axis=-1)
     return {"rmse": float(np.sqrt(err2.mean())), "flips": int(flips.sum()),
             "rmse_no_flip": float(np.sqrt(err2[~flips].mean())) if (~flips).any()
