@@ -10,6 +10,9 @@ import pytest
 
 from deis_jax import get_solver, sample, schedules, testing, timesteps
 from deis_jax.solvers import dpm_fast, dpm_solver, dpm_solver_pp, dpmpp_2s, logrho_deis
+from deis_jax.solvers import deis_ab, ei
+from deis_jax.solvers.dpm_solver_pp import CURVATURE_SCALE, FINAL_RULES, curvature_weight, \
+    dpmpp_weights
 from deis_jax.solvers.ei import ei_weights, exp_poly_weights, phi
 from sweep_helpers import measured_order, sweep
 
@@ -100,12 +103,11 @@ def test_dpmpp_2m_matches_paper_formula(x64, problem):
     np.testing.assert_allclose(np.asarray(out), x2, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("rule", ["stable", "reference", "none"])
-def test_final_step_rules(x64, problem, rule):
-    """Step orders of 3M under each rule, and the table they produce: a step of order k has
-    exactly k non-zero weights."""
+@pytest.mark.parametrize("rule", ["reference", "none"])
+def test_fixed_final_step_rules(x64, problem, rule):
+    """Step degrees of 3M under the step-count rules: a step of order k has exactly k non-zero
+    weights; "reference" lowers the last two steps below 15 steps only."""
     expect = {  # steps -> orders of the last three steps
-        "stable": {5: [3, 3, 2], 14: [3, 3, 2], 15: [3, 3, 2]},
         "reference": {5: [3, 2, 1], 14: [3, 2, 1], 15: [3, 3, 3]},
         "none": {5: [3, 3, 3], 14: [3, 3, 3], 15: [3, 3, 3]},
     }[rule]
@@ -116,6 +118,88 @@ def test_final_step_rules(x64, problem, rule):
         used = np.sum(np.asarray(co.c) != 0, axis=-1)
         np.testing.assert_array_equal(used[:2], [1, 2])  # warm-up
         np.testing.assert_array_equal(used[-3:], last, err_msg=f"{rule}, {n} steps")
+
+
+@pytest.mark.parametrize("make", [lambda r: dpm_solver_pp(2, final_steps=r),
+                                  lambda r: dpm_solver_pp(3, final_steps=r),
+                                  lambda r: logrho_deis(2, final_steps=r)],
+                         ids=["2m", "3m", "logrho2"])
+def test_auto_final_steps_blend_by_the_last_step(x64, problem, make):
+    """"auto": the last two rows are (1 - w) full + w lowered with w from the grid's last
+    step; fully lowered on a 10-step uniform grid (last step 3.5 long in lambda), full order on
+    a 40-step log-SNR grid (0.24), in between where the last step is near the rule's centre;
+    every other row untouched."""
+    sched = problem[0]
+    auto, full, low = make("auto"), make("none"), make("reference")
+    rule = {"dpmpp_2m": FINAL_RULES[2], "dpmpp_3m": FINAL_RULES[3],
+            "logrho2": deis_ab.LOGRHO_FINAL_RULE}[auto.name]
+    lam_range = float(sched.log_snr(sched.t_min) - sched.log_snr(sched.t_max))
+    n_mid = int(round(lam_range / rule.center))  # log-SNR grid with h = rule.center: 0 < w < 1
+    for ts, expect in ((timesteps(sched, 10, "uniform"), 1.0),
+                       (timesteps(sched, 40, "log_snr"), 0.0),
+                       (timesteps(sched, n_mid, "log_snr"), None)):
+        n = ts.shape[0] - 1
+        w = float(ei.final_weight(sched, ts, rule))
+        if expect is None:
+            assert 0.0 < w < 1.0, (n, w)
+        else:
+            assert w == expect, (n, w)
+        a, b = auto.table(sched, ts), full.table(sched, ts)
+        # "reference" lowers below 15 steps: on longer grids rebuild its rows by hand.
+        lowered = ei.lowered_degrees(np.minimum(np.arange(n), b.c.shape[-1] - 1))
+        g_map = dpmpp_weights("auto") if auto.model == "x0" else None
+        c_low = ei.pad_columns(ei.exp_poly_weights(sched, ts, lowered, auto.model, g_map)[1],
+                               b.c.shape[-1])
+        if n < 15:
+            np.testing.assert_allclose(np.asarray(low.table(sched, ts).c[-2:]),
+                                       np.asarray(c_low[-2:]), rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(np.asarray(a.c[-2:]),
+                                   (1 - w) * np.asarray(b.c[-2:]) + w * np.asarray(c_low[-2:]),
+                                   rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(np.asarray(a.c[:-2]), np.asarray(b.c[:-2]))
+
+
+def test_dpmpp_degree_one_steps_use_the_2m_weight(x64, problem):
+    """Every degree-1 row of DPM-Solver++ (2M's rows, 3M's second step and its lowered
+    second-to-last step) is Alg. 2's ``G_0 [(1 + 1/(2r)), -1/(2r)]``."""
+    sched = problem[0]
+    ts = timesteps(sched, 6, "quadratic")
+    lam = np.asarray(sched.log_snr(ts))
+    h = np.diff(lam)
+    lin = ei.exp_linear(sched, ts[:-1], ts[1:], "x0")
+    g0 = np.asarray(ei.phi_weights(lin, 1)[:, 0])
+    two = np.asarray(dpm_solver_pp(2, final_steps="none").table(sched, ts).c)
+    three = np.asarray(dpm_solver_pp(3, final_steps="reference").table(sched, ts).c)
+    for i in range(1, 6):
+        r = h[i - 1] / h[i]
+        np.testing.assert_allclose(two[i], [g0[i] * (1 + 1 / (2 * r)), -g0[i] / (2 * r)],
+                                   rtol=1e-12)
+    for i in (1, 4):  # 3M: warm-up step 1 and the lowered second-to-last step
+        r = h[i - 1] / h[i]
+        np.testing.assert_allclose(three[i], [g0[i] * (1 + 1 / (2 * r)), -g0[i] / (2 * r), 0],
+                                   rtol=1e-12, atol=1e-15)
+
+
+def test_curvature_weight(x64, problem):
+    """3M's curvature term: ``s(h) G_2`` ("auto"; s -> 1 on short steps), ``G_2 / 2``
+    ("reference", as DPM-Solver/diffusers/k-diffusion) or ``G_2`` ("exact"); the reference
+    weight makes 3M second order, "auto" keeps order 3 (registry order table)."""
+    sched = problem[0]
+    ts = timesteps(sched, 8, "log_snr")
+    h = np.diff(np.asarray(sched.log_snr(ts)))
+    tables = {c: np.asarray(dpm_solver_pp(3, final_steps="none", curvature=c).table(sched, ts).c)
+              for c in ("auto", "reference", "exact")}
+    ddim_like = tables["exact"] - tables["reference"]  # = G_2 / 2 times the v^2 basis row
+    np.testing.assert_allclose(tables["auto"] - tables["reference"],
+                               (2 * np.asarray(curvature_weight(h))[:, None] - 1)
+                               * ddim_like, rtol=1e-10, atol=1e-15)
+    assert np.all(np.abs(ddim_like[2:]) > 0) and np.all(ddim_like[:2] == 0)
+    h = np.array([0.0, 1e-3, CURVATURE_SCALE, 5.0])
+    np.testing.assert_allclose(np.asarray(curvature_weight(h)),
+                               [1.0, 1 / (1 + (1e-3 / CURVATURE_SCALE) ** 4), 0.5,
+                                1 / (1 + (5 / CURVATURE_SCALE) ** 4)], rtol=1e-12)
+    slope, err = measured_order(dpm_solver_pp(3, curvature="reference"), problem, (96, 192, 384))
+    assert abs(slope - 2.0) <= 0.15, (slope, err)  # measured 2.02
 
 
 def test_singlestep_low_nfe_does_not_blow_up(x64):

@@ -1,4 +1,4 @@
-"""UniPC: a hand-computed predictor-corrector step, final blend, corrector fade, bad input
+"""UniPC: a hand-computed predictor-corrector step, final steps, corrector fade, bad input
 (convergence orders: ``test_solver_orders.py``)."""
 
 import importlib
@@ -10,6 +10,7 @@ import pytest
 
 from deis_jax import get_solver, sample, schedules, testing, timesteps
 from deis_jax.solvers import unipc
+from deis_jax.solvers.ei import final_weight
 
 unipc_module = importlib.import_module("deis_jax.solvers.unipc")  # the function shadows it
 
@@ -93,33 +94,36 @@ def test_variants_differ_only_through_fixed_coefficients(x64, problem):
 
 
 @pytest.mark.parametrize("prediction", ["x0", "eps"])
-def test_final_blend(x64, problem, prediction):
-    """UniPC-3's last predictor: UniP-3 where the last two steps are equal in lambda (log-SNR
-    grid), UniP-2 where the last step is much longer (10-step quadratic grid, r = 1.87 so
-    w = 1), in between on the EDM grid (r = 1.26); every other row untouched."""
+def test_final_steps(x64, problem, prediction):
+    """The last two intervals at orders 1 and <= 2 ("reference", the reference
+    implementation's rule at every N), weighted by the last step's length ("auto"): fully
+    lowered on 10-step grids, full order on a 300-step log-SNR grid (last step 0.032 long in
+    lambda), in between at 0.1; predictor and corrector rows are (1 - w) full + w lowered,
+    every other row untouched."""
     sched, gmm, x_T, _ = problem
-    blended, plain = unipc(3, prediction=prediction), unipc(3, prediction=prediction,
-                                                              final_steps="none")
-    lower = unipc_module.unipc_orders(10, 3)
-    lower[-1] = 2
-    for grid, expect_w in (("log_snr", 0.0), ("quadratic", 1.0), ("edm", None)):
-        ts = timesteps(sched, 10, grid)
-        a, b = blended.table(sched, ts), plain.table(sched, ts)
-        _, low, _ = unipc_module.interval_weights(sched, ts, lower, "bh2", prediction)
-        low = low[-1]
-        w = float(unipc_module.final_blend(sched, ts))
-        if expect_w is not None:
-            assert w == expect_w, (grid, w)
+    auto, full, low = (unipc(3, prediction=prediction, final_steps=r)
+                       for r in ("auto", "none", "reference"))
+    lam_range = float(sched.log_snr(sched.t_min) - sched.log_snr(sched.t_max))
+    for ts, expect_w in ((timesteps(sched, 10, "quadratic"), 1.0),
+                         (timesteps(sched, 10, "log_snr"), 1.0),
+                         (timesteps(sched, 300, "log_snr"), 0.0),
+                         (timesteps(sched, int(lam_range / 0.1), "log_snr"), None)):
+        w = float(final_weight(sched, ts, unipc_module.FINAL_RULE))
+        if expect_w is None:
+            assert 0.0 < w < 1.0, w
         else:
-            assert 0.5 < w < 0.9, w  # 3 (1.26 - 1)
-        np.testing.assert_allclose(a.pred[-1], (1 - w) * b.pred[-1] + w * low, rtol=1e-12,
-                                   atol=1e-14)
-        np.testing.assert_array_equal(a.pred[:-1], b.pred[:-1])
-        np.testing.assert_array_equal(a.corr, b.corr)
-    # UniP-2 and UniP-3 really differ on the last row (the blend is not vacuous).
-    assert float(jnp.max(jnp.abs(low - b.pred[-1]))) > 1e-3
-    out = sample(gmm.eps_fn(sched), sched, x_T, solver=blended, nfe=3, grid="quadratic")
-    assert bool(jnp.all(jnp.isfinite(out)))  # 3 steps: the smallest grid the blend acts on
+            assert w == expect_w, w
+        a, b, c = auto.table(sched, ts), full.table(sched, ts), low.table(sched, ts)
+        for field in ("pred", "corr"):
+            fa, fb, fc = (np.asarray(getattr(co, field)) for co in (a, b, c))
+            np.testing.assert_allclose(fa, (1 - w) * fb + w * fc, rtol=1e-12, atol=1e-14)
+            rows = slice(None, -2) if field == "pred" else slice(None, -3)  # corr: shifted
+            np.testing.assert_array_equal(fa[rows], fb[rows])
+        # Lowered: the last predictor is UniP-1 (DDIM: one weight), the one before UniP-2.
+        used = np.sum(np.asarray(c.pred) != 0, axis=-1)
+        np.testing.assert_array_equal(used[-3:], [3, 2, 1])
+    out = sample(gmm.eps_fn(sched), sched, x_T, solver=auto, nfe=3, grid="quadratic")
+    assert bool(jnp.all(jnp.isfinite(out)))  # 3 steps: the smallest grid the rule acts on
 
 
 def test_eps_corrector_fades_on_long_steps(x64):
@@ -154,7 +158,7 @@ def test_eps_corrector_fades_on_long_steps(x64):
 def test_bad_arguments():
     with pytest.raises(ValueError, match=r"predictor_order must be one of \[1, 2, 3\].*=4"):
         unipc(4)
-    with pytest.raises(ValueError, match=r"final_steps='yes'.*\['none', 'stable'\]"):
+    with pytest.raises(ValueError, match=r"final_steps='yes'.*\['auto', 'none', 'reference'\]"):
         unipc(3, final_steps="yes")
     with pytest.raises(ValueError, match=r"variant='bh3'.*\['bh1', 'bh2'\]"):
         unipc(2, variant="bh3")

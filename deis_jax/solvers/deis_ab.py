@@ -21,20 +21,25 @@ from __future__ import annotations
 import functools
 
 import jax.numpy as jnp
+import numpy as np
 
-from deis_jax._checks import check_member
+from deis_jax._checks import check_choice, check_member
 from deis_jax.solvers.base import make_solver
 from deis_jax.solvers.ei import (
+    FinalRule,
     MultistepCoeffs,
+    blend_final,
     ei_weights,
     exp_linear,
     exp_poly_weights,
+    final_weight,
+    lowered_degrees,
     multistep_init,
     multistep_step,
     pad_columns,
 )
 
-__all__ = ["tab_deis", "rhoab_deis", "logrho_deis"]
+__all__ = ["tab_deis", "rhoab_deis", "logrho_deis", "LOGRHO_FINAL_RULE"]
 
 DEGREES = (0, 1, 2, 3)
 
@@ -63,24 +68,51 @@ def rhoab_deis(degree: int = 3):
     return _quadrature_solver("rhoab", "rho", degree)
 
 
+FINAL_STEPS = ("auto", "reference", "none")
+REFERENCE_STEPS = 15  # diffusers' DEIS lowers the last orders below this many steps
+LOGRHO_FINAL_RULE = FinalRule(1.2, 0.1, -0.5)
+
+
 @functools.lru_cache(maxsize=None)
-def _logrho_solver(degree: int):
+def _logrho_solver(degree: int, final_steps):
     def coefficients(schedule, ts):
         ts = jnp.asarray(ts)
-        a, c = exp_poly_weights(schedule, ts, degree, "eps")
-        return MultistepCoeffs(ts[:-1], a, pad_columns(c, degree + 1))
+        n = ts.shape[0] - 1
+        deg = np.minimum(np.arange(n), degree)
+        if final_steps == "reference" and n < REFERENCE_STEPS:
+            deg = lowered_degrees(deg)
+        a, c = exp_poly_weights(schedule, ts, deg, "eps")
+        c = pad_columns(c, degree + 1)
+        if final_steps not in ("reference", "none") and n >= 2:
+            rule = LOGRHO_FINAL_RULE if final_steps == "auto" else final_steps
+            low = pad_columns(exp_poly_weights(schedule, ts, lowered_degrees(deg), "eps")[1],
+                              degree + 1)
+            c = blend_final(c, low, final_weight(schedule, ts, rule))
+        return MultistepCoeffs(ts[:-1], a, c)
 
-    return make_solver(f"logrho{degree}", degree + 1, 1, coefficients, multistep_init,
+    suffix = "" if final_steps == "auto" else \
+        f"_{final_steps if isinstance(final_steps, str) else 'rule'}"
+    return make_solver(f"logrho{degree}{suffix}", degree + 1, 1, coefficients, multistep_init,
                        multistep_step)
 
 
-def logrho_deis(degree: int = 3):
+def logrho_deis(degree: int = 3, *, final_steps="auto"):
     r"""log-rho AB-DEIS: Lagrange polynomial of degree ``degree`` (0..3) in
     ``log rho = -lambda``, closed-form weights; order ``degree + 1``.
 
     The step integral ``-alpha_{i+1} int e^{-lambda} P_i(lambda) d lambda`` of the polynomial
     is exact in phi-functions (:func:`~deis_jax.solvers.ei.exp_poly_weights`). It is the
-    noise-prediction twin of DPM-Solver++(3M) (Zhang & Chen 2023, Sec. 4; Lu et al. 2022b).
+    noise-prediction twin of DPM-Solver++(3M) (Zhang & Chen 2023, Sec. 4; Lu et al. 2022b),
+    and diffusers' ``DEISMultistepScheduler`` (``solver_order = degree + 1``).
+
+    Args:
+      degree: polynomial degree.
+      final_steps: ``"auto"`` (default: the last two steps lowered to degrees 0 and <= 1 by
+        :data:`LOGRHO_FINAL_RULE`, a smooth function of the last step's length in
+        ``lambda``; see :class:`~deis_jax.solvers.ei.FinalRule`), ``"reference"`` (lowered
+        below 15 steps, as diffusers), ``"none"``, or a ``FinalRule``.
     """
     degree = check_member("degree", degree, DEGREES)
-    return _logrho_solver(degree)
+    if not isinstance(final_steps, FinalRule):
+        check_choice("final_steps", final_steps, FINAL_STEPS)
+    return _logrho_solver(degree, final_steps)

@@ -42,14 +42,18 @@ from deis_jax.quadrature import DEFAULT_NODES, gauss_legendre
 __all__ = [
     "BASES",
     "ExpLinear",
+    "FinalRule",
     "MultistepCoeffs",
     "MultistepState",
     "ei_weights",
     "exp_linear",
+    "blend_final",
     "exp_poly_weights",
+    "final_weight",
     "history_window",
     "lagrange_basis",
     "lagrange_monomials",
+    "lowered_degrees",
     "multistep_init",
     "multistep_step",
     "pad_columns",
@@ -57,6 +61,7 @@ __all__ = [
     "phi_weights",
     "ring_combine",
     "ring_push",
+    "smoothstep",
 ]
 
 BASES = ("t", "rho", "log_rho")
@@ -195,7 +200,7 @@ def lagrange_monomials(nodes, mask):
     return jnp.stack(rows, axis=1)
 
 
-def exp_poly_weights(schedule, ts, degrees, model: str):
+def exp_poly_weights(schedule, ts, degrees, model: str, g_map=None):
     r"""Closed-form weights of a multistep exponential integrator with a Lagrange polynomial
     in ``lambda`` (DPM-Solver++(3M), log-rho DEIS).
 
@@ -210,17 +215,23 @@ def exp_poly_weights(schedule, ts, degrees, model: str):
       ts: grid ``(N+1,)``, either direction; may be traced.
       degrees: static ints ``(N,)`` (``<= i``) or one int (warm-up ``min(i, degree)``).
       model: ``"eps"`` or ``"x0"``.
+      g_map: optional ``g_map(g, h, degrees) -> g`` replacing the monomial weights ``G (N, K)``
+        before they are combined (DPM-Solver++'s 2M weight and damped curvature,
+        :mod:`deis_jax.solvers.dpm_solver_pp`); ``h (N,)`` the steps in ``lambda``.
 
     Returns:
       ``(a, C)`` of shapes ``(N,)`` and ``(N, K)``, ``K = max(degrees) + 1``.
     """
     ts = jnp.asarray(ts)
-    idx, mask = history_window(ts.shape[0] - 1, degrees)
+    n = ts.shape[0] - 1
+    idx, mask = history_window(n, degrees)
     lam = schedule.log_snr(ts)
     h = lam[1:] - lam[:-1]
     v = (lam[idx] - lam[:-1, None]) / h[:, None]  # (N, K) nodes, v_0 = 0
     lin = exp_linear(schedule, ts[:-1], ts[1:], model)
     g = phi_weights(lin, idx.shape[1])
+    if g_map is not None:
+        g = g_map(g, h, mask.sum(axis=1) - 1)
     p = lagrange_monomials(v, mask)  # (N, K basis, K powers)
     return lin.a, jnp.einsum("njk,nk->nj", p, g)
 
@@ -295,6 +306,61 @@ def pad_columns(c, width: int):
     """Pad the last axis of a weight table with zeros to ``width`` columns."""
     missing = width - c.shape[-1]
     return c if missing <= 0 else jnp.pad(c, [(0, 0)] * (c.ndim - 1) + [(0, missing)])
+
+
+def lowered_degrees(degrees) -> np.ndarray:
+    """The reference implementations' final steps applied to a degree pattern: the last step
+    at degree 0 (DDIM, UniP-1) and the one before at degree at most 1 (DPM-Solver++'s and
+    UniPC's ``lower_order_final``, diffusers' DEIS)."""
+    low = np.array(degrees, dtype=np.int64)
+    if low.size:
+        low[-1] = 0
+    if low.size >= 2:
+        low[-2] = min(low[-2], 1)
+    return low
+
+
+def smoothstep(x):
+    """``3x^2 - 2x^3`` on ``[0, 1]``, 0 below and 1 above: a C^1 switch (differentiable)."""
+    x = jnp.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+class FinalRule(NamedTuple):
+    r"""Where a multistep method lowers the order of its last two steps, from the geometry of
+    the grid alone (no step count).
+
+    The weight of the lowered rows (:func:`lowered_degrees`) is
+
+    .. math:: w = \mathrm{smoothstep}\Big(\frac{e - c + \tau}{2\tau}\Big),\qquad
+              e = |h_{N-1}|\,\Big|\frac{h_{N-1}}{h_{N-2}}\Big|^{\beta},
+
+    ``h`` the steps in ``lambda``: ``e`` is the extrapolation length of the last step, longer
+    when the step is long and when it is long relative to the one before (the history
+    nodes lie closer together than the distance extrapolated over). ``w = 0`` exactly for
+    ``e <= c - tau``, so once the steps are short the method keeps its full order; ``w = 1``
+    for ``e >= c + tau``. Continuous and differentiable in the grid (learned grids), with no
+    step-count threshold, so the error cannot jump when one more step is allowed.
+    """
+
+    center: float  # c
+    width: float  # tau
+    ratio_power: float = 0.0  # beta
+
+
+def final_weight(schedule, ts, rule: FinalRule):
+    """``w`` of :class:`FinalRule` on the grid ``ts`` (0 when ``ts`` has fewer than 3 points)."""
+    lam = schedule.log_snr(jnp.asarray(ts))
+    if lam.shape[0] < 3:
+        return jnp.zeros((), lam.dtype)
+    h_last, h_prev = lam[-1] - lam[-2], lam[-2] - lam[-3]
+    e = jnp.abs(h_last) * jnp.abs(h_last / h_prev) ** rule.ratio_power
+    return smoothstep((e - rule.center + rule.width) / (2.0 * rule.width))
+
+
+def blend_final(full, low, w, rows: int = 2):
+    """``full`` with its last ``rows`` rows replaced by ``(1 - w) full + w low``."""
+    return full.at[-rows:].set((1.0 - w) * full[-rows:] + w * low[-rows:])
 
 
 class MultistepState(NamedTuple):

@@ -32,30 +32,20 @@ costs nothing: step ``i`` makes one call at the predicted ``x_i``, corrects ``x_
 then predicts ``x_{i+1}``. The last step has no corrector (no call at ``t_N``).
 UniPC-``p`` has order ``p + 1``. Warm-up steps run at lower order (rows of the table).
 
-**Final step of UniPC-3.** The last step has no corrector, and on grids that stretch the last
-step in ``lambda`` (quadratic and EDM grids near ``t_min``: ``r = h_{N-1}/h_{N-2}`` is 1.87 on
-a 10-step quadratic VP grid) the quadratic extrapolation of UniP-3 over it is the largest error
-source on sharp data. With ``final_steps="stable"`` (default) its weights are blended with
-UniP-2's,
-
-.. math::
-   w = \min\big(1, \max(0, 3\,(r - 1))\big),\qquad
-   \text{pred}_{N-1} = (1 - w)\,\text{UniP-3} + w\,\text{UniP-2},
-
-a traced function of the actual grid, continuous in it (no step-count threshold, so no jump
-in error when the NFE changes; the reference implementation lowers the order below 10 steps).
-The two predictors differ by ``O(h^3)`` and ``r - 1 = O(h)`` on a refining smooth grid, so the
-blend keeps order 4; on a log-SNR grid ``r = 1`` and nothing changes. Measured (1,000 samples,
-float64, NFE 5-50): without it UniPC-3's RMSE on the 64-d mixture (VP, quadratic grid) rises
-1.39x from NFE 10 to 12; with it no ``RMSE(n+2) > 1.1 RMSE(n)`` anywhere
-(``benchmarks/results/cliffs.md``). Orders 1 and 2 keep their last step (lowering UniPC-2's
-to order 1 made it *less* monotone: 1.2x jumps on the ring under the EDM grid).
-**Cost:** on grids uniform in ``t`` the last step stays long relative to the one before at
-every practical NFE (``r`` > 4 at NFE 50 under VP), so ``w = 1`` and the last step is UniP-2:
-measured on the 64-d mixture under VP (uniform grid) 5-9x *more* accurate at NFE 5-10 but 5x
-*less* at NFE 25 (UniPC-3), 28x less at NFE 50 with noise prediction; prefer the log-SNR, EDM or
-quadratic grid, or ``final_steps="none"`` there.
-``final_steps="none"`` keeps UniP-3 on the last step.
+**Final steps** (``final_steps``). The reference implementation (and diffusers' default)
+always lowers the last two intervals: UniP-1 (DDIM) with no corrector on the last, order at
+most 2 on the one before. That makes UniPC a second-order method asymptotically, but on sharp
+data it is the more accurate rule over the whole practical range: lowered against full order
+on the two benchmark problems (VP and VE; log-SNR, EDM, quadratic and uniform grids; 126 cells
+at NFE 5-50, float64), UniPC-3's error with the lowered rule was at most 1.02x the full-order
+error in 111 cells (geometric mean of the ratios 0.39 at NFE 5-12, 0.60 at NFE 15-50; the
+worst 1.58x, on the 64-d mixture) and UniPC-2's in 118 (geometric means 0.74 and 0.82). The
+default ``"auto"`` is that rule weighted by :class:`~deis_jax.solvers.ei.FinalRule`
+:data:`FINAL_RULE`: fully lowered while the last step is longer than 0.15 in ``lambda`` (every
+grid of NFE <= 50 under VP), full order once it is shorter than 0.05 (so the convergence
+order ``p + 1`` is kept: measured from 256 steps, ``tests/test_solver_orders.py``), smooth in
+between and in the grid (learned grids). ``"reference"``: always lowered. ``"none"``: full
+order up to the end.
 
 **Long steps with noise prediction.** With ``prediction="eps"`` the UniC correction over a
 long step (``|h| > 1`` in ``lambda``; the first steps of few-step quadratic grids under VE
@@ -91,8 +81,12 @@ import numpy as np
 from deis_jax._checks import check_choice, check_member
 from deis_jax.solvers.base import Solver, make_solver
 from deis_jax.solvers.ei import (
+    FinalRule,
+    blend_final,
     exp_linear,
+    final_weight,
     history_window,
+    lowered_degrees,
     lagrange_monomials,
     pad_columns,
     phi,
@@ -100,12 +94,12 @@ from deis_jax.solvers.ei import (
     ring_push,
 )
 
-__all__ = ["unipc", "UniPCState", "UniPCCoeffs", "VARIANTS", "FINAL_STEPS", "FINAL_BLEND",
-           "final_blend", "EPS_CORRECTOR_RAMP", "corrector_damping"]
+__all__ = ["unipc", "UniPCState", "UniPCCoeffs", "VARIANTS", "FINAL_STEPS", "FINAL_RULE",
+           "EPS_CORRECTOR_RAMP", "corrector_damping"]
 
 VARIANTS = ("bh1", "bh2")
-FINAL_STEPS = ("stable", "none")
-FINAL_BLEND = 3.0  # w = clip(FINAL_BLEND (r - 1), 0, 1) on UniPC-3's last step
+FINAL_STEPS = ("auto", "reference", "none")
+FINAL_RULE = FinalRule(0.1, 0.05)  # lowered for |h_{N-1}| >= 0.15, full order below 0.05
 # Noise prediction: the corrector fades out for |h| from a to b, (a, b) by order.
 EPS_CORRECTOR_RAMP = {1: (1.0, 3.0), 2: (1.0, 2.0), 3: (1.0, 2.0)}
 
@@ -196,19 +190,8 @@ def unipc_orders(n_steps: int, order: int) -> np.ndarray:
     return np.minimum(np.arange(n_steps) + 1, order)
 
 
-def final_blend(schedule, ts, width: float = FINAL_BLEND):
-    """Weight ``w = clip(width (r - 1), 0, 1)`` of the lower-order predictor on the last step,
-    ``r = h_{N-1} / h_{N-2}`` the ratio of the last two steps in ``lambda`` (0 when ``ts``
-    has fewer than 3 points)."""
-    lam = schedule.log_snr(jnp.asarray(ts))
-    if lam.shape[0] < 3:
-        return jnp.zeros((), lam.dtype)
-    r = (lam[-1] - lam[-2]) / (lam[-2] - lam[-3])
-    return jnp.clip(width * (r - 1.0), 0.0, 1.0)
-
-
 def unipc(predictor_order: int = 2, *, variant: str = "bh2", prediction: str = "x0",
-          final_steps: str = "stable") -> Solver:
+          final_steps="auto") -> Solver:
     """UniPC-``p``: UniP-``p`` + UniC-``p`` (``p = predictor_order``, 1..3), convergence order
     ``p + 1``, 1 NFE/step.
 
@@ -217,9 +200,10 @@ def unipc(predictor_order: int = 2, *, variant: str = "bh2", prediction: str = "
         raises the method's order to ``p + 1`` (``Solver.order``).
       variant: ``"bh2"`` (``B(h) = e^{hh}-1``, default) or ``"bh1"`` (``B(h) = hh``).
       prediction: ``"x0"`` (data prediction, default) or ``"eps"`` (noise prediction).
-      final_steps: ``"stable"`` (default): for ``p = 3``, blend the last step's predictor
-        towards UniP-2 when the grid stretches the last step (see the module docstring; no
-        effect for ``p = 1, 2``); ``"none"``: UniP-``p`` up to the end.
+      final_steps: ``"auto"`` (default: the last two intervals at orders 1 and <= 2 unless the
+        last step is shorter than ~0.1 in ``lambda``), ``"reference"`` (always lowered, as the
+        reference implementation), ``"none"``, or a :class:`~deis_jax.solvers.ei.FinalRule`
+        (module docstring).
 
     Example:
       >>> from deis_jax.solvers import unipc
@@ -230,25 +214,26 @@ def unipc(predictor_order: int = 2, *, variant: str = "bh2", prediction: str = "
     p = check_member("predictor_order", predictor_order, (1, 2, 3))
     check_choice("variant", variant, VARIANTS)
     check_choice("prediction", prediction, ("x0", "eps"))
-    check_choice("final_steps", final_steps, FINAL_STEPS)
+    if not isinstance(final_steps, FinalRule):
+        check_choice("final_steps", final_steps, FINAL_STEPS)
     return _unipc(p, variant, prediction, final_steps)
 
 
 @functools.lru_cache(maxsize=None)
-def _unipc(order: int, variant: str, prediction: str, final_steps: str) -> Solver:
-    blend = final_steps == "stable" and order == 3
-
+def _unipc(order: int, variant: str, prediction: str, final_steps) -> Solver:
     def coefficients(schedule, ts):
         ts = jnp.asarray(ts)
         n = ts.shape[0] - 1
         orders = unipc_orders(n, order)
+        low_orders = lowered_degrees(orders - 1) + 1
         lin, pred, corr = interval_weights(schedule, ts, orders, variant, prediction)
-        if blend and n >= 3:
-            # UniP-2 over the last interval needs only the last three grid points.
-            low = interval_weights(schedule, ts[-3:], [1, 2], variant, prediction)[1][-1]
-            low = jnp.pad(low, (0, pred.shape[-1] - low.shape[-1]))
-            w = final_blend(schedule, ts)
-            pred = pred.at[-1].set((1.0 - w) * pred[-1] + w * low)
+        if final_steps != "none" and n >= 2:
+            _, pred_low, corr_low = interval_weights(schedule, ts, low_orders, variant,
+                                                     prediction)
+            w = 1.0 if final_steps == "reference" else final_weight(
+                schedule, ts, FINAL_RULE if final_steps == "auto" else final_steps)
+            pred = blend_final(pred, pad_columns(pred_low, pred.shape[-1]), w)
+            corr = blend_final(corr, pad_columns(corr_low, corr.shape[-1]), w)
         if prediction == "eps":
             v = corrector_damping(schedule, ts, EPS_CORRECTOR_RAMP[order])[:, None]
             corr = (1.0 - v) * corr + v * jnp.roll(pred, 1, axis=-1)  # roll: no corrector
@@ -260,7 +245,7 @@ def _unipc(order: int, variant: str, prediction: str, final_steps: str) -> Solve
         return UniPCCoeffs(ts[:-1], jnp.asarray(first, lin.dtype), corr_x, corr_rows, lin, pred)
 
     suffixes = (variant != "bh2", f"_{variant}"), (prediction != "x0", "_eps"), \
-        (final_steps != "stable", f"_{final_steps}")
+        (final_steps != "auto", f"_{final_steps if isinstance(final_steps, str) else 'rule'}")
     name = f"unipc{order}" + "".join(text for used, text in suffixes if used)
     return make_solver(name, order + 1, 1, coefficients, unipc_init, unipc_step,
                        model=prediction)
