@@ -86,7 +86,8 @@ def check_scalar(name: str, value, *, lower=None, upper=None, lower_open=False,
         bracket = "(" if lower_open else "["
         raise ValueError(f"{name} must be in {bracket}{lo}, {hi}, got {name}={value!r}")
     if dtype is not None:
-        stored = float(np.asarray(value, dtype=np.dtype(dtype)))
+        with np.errstate(over="ignore", under="ignore"):
+            stored = float(np.asarray(value, dtype=np.dtype(dtype)))
         if not ok(stored):
             raise ValueError(f"{name}={value!r} is stored as {np.dtype(dtype).name}, where it "
                              f"becomes {stored!r}; pick a value representable there or "
@@ -162,7 +163,8 @@ def check_callable(name: str, value, form: str) -> None:
 
 
 def _short(value, limit: int = 80) -> str:
-    text = repr(value)
+    """``repr(value)`` on one line, cut to ``limit`` characters."""
+    text = " ".join(repr(value).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -189,9 +191,10 @@ def check_all_finite(name: str, x) -> None:
     host transfer; traced values pass unchecked)."""
     if not is_concrete(x):
         return
-    finite = jnp.isfinite(x)
-    if not bool(jnp.all(finite)):
-        bad = np.argwhere(~np.asarray(finite))
+    with jax.ensure_compile_time_eval():  # eager even inside a user's jit: no staged op
+        ok = bool(jnp.all(jnp.isfinite(x)))
+    if not ok:
+        bad = np.argwhere(~np.isfinite(np.asarray(x)))
         first = tuple(int(i) for i in bad[0])
         raise ValueError(f"{name} contains {len(bad)} non-finite value(s) (NaN/inf), the "
                          f"first at index {first}: {name}{list(first)}="
@@ -220,52 +223,63 @@ def check_key(name: str, key):
                     + (f" of shape {shape} and dtype {dtype}" if dtype is not None else ""))
 
 
+def _abspath(name: str, path) -> str:
+    try:
+        return os.path.abspath(os.fspath(path))
+    except TypeError:
+        raise TypeError(f"{name} must be a path, got {name}={_short(path)}") from None
+
+
+def _writable_dir(name: str, shown: str, directory: str) -> None:
+    """Create ``directory`` if needed and write a file to it (and remove it); errors name
+    ``name`` with the path the user gave, ``shown``."""
+    parent = directory
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{name}={shown!r} cannot be created: {parent!r} is a file")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise ValueError(f"{name}={shown!r} is not writable: {err.strerror or err} "
+                         f"({directory!r})") from None
+
+
 def check_writable_dir(name: str, path) -> str:
     """Make sure ``path`` is, or can be created as, a writable directory (it is created and a
     file is written to it and removed); returns the absolute path.
 
     Called before any work, so that a bad output path fails in a second, not after training.
     """
-    try:
-        path = os.path.abspath(os.fspath(path))
-    except TypeError:
-        raise TypeError(f"{name} must be a path, got {name}={_short(path)}") from None
+    path = _abspath(name, path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{name}={path!r} is a file, not a directory")
-    parent = path
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ValueError(f"{name}={path!r} cannot be created: {parent!r} is a file")
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise ValueError(f"{name}={path!r} is not a writable directory: "
-                         f"{err.strerror or err}") from None
+    _writable_dir(name, path, path)
     return path
 
 
 def check_writable_file(name: str, path) -> str:
     """``path`` names a file that can be written: not a directory, in a directory that is (or
     can be created as) writable; returns the absolute path."""
-    try:
-        path = os.path.abspath(os.fspath(path))
-    except TypeError:
-        raise TypeError(f"{name} must be a path, got {name}={_short(path)}") from None
+    path = _abspath(name, path)
     if os.path.isdir(path):
         raise ValueError(f"{name}={path!r} is a directory, not a file")
-    check_writable_dir(name, os.path.dirname(path))
+    _writable_dir(name, path, os.path.dirname(path))
     return path
 
 
-def check_tolerance(name: str, value) -> None:
-    """An ODE tolerance: a positive finite scalar (checked when concrete)."""
+def check_tolerance(name: str, value, dtype) -> None:
+    """An ODE tolerance: a positive finite scalar, still positive and finite in ``dtype``
+    (the solve's; checked when concrete)."""
     if is_concrete(value):
         v = np.asarray(value, dtype=np.float64)
-        if v.ndim != 0 or not (np.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a positive finite scalar, got {name}={value!r}")
+        with np.errstate(over="ignore", under="ignore"):
+            stored = np.asarray(value, dtype=np.dtype(dtype)) if v.ndim == 0 else v
+        if v.ndim != 0 or not (np.isfinite(v) and v > 0 and np.isfinite(stored) and stored > 0):
+            raise ValueError(f"{name} must be a positive finite scalar (in {np.dtype(dtype)}), "
+                             f"got {name}={value!r}")
 
 
 def require_key(name: str, key):

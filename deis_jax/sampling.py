@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from deis_jax import _callables
 from deis_jax._checks import (
@@ -229,7 +230,7 @@ def sample(
     else:
         ts = check_grid(schedule, ts)
         n_steps = ts.shape[0] - 1
-        if solver.stochastic and is_concrete(ts) and float(ts[-1]) > float(ts[0]):
+        if solver.stochastic and is_concrete(ts) and np.asarray(ts)[-1] > np.asarray(ts)[0]:
             raise ValueError(
                 f"solver {solver.name!r} is stochastic: it samples from noise to data only, "
                 f"so ts must be decreasing; got an increasing grid ts={ts} (to encode data "
@@ -253,10 +254,14 @@ def sample(
         hook_data, params, solver, schedule, x_T, ts, key if solver.stochastic else None)
     if check_finite and is_concrete(bad) and int(bad) >= 0:
         step = int(bad)
+        start = (f"; x_T (finite) has entries up to |x_T| = {float(jnp.max(jnp.abs(x_T))):.3g} "
+                 f"where the prior's std is {float(schedule.prior_std()):.3g}"
+                 if step == 0 else "")
         raise FloatingPointError(
             f"sampling produced non-finite values (NaN/inf) at step {step} "
             f"(t={float(ts[step])} -> {float(ts[step + 1])}) with solver {solver.name!r}; "
             "the model returned NaN/inf or the grid reaches a time the model cannot handle"
+            f"{start}"
         )
     if not full_output:
         return x

@@ -190,7 +190,7 @@ def check_range(schedule: Schedule, t_min, t_max, *, what: str | None = None) ->
         return
     dtype = jnp.result_type(float)
     bound = log_range(dtype)
-    with jax.ensure_compile_time_eval():
+    with jax.ensure_compile_time_eval(), np.errstate(over="ignore", under="ignore"):
         t = jnp.asarray([t_min, t_max], dtype)
         la, ls = schedule.log_alpha(t), schedule.log_sigma(t)
         vals = np.asarray(jnp.stack([la, ls, la - ls]), np.float64)
@@ -380,7 +380,8 @@ def vp_discrete(*, betas=None, alphas_cumprod=None, t_min=None, t_max=1.0) -> Sc
             bad = int(np.argmax(np.diff(a) >= 0))
             raise ValueError(
                 "alphas_cumprod must be strictly decreasing; "
-                f"alphas_cumprod[{bad}]={a[bad]!r} <= alphas_cumprod[{bad + 1}]={a[bad + 1]!r}"
+                f"alphas_cumprod[{bad}]={float(a[bad])!r} <= "
+                f"alphas_cumprod[{bad + 1}]={float(a[bad + 1])!r}"
             )
         log_alpha = 0.5 * np.log(a)
     stored = jnp.asarray(log_alpha, float)
@@ -389,7 +390,7 @@ def vp_discrete(*, betas=None, alphas_cumprod=None, t_min=None, t_max=1.0) -> Sc
         i = int(collapsed[0])
         raise ValueError(
             f"{name} gives log alpha entries {i} and {i + 1} that differ in float64 "
-            f"({log_alpha[i]!r}, {log_alpha[i + 1]!r}) but are equal in "
+            f"({float(log_alpha[i])!r}, {float(log_alpha[i + 1])!r}) but are equal in "
             f"{stored.dtype.name}, the dtype the table is stored in, so the table cannot be "
             "inverted there: merge those steps or enable float64 "
             "(jax.config.update('jax_enable_x64', True))"
@@ -422,7 +423,7 @@ def _table(name: str, values, *, upper_open: bool) -> np.ndarray:
                 "which no sampler here can start from: clip it (e.g. to 1e-8)"
                 if name == "alphas_cumprod" and v[i] == 0 else "")
         interval = "(0, 1)" if upper_open else "(0, 1]"
-        raise ValueError(f"{name}[{i}]={v[i]!r} is outside {interval}{hint}")
+        raise ValueError(f"{name}[{i}]={float(v[i])!r} is outside {interval}{hint}")
     return v
 
 

@@ -311,9 +311,6 @@ def fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig = TrainConfig(),
         if latest_step(ckpt_dir) is not None:
             state, meta = restore_checkpoint(
                 ckpt_dir, state, check_meta=lambda m: _check_resume(spec, config, ckpt_dir, m))
-            _move_aside(ckpt_dir, meta["skipped"])
-            _warn_schedule_change(config, ckpt_dir, meta)
-            prior_seconds = float(meta.get("train_seconds", 0.0))
             last_saved = int(state.step)
             if last_saved > until:
                 name = "until" if until != config.steps else "steps"
@@ -321,6 +318,9 @@ def fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig = TrainConfig(),
                     f"ckpt_dir='{ckpt_dir}' already holds step {last_saved}, beyond "
                     f"{name}={until}: nothing to train (pass {name} > {last_saved} to "
                     "continue, or a new directory)")
+            _move_aside(ckpt_dir, meta["skipped"])
+            _warn_schedule_change(config, ckpt_dir, meta)
+            prior_seconds = float(meta.get("train_seconds", 0.0))
         manager = checkpoint_manager(ckpt_dir, keep=config.keep)
     if mesh is not None:
         state = replicate(state, mesh)
