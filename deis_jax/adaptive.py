@@ -36,9 +36,9 @@ from deis_jax import _callables
 from deis_jax._checks import (
     check_all_finite, check_batch, check_callable, check_choice, check_int, check_scalar,
     check_tolerance, is_concrete)
-from deis_jax.grids import check_schedule, check_time_in_range
+from deis_jax.grids import check_time_in_range
 from deis_jax.parameterization import PREDICTIONS, as_eps_fn
-from deis_jax.schedules import Schedule
+from deis_jax.schedules import Schedule, check_schedule
 
 __all__ = ["ODESolution", "solve_ode", "ADAPTIVE_SOLVERS"]
 

@@ -17,11 +17,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from deis_jax._checks import (
-    check_choice, check_int, check_scalar, check_time, check_type, is_concrete)
-from deis_jax.schedules import Schedule, check_range
+from deis_jax._checks import check_choice, check_int, check_scalar, check_time, is_concrete
+from deis_jax.schedules import Schedule, check_range, check_schedule
 
-__all__ = ["GRID_KINDS", "timesteps", "check_grid", "check_schedule", "check_time_in_range"]
+__all__ = ["GRID_KINDS", "timesteps", "check_grid", "check_time_in_range"]
 
 GRID_KINDS = ("uniform", "quadratic", "power", "log_snr", "edm")
 
@@ -101,12 +100,6 @@ def timesteps(
                 f"ts[{i + 1}]={v[i + 1]!r}; use a moderate grid exponent (power, rho) or fewer "
                 "steps")
     return ts
-
-
-def check_schedule(schedule) -> None:
-    """``schedule`` must be a :class:`~deis_jax.schedules.Schedule`."""
-    check_type("schedule", schedule, Schedule, "a deis_jax Schedule (e.g. "
-               "schedules.vp_linear(), or schedules.from_name('vp_linear'))")
 
 
 def check_time_in_range(schedule: Schedule, name: str, value, tol: float = 0.0) -> None:

@@ -24,9 +24,9 @@ import numpy as np
 from deis_jax import _callables
 from deis_jax._checks import (
     check_all_finite, check_batch, check_callable, check_choice, check_key, is_concrete)
-from deis_jax.grids import GRID_KINDS, check_grid, check_schedule, timesteps
+from deis_jax.grids import GRID_KINDS, check_grid, timesteps
 from deis_jax.parameterization import PREDICTIONS, as_eps_fn, as_x0_fn
-from deis_jax.schedules import Schedule
+from deis_jax.schedules import Schedule, check_schedule
 from deis_jax.solvers.base import Solver
 from deis_jax.solvers.registry import get_solver
 

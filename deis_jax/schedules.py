@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deis_jax._checks import (
-    check_key, check_scalar, check_time_range, is_concrete, log_range)
+    check_key, check_scalar, check_time_range, check_type, is_concrete, log_range)
 
 __all__ = [
     "Schedule",
@@ -40,6 +40,7 @@ __all__ = [
     "edm",
     "FAMILIES",
     "check_range",
+    "check_schedule",
 ]
 
 
@@ -208,6 +209,12 @@ def check_range(schedule: Schedule, t_min, t_max, *, what: str | None = None) ->
         raise ValueError(f"{where}: the log-SNR must decrease from t_min to t_max, got "
                          f"lambda(t_min={t_min!r}) = {vals[2, 0]:.6g} <= lambda(t_max="
                          f"{t_max!r}) = {vals[2, 1]:.6g}")
+
+
+def check_schedule(schedule) -> None:
+    """``schedule`` must be a :class:`Schedule` (not a family name, not a dict)."""
+    check_type("schedule", schedule, Schedule, "a deis_jax Schedule (e.g. "
+               "schedules.vp_linear(), or schedules.from_name('vp_linear'))")
 
 
 def _checked(schedule: Schedule, **args) -> Schedule:

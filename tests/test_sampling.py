@@ -243,6 +243,21 @@ def test_bad_input_is_reported_before_tracing(kwargs, err, match):
         _run_bad(**kwargs)
 
 
+def test_register_solver_checks_the_factory_where_it_is_registered():
+    from deis_jax import register_solver
+
+    with pytest.raises(TypeError, match=r"factory must be callable as factory\(\) -> Solver"):
+        register_solver("hostile_a", 42)
+    with pytest.raises(TypeError, match="factory of solver 'hostile_b' must return a Solver.*42"):
+        register_solver("hostile_b", lambda: 42)
+    with pytest.raises(ValueError, match="factory of solver 'hostile_c' raised "
+                                         "ZeroDivisionError"):
+        register_solver("hostile_c", lambda: 1 / 0)
+    with pytest.raises(TypeError, match="name must be a solver name"):
+        register_solver(3, lambda: get_solver("ddim"))
+    assert not {"hostile_a", "hostile_b", "hostile_c"} & set(solver_names())
+
+
 def test_first_step_failure_names_x_T():
     """A finite but absurd x_T overflows the model: the error says so at step 0."""
     with pytest.raises(FloatingPointError, match=r"step 0 .*\|x_T\| = 1e\+30 where the "
