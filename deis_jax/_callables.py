@@ -43,7 +43,7 @@ class _ById:
 def _static(obj):
     try:
         hash(obj)
-    except TypeError:
+    except Exception:  # noqa: BLE001 -- unhashable (TypeError) or a __hash__ that fails
         return _ById(obj)
     return obj
 

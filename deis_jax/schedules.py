@@ -406,7 +406,8 @@ def vp_discrete(*, betas=None, alphas_cumprod=None, t_min=None, t_max=1.0) -> Sc
     t_min = 1.0 / n if t_min is None else t_min
     return _checked(Schedule(_VP_DISCRETE, {"log_alpha": stored},
                              *check_time_range(t_min, t_max)),
-                    **{name: f"<table of {n}, last {np.exp(2 * log_alpha[-1])!r}>"},
+                    **{name: f"<table of {n}, last alpha_bar "
+                              f"{float(np.exp(2 * log_alpha[-1])):.3g}>"},
                     t_min=t_min, t_max=t_max)
 
 

@@ -258,6 +258,30 @@ def test_register_solver_checks_the_factory_where_it_is_registered():
     assert not {"hostile_a", "hostile_b", "hostile_c"} & set(solver_names())
 
 
+class _Unhashable:
+    """A model object that cannot be hashed: no ``__hash__``, or one that raises."""
+
+    def __init__(self, broken_hash):
+        self.broken_hash = broken_hash
+
+    def __eq__(self, other):
+        return self is other
+
+    def __hash__(self):
+        if self.broken_hash:
+            raise RuntimeError("no hash")
+        raise TypeError("unhashable")
+
+    def __call__(self, x, t):
+        return GMM.eps(x, t, schedules.vp_linear())
+
+
+@pytest.mark.parametrize("broken_hash", [False, True])
+def test_unhashable_models_are_static_by_identity(broken_hash):
+    x = _run_bad(model_fn=_Unhashable(broken_hash), nfe=5)
+    assert x.shape == (4, 2) and bool(jnp.all(jnp.isfinite(x)))
+
+
 def test_first_step_failure_names_x_T():
     """A finite but absurd x_T overflows the model: the error says so at step 0."""
     with pytest.raises(FloatingPointError, match=r"step 0 .*\|x_T\| = 1e\+30 where the "
