@@ -21,6 +21,7 @@ import inspect
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["split", "merge", "call_model", "check_model", "check_hook"]
@@ -42,7 +43,7 @@ class _ById:
 def _static(obj):
     try:
         hash(obj)
-    except TypeError:
+    except Exception:  # noqa: BLE001 -- unhashable (TypeError) or a __hash__ that fails
         return _ById(obj)
     return obj
 
@@ -116,11 +117,23 @@ def check_model(model_fn: Callable, params, x, t) -> None:
             f"{out_shape if out_shape is not None else type(out).__name__} for x of shape "
             f"{tuple(x.shape)} and t of shape {tuple(t.shape)}"
         )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(
+            f"model_fn must return floating-point values; called as {form} it returned dtype "
+            f"{out.dtype} (an integer output has lost the prediction, a complex one would "
+            "lose its imaginary part in the cast)"
+        )
 
 
 def check_hook(hook: Callable, x, t) -> None:
     """A hook ``hook(x, t) -> x`` must keep the shape and dtype of ``x``."""
-    out = jax.eval_shape(hook, x, t)
+    try:
+        out = jax.eval_shape(hook, x, t)
+    except Exception as err:  # noqa: BLE001 -- re-raised naming the hook and its call form
+        raise ValueError(
+            f"hook failed when called as hook(x, t) on x of shape {tuple(x.shape)} and dtype "
+            f"{x.dtype}, t of shape {tuple(jnp.shape(t))}: {type(err).__name__}: {err}"
+        ) from err
     if getattr(out, "shape", None) != x.shape or getattr(out, "dtype", None) != x.dtype:
         got = (f"shape {out.shape} and dtype {out.dtype}" if hasattr(out, "shape")
                else type(out).__name__)

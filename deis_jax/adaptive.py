@@ -33,9 +33,12 @@ import jax
 import jax.numpy as jnp
 
 from deis_jax import _callables
-from deis_jax._checks import check_choice, check_int, check_tolerance, is_concrete
+from deis_jax._checks import (
+    check_all_finite, check_batch, check_callable, check_choice, check_int, check_scalar,
+    check_tolerance, is_concrete)
+from deis_jax.grids import check_time_in_range
 from deis_jax.parameterization import PREDICTIONS, as_eps_fn
-from deis_jax.schedules import Schedule
+from deis_jax.schedules import Schedule, check_schedule
 
 __all__ = ["ODESolution", "solve_ode", "ADAPTIVE_SOLVERS"]
 
@@ -136,7 +139,8 @@ def solve_ode(
       x_T: the state at ``t_start``, shape ``(batch, ...)``.
       params: the model's parameters, traced data (new parameters do not recompile).
       t_start, t_end: start and end times (default ``schedule.t_max -> schedule.t_min``,
-        i.e. sampling; swap them to encode data into noise). May be traced.
+        i.e. sampling; swap them to encode data into noise), inside the schedule's
+        ``[t_min, t_max]``. May be traced (then unchecked).
       solver: ``"tsit5"`` or ``"dopri5"`` (5th-order explicit RK with an embedded 4th-order
         error estimate).
       rtol, atol: relative and absolute tolerances (> 0); traced, so new values do not
@@ -166,16 +170,19 @@ def solve_ode(
     check_choice("solver", solver, ADAPTIVE_SOLVERS)
     check_choice("per_sample", per_sample, (True, False))
     max_steps = check_int("max_steps", max_steps, minimum=1)
-    check_tolerance("rtol", rtol)
-    check_tolerance("atol", atol)
     check_choice("prediction", prediction, PREDICTIONS)
-    x_T = jnp.asarray(x_T)
-    if x_T.ndim < 1 or x_T.shape[0] < 1:
-        raise ValueError(f"x_T must have a leading batch axis, got shape {x_T.shape}")
-    if not jnp.issubdtype(x_T.dtype, jnp.floating):
-        raise TypeError(f"x_T must be floating point, got dtype {x_T.dtype}")
-    t_start = schedule.t_max if t_start is None else t_start
-    t_end = schedule.t_min if t_end is None else t_end
+    check_callable("model_fn", model_fn,
+                   "model_fn(x, t)" if params is None else "model_fn(params, x, t)")
+    check_schedule(schedule)
+    x_T = check_batch("x_T", x_T)
+    check_all_finite("x_T", x_T)
+    check_tolerance("rtol", rtol, x_T.dtype)
+    check_tolerance("atol", atol, x_T.dtype)
+    t_start = schedule.t_max if t_start is None else check_scalar("t_start", t_start)
+    t_end = schedule.t_min if t_end is None else check_scalar("t_end", t_end)
+    tol = 8 * float(jnp.finfo(x_T.dtype).eps)
+    check_time_in_range(schedule, "t_start", t_start, tol)
+    check_time_in_range(schedule, "t_end", t_end, tol)
     if is_concrete((t_start, t_end)) and float(t_start) == float(t_end):
         raise ValueError(f"t_start and t_end must differ, got t_start={t_start!r}, "
                          f"t_end={t_end!r}")

@@ -8,8 +8,11 @@ Argument parsing over :mod:`deis_jax.training`, :mod:`deis_jax.evaluate`,
     deis-jax demo                      # train, sample with 4 solvers, write ./demo_out
     deis-jax bench                     # run benchmarks/accuracy.py
 
-Every subcommand has ``--help``. Errors (unknown dataset or solver, bad numbers, a missing
-checkpoint) exit with status 2 and a one-line message.
+Every subcommand has ``--help``. Errors a user can cause (unknown dataset or solver, bad
+numbers, a missing or foreign checkpoint, an output path that is a file or not writable, a
+diverging run) exit with status 2 and a one-line message; output paths are checked before any
+work. Warnings (a skipped damaged checkpoint step, a resumed run with another schedule length)
+are one line each on stderr.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import argparse
 import os
 import subprocess
 import sys
+import warnings
 from typing import Sequence
 
 import numpy as np
 
 from deis_jax import GRID_KINDS, evaluate, plots, schedules, solver_names, training
+from deis_jax._checks import check_writable_dir, check_writable_file
 from deis_jax.demo import run_demo
 from deis_jax.parameterization import PREDICTIONS
 from deis_jax.training.trainer import PROGRESS
@@ -61,6 +66,8 @@ def _positive_float(text: str) -> float:
 
 
 def cmd_train(args) -> int:
+    training.checkpoint_dir(check_writable_dir("--out", args.out), create=True)
+    start = training.latest_step(args.out)
     data = training.load_dataset(args.data)
     spec = training.default_spec(data, args.schedule, loss=args.loss,
                                  prediction=args.prediction, weighting=args.weighting,
@@ -75,6 +82,10 @@ def cmd_train(args) -> int:
     eval_fn = evaluate.sample_quality_eval(spec, data) if args.eval_every else None
     result = training.fit(spec, data, config, ckpt_dir=args.out, mesh=mesh, eval_fn=eval_fn,
                           progress=args.progress)
+    if start is not None and int(result.state.step) == start:
+        print(f"{args.out} already holds step {start} = --steps: nothing to train (pass a "
+              "larger --steps to continue)")
+        return 0
     print(f"trained {args.data} to step {int(result.state.step)} in {result.seconds:.1f}s "
           f"({result.steps_per_s:.1f} steps/s); checkpoint in {args.out}")
     return 0
@@ -84,10 +95,11 @@ def cmd_sample(args) -> int:
     stem, ext = os.path.splitext(args.out)
     if ext not in (".png", ".npz"):
         raise CliError(f"--out must end in .png or .npz, got out={args.out!r}")
+    for path in {stem + ".npz", args.out}:
+        check_writable_file("--out", path)
     model = training.load_model(args.ckpt)
     x = evaluate.draw_samples(model, args.n, solver=args.solver, nfe=args.nfe,
                               seed=args.seed, grid=args.grid)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.savez(stem + ".npz", samples=x, solver=args.solver, nfe=args.nfe, seed=args.seed,
              step=model.step)
     written = [stem + ".npz"]
@@ -101,6 +113,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    check_writable_dir("--out", args.out)
     report = run_demo(args.out, steps_2d=args.steps_2d, steps_digits=args.steps_digits,
                       n=args.n, nfe=args.nfe, budget_s=args.budget, progress=args.progress)
     print(report)
@@ -139,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=training.LOSSES, default=None,
                    help="default: edm for --schedule edm, ddpm for vp_discrete, else dsm")
     p.add_argument("--prediction", default="eps",
-                   choices=[c for c in PREDICTIONS if c != "edm"])
-    p.add_argument("--weighting", default="simple", choices=training.WEIGHTINGS)
+                   choices=[c for c in PREDICTIONS if c != "edm"],
+                   help="what the network predicts (--loss dsm only)")
+    p.add_argument("--weighting", default="simple", choices=training.WEIGHTINGS,
+                   help="loss weighting (--loss dsm only)")
     p.add_argument("--size", default="small", choices=training.SIZES)
     p.add_argument("--batch-size", type=_int_at_least(1), default=None,
                    help="default 512 for 2-d data, 128 for digits")
@@ -202,11 +217,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
-    try:
-        return args.func(args)
-    except (CliError, FileNotFoundError, ValueError) as err:
-        print(f"deis-jax {args.command}: error: {err}", file=sys.stderr)
-        return 2
+
+    def one_line(message, category, *rest, **kwargs):
+        text = " ".join(str(message).split())
+        print(f"deis-jax {args.command}: warning: {text}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line
+        try:
+            return args.func(args)
+        except (CliError, OSError, ValueError, TypeError, FloatingPointError) as err:
+            text = " ".join(str(err).split())
+            print(f"deis-jax {args.command}: error: {text}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

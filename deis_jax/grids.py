@@ -17,10 +17,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from deis_jax._checks import check_choice, check_int, is_concrete
-from deis_jax.schedules import Schedule
+from deis_jax._checks import check_choice, check_int, check_scalar, check_time, is_concrete
+from deis_jax.schedules import Schedule, check_range, check_schedule
 
-__all__ = ["GRID_KINDS", "timesteps", "check_grid"]
+__all__ = ["GRID_KINDS", "timesteps", "check_grid", "check_time_in_range"]
 
 GRID_KINDS = ("uniform", "quadratic", "power", "log_snr", "edm")
 
@@ -41,12 +41,17 @@ def timesteps(
       schedule: the noise schedule (for ``log_snr``/``edm`` grids and the default range).
       n_steps: number of solver steps ``N >= 1`` (not NFE: see ``Solver.steps_for_nfe``).
       kind: one of :data:`GRID_KINDS`.
-      t_min, t_max: override the schedule's default range (Python floats).
+      t_min, t_max: override the schedule's default range (Python floats); the schedule
+        must be usable there (:func:`deis_jax.schedules.check_range`).
       power: exponent of the ``"power"`` grid, uniform in ``t^(1/power)``; may be traced.
       rho: exponent of the ``"edm"`` grid, uniform in ``rho_t^(1/rho)``; may be traced.
 
     Returns:
       Array of shape ``(n_steps + 1,)`` with ``ts[0] = t_max`` and ``ts[-1] = t_min`` exactly.
+
+    Raises:
+      ValueError: a bad argument, or (for concrete arguments) a grid that is not strictly
+        decreasing in the default float dtype (an extreme ``power`` or ``rho``).
 
     Example:
       >>> from deis_jax import schedules, timesteps
@@ -54,20 +59,20 @@ def timesteps(
       >>> ts.shape
       (11,)
     """
+    check_schedule(schedule)
     check_choice("kind", kind, GRID_KINDS)
     n_steps = check_int("n_steps", n_steps, minimum=1)
-    t_min = schedule.t_min if t_min is None else float(t_min)
-    t_max = schedule.t_max if t_max is None else float(t_max)
+    t_min = schedule.t_min if t_min is None else check_time("t_min", t_min)
+    t_max = schedule.t_max if t_max is None else check_time("t_max", t_max)
     if not t_min < t_max:
         raise ValueError(f"t_min must be < t_max, got t_min={t_min!r}, t_max={t_max!r}")
-    for name, value in (("t_min", t_min), ("t_max", t_max)):
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {name}={value!r}")
-    for name, value in (("power", power), ("rho", rho)):
-        if is_concrete(value) and not float(np.asarray(value)) > 0:
-            raise ValueError(f"{name} must be > 0, got {name}={value!r}")
+    power = check_scalar("power", power, lower=0.0, lower_open=True)
+    rho = check_scalar("rho", rho, lower=0.0, lower_open=True)
     if kind in ("log_snr", "edm") and t_min == 0.0:
-        raise ValueError(f"kind={kind!r} needs t_min > 0 (lambda is infinite at t = 0)")
+        raise ValueError(f"kind={kind!r} needs t_min > 0 (lambda is infinite at t = 0), got "
+                         f"t_min={t_min!r}")
+    # t = 0 is a valid end of a t-space grid (the last step then lands on the data).
+    check_range(schedule, t_min if t_min > 0 else schedule.t_min, t_max)
 
     u = jnp.linspace(0.0, 1.0, n_steps + 1)
     if kind == "uniform":
@@ -83,7 +88,36 @@ def timesteps(
         rhos = (r_max ** (1 / rho) + u * (r_min ** (1 / rho) - r_max ** (1 / rho))) ** rho
         ts = schedule.t_from_rho(rhos)
     # Pin the end points exactly (inverse maps round); interior points are untouched.
-    return ts.at[0].set(t_max).at[-1].set(t_min)
+    ts = ts.at[0].set(t_max).at[-1].set(t_min)
+    if is_concrete(ts):
+        v = np.asarray(ts, np.float64)
+        bad = np.flatnonzero(~(np.isfinite(v[1:]) & (np.diff(v) < 0)))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(
+                f"timesteps(kind={kind!r}, n_steps={n_steps}, power={power!r}, rho={rho!r}) is "
+                f"not strictly decreasing in {ts.dtype.name}: ts[{i}]={v[i]!r}, "
+                f"ts[{i + 1}]={v[i + 1]!r}; use a moderate grid exponent (power, rho) or fewer "
+                "steps")
+    return ts
+
+
+def check_time_in_range(schedule: Schedule, name: str, value, tol: float = 0.0) -> None:
+    """A concrete time (or the extremes of a grid) must be finite and inside the schedule's
+    ``[t_min, t_max]`` up to a relative ``tol`` (rounding); traced values pass."""
+    if not is_concrete(value):
+        return
+    v = np.asarray(value, np.float64)
+    lo, hi = schedule.t_min, schedule.t_max
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} must be finite, got {name}={v if v.ndim else float(v)!r}")
+    if v.min() < lo * (1 - tol) or v.max() > hi * (1 + tol):
+        got = (f"min={float(v.min())!r}, max={float(v.max())!r}" if v.ndim
+               else f"{name}={float(v)!r}")
+        raise ValueError(
+            f"{name} must lie in [t_min, t_max] = [{lo}, {hi}] of the {schedule.name} "
+            f"schedule; got {got}. Build the schedule with another t_min/t_max to use a wider "
+            "range.")
 
 
 def check_grid(schedule: Schedule, ts, *, name: str = "ts"):
@@ -94,6 +128,9 @@ def check_grid(schedule: Schedule, ts, *, name: str = "ts"):
     ``[schedule.t_min, schedule.t_max]`` up to floating-point rounding. Traced grids (e.g. a
     learned grid under ``jit``) can only be checked for shape.
     """
+    check_schedule(schedule)
+    if not (hasattr(ts, "shape") and hasattr(ts, "dtype")):
+        ts = np.asarray(ts)  # a list of floats
     ts = jnp.asarray(ts)
     if ts.ndim != 1 or ts.shape[0] < 2:
         raise ValueError(f"{name} must be a 1-d array of >= 2 times, got shape {ts.shape}")
@@ -103,19 +140,12 @@ def check_grid(schedule: Schedule, ts, *, name: str = "ts"):
         return ts
     v = np.asarray(ts, dtype=np.float64)
     if not np.all(np.isfinite(v)):
-        raise ValueError(f"{name} contains non-finite values: {v}")
+        raise ValueError(f"{name} contains non-finite values: {name}={v}")
     d = np.diff(v)
     if not (np.all(d < 0) or np.all(d > 0)):
         raise ValueError(
             f"{name} must be strictly monotone (decreasing to sample, increasing to encode); "
             f"got {name}={v}"
         )
-    tol = 8 * np.finfo(np.asarray(ts).dtype).eps
-    lo, hi = schedule.t_min, schedule.t_max
-    if v.min() < lo * (1 - tol) or v.max() > hi * (1 + tol):
-        raise ValueError(
-            f"{name} must lie in [t_min, t_max] = [{lo}, {hi}] of the {schedule.name} schedule; "
-            f"got min={v.min()!r}, max={v.max()!r}. Build the schedule with another "
-            "t_min/t_max to sample a wider range."
-        )
+    check_time_in_range(schedule, name, v, tol=8 * np.finfo(np.asarray(ts).dtype).eps)
     return ts

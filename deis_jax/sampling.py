@@ -19,12 +19,14 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from deis_jax import _callables
-from deis_jax._checks import check_choice, is_concrete
+from deis_jax._checks import (
+    check_all_finite, check_batch, check_callable, check_choice, check_key, is_concrete)
 from deis_jax.grids import GRID_KINDS, check_grid, timesteps
 from deis_jax.parameterization import PREDICTIONS, as_eps_fn, as_x0_fn
-from deis_jax.schedules import Schedule
+from deis_jax.schedules import Schedule, check_schedule
 from deis_jax.solvers.base import Solver
 from deis_jax.solvers.registry import get_solver
 
@@ -170,12 +172,13 @@ def sample(
         data too.
       solver: a registry name (see :func:`deis_jax.solver_names`) or a ``Solver``.
       ts: time grid of shape ``(N+1,)``: decreasing to sample, increasing to encode data
-        into noise (deterministic solvers). May be traced (learned grids).
+        into noise (deterministic solvers only: a stochastic solver refuses an increasing
+        grid). May be traced (learned grids).
       nfe: alternatively, the number of model evaluations; the grid is then
         ``timesteps(schedule, solver.steps_for_nfe(nfe), grid)`` (and DPM-Solver-fast picks
         its order mix from ``nfe``).
       grid: grid kind used with ``nfe`` (see :data:`deis_jax.GRID_KINDS`).
-      key: PRNG key, required by stochastic solvers.
+      key: one PRNG key (``jax.random.key(seed)``), required by stochastic solvers.
       prediction: what ``model_fn`` predicts: ``"eps"``, ``"x0"``, ``"score"``, ``"v"`` or
         ``"edm"`` (a denoiser ``D(x/alpha, rho)``).
       hook: optional ``hook(x, t) -> x`` applied once after every step at the step's end
@@ -188,6 +191,13 @@ def sample(
     Returns:
       The final sample (or a :class:`SampleOutput`).
 
+    Raises:
+      ValueError, TypeError: a bad argument, named with its value, before anything is
+        traced. A concrete ``x_T`` is checked for NaN/inf up front (one reduction); a model
+        or hook of the wrong form, output shape or dtype is reported when tracing.
+      FloatingPointError: called eagerly with ``check_finite``, when a step's output is
+        non-finite (the model returned NaN/inf).
+
     Example:
       >>> import jax
       >>> from deis_jax import sample, schedules, testing
@@ -199,12 +209,14 @@ def sample(
       (16, 2)
     """
     solver = get_solver(solver)
-    x_T = jnp.asarray(x_T)
-    if x_T.ndim < 1 or x_T.shape[0] < 1:
-        raise ValueError(f"x_T must have a leading batch axis, got shape {x_T.shape}")
-    if not jnp.issubdtype(x_T.dtype, jnp.floating):
-        raise TypeError(f"x_T must be floating point, got dtype {x_T.dtype}")
+    check_callable("model_fn", model_fn,
+                   "model_fn(x, t)" if params is None else "model_fn(params, x, t)")
+    check_schedule(schedule)
+    x_T = check_batch("x_T", x_T)
+    check_all_finite("x_T", x_T)
     check_choice("prediction", prediction, PREDICTIONS)
+    if hook is not None:
+        check_callable("hook", hook, "hook(x, t) -> x")
     n_steps = None
     if ts is None:
         if nfe is None:
@@ -218,6 +230,11 @@ def sample(
     else:
         ts = check_grid(schedule, ts)
         n_steps = ts.shape[0] - 1
+        if solver.stochastic and is_concrete(ts) and np.asarray(ts)[-1] > np.asarray(ts)[0]:
+            raise ValueError(
+                f"solver {solver.name!r} is stochastic: it samples from noise to data only, "
+                f"so ts must be decreasing; got an increasing grid ts={ts} (to encode data "
+                "into noise, use a deterministic solver such as 'ddim' or 'tab3')")
     if n_steps < solver.min_steps:
         raise ValueError(
             f"solver {solver.name!r} needs at least {solver.min_steps} steps, got a grid of "
@@ -225,6 +242,8 @@ def sample(
         )
     if solver.stochastic and key is None:
         raise ValueError(f"solver {solver.name!r} is stochastic: pass a PRNG key with key=")
+    if key is not None:
+        check_key("key", key)
     if return_trajectory and not full_output:
         raise ValueError("return_trajectory=True needs full_output=True")
     model_static, model_data = _callables.split(model_fn)
@@ -235,10 +254,14 @@ def sample(
         hook_data, params, solver, schedule, x_T, ts, key if solver.stochastic else None)
     if check_finite and is_concrete(bad) and int(bad) >= 0:
         step = int(bad)
+        start = (f"; x_T (finite) has entries up to |x_T| = {float(jnp.max(jnp.abs(x_T))):.3g} "
+                 f"where the prior's std is {float(schedule.prior_std()):.3g}"
+                 if step == 0 else "")
         raise FloatingPointError(
             f"sampling produced non-finite values (NaN/inf) at step {step} "
             f"(t={float(ts[step])} -> {float(ts[step + 1])}) with solver {solver.name!r}; "
             "the model returned NaN/inf or the grid reaches a time the model cannot handle"
+            f"{start}"
         )
     if not full_output:
         return x

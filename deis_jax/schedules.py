@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deis_jax._checks import check_positive, check_time_range, is_concrete
+from deis_jax._checks import (
+    check_key, check_scalar, check_time_range, check_type, is_concrete, log_range)
 
 __all__ = [
     "Schedule",
@@ -38,6 +39,8 @@ __all__ = [
     "sub_vp",
     "edm",
     "FAMILIES",
+    "check_range",
+    "check_schedule",
 ]
 
 
@@ -127,7 +130,8 @@ class Schedule:
         return self.family.prior_std(self.params, self.t_max)
 
     def prior_sample(self, key, shape, dtype=None):
-        """Draw ``x_T ~ N(0, prior_std^2 I)`` of the given shape."""
+        """Draw ``x_T ~ N(0, prior_std^2 I)`` of the given shape (``key``: one PRNG key)."""
+        check_key("key", key)
         dtype = dtype or jnp.result_type(float)
         return self.prior_std() * jax.random.normal(key, shape, dtype)
 
@@ -158,6 +162,66 @@ def _log_alpha_from_log_snr_vp(lam):
 def _one(p, t_max):
     del p, t_max
     return 1.0
+
+
+def _param(name: str, value):
+    """A positive, finite schedule parameter (possibly traced), stored in the default float
+    dtype; concrete values must stay positive and finite there."""
+    value = check_scalar(name, value, lower=0.0, lower_open=True, dtype=jnp.result_type(float))
+    return jnp.asarray(value, float)
+
+
+def check_range(schedule: Schedule, t_min, t_max, *, what: str | None = None) -> None:
+    """Raise a ``ValueError`` when ``schedule`` is not usable on ``[t_min, t_max]``.
+
+    Usable means: at both ends (``log alpha`` and ``log sigma`` are monotone in ``t``, so the
+    ends bound the interval) ``|log alpha|``, ``|log sigma|`` and the log-SNR ``|lambda|`` are
+    at most :func:`deis_jax._checks.log_range` of the default float dtype (44.4 in float32),
+    so that ``alpha``, ``sigma``, ``rho = sigma/alpha`` and their squares are finite and
+    non-zero; and ``lambda`` decreases from ``t_min`` to ``t_max``. Traced parameters are not
+    checked. Evaluated eagerly even inside ``jax.jit`` when the parameters are constants.
+
+    Args:
+      schedule: the schedule.
+      t_min, t_max: the time range (Python floats).
+      what: how to name the culprit in the message (default: the schedule and the range),
+        e.g. ``"vp_linear(beta_max=1e+30)"``.
+    """
+    if not is_concrete(schedule.params):
+        return
+    dtype = jnp.result_type(float)
+    bound = log_range(dtype)
+    with jax.ensure_compile_time_eval(), np.errstate(over="ignore", under="ignore"):
+        t = jnp.asarray([t_min, t_max], dtype)
+        la, ls = schedule.log_alpha(t), schedule.log_sigma(t)
+        vals = np.asarray(jnp.stack([la, ls, la - ls]), np.float64)
+    where = what or (f"the {schedule.name} schedule on [t_min, t_max] = [{t_min!r}, "
+                     f"{t_max!r}]")
+    for j, (end, t_end) in enumerate((("t_min", t_min), ("t_max", t_max))):
+        a, s, lam = vals[:, j]
+        if not (np.all(np.isfinite(vals[:, j])) and max(abs(a), abs(s), abs(lam)) <= bound):
+            raise ValueError(
+                f"{where} is not usable in {np.dtype(dtype).name}: at {end}={t_end!r}, "
+                f"log alpha = {a:.4g}, log sigma = {s:.4g}, log-SNR lambda = {lam:.4g}; the "
+                f"samplers square and divide alpha, sigma and rho = sigma/alpha, so they need "
+                f"|log alpha|, |log sigma| and |lambda| <= {bound:.1f} (or enable float64)")
+    if not vals[2, 0] > vals[2, 1]:
+        raise ValueError(f"{where}: the log-SNR must decrease from t_min to t_max, got "
+                         f"lambda(t_min={t_min!r}) = {vals[2, 0]:.6g} <= lambda(t_max="
+                         f"{t_max!r}) = {vals[2, 1]:.6g}")
+
+
+def check_schedule(schedule) -> None:
+    """``schedule`` must be a :class:`Schedule` (not a family name, not a dict)."""
+    check_type("schedule", schedule, Schedule, "a deis_jax Schedule (e.g. "
+               "schedules.vp_linear(), or schedules.from_name('vp_linear'))")
+
+
+def _checked(schedule: Schedule, **args) -> Schedule:
+    """``schedule`` after :func:`check_range` on its default range, naming ``args``."""
+    what = f"{schedule.name}(" + ", ".join(f"{k}={v!r}" for k, v in args.items()) + ")"
+    check_range(schedule, schedule.t_min, schedule.t_max, what=what)
+    return schedule
 
 
 # ---------------------------------------------------------------- VP linear
@@ -191,10 +255,9 @@ def vp_linear(beta_min=0.1, beta_max=20.0, *, t_min=1e-3, t_max=1.0) -> Schedule
       beta_min, beta_max: ``beta(0)`` and ``beta(1)``; may be traced arrays.
       t_min, t_max: default sampling range.
     """
-    check_positive(beta_min=beta_min, beta_max=beta_max)
-    check_time_range(t_min, t_max)
-    params = {"beta_min": jnp.asarray(beta_min, float), "beta_max": jnp.asarray(beta_max, float)}
-    return Schedule(_VP_LINEAR, params, float(t_min), float(t_max))
+    params = {"beta_min": _param("beta_min", beta_min), "beta_max": _param("beta_max", beta_max)}
+    return _checked(Schedule(_VP_LINEAR, params, *check_time_range(t_min, t_max)),
+                    beta_min=beta_min, beta_max=beta_max, t_min=t_min, t_max=t_max)
 
 
 # ---------------------------------------------------------------- sub-VP
@@ -218,10 +281,9 @@ _SUB_VP = _Family(
 
 def sub_vp(beta_min=0.1, beta_max=20.0, *, t_min=1e-3, t_max=1.0) -> Schedule:
     """Sub-VP SDE (Song et al. 2021, eq. 12): VP's ``alpha_t``, ``sigma_t = 1 - alpha_t^2``."""
-    check_positive(beta_min=beta_min, beta_max=beta_max)
-    check_time_range(t_min, t_max)
-    params = {"beta_min": jnp.asarray(beta_min, float), "beta_max": jnp.asarray(beta_max, float)}
-    return Schedule(_SUB_VP, params, float(t_min), float(t_max))
+    params = {"beta_min": _param("beta_min", beta_min), "beta_max": _param("beta_max", beta_max)}
+    return _checked(Schedule(_SUB_VP, params, *check_time_range(t_min, t_max)),
+                    beta_min=beta_min, beta_max=beta_max, t_min=t_min, t_max=t_max)
 
 
 # ---------------------------------------------------------------- VP cosine
@@ -256,11 +318,11 @@ def vp_cosine(s=0.008, *, t_min=1e-3, t_max=0.9946) -> Schedule:
     ``alpha_t = cos((t+s)/(1+s) pi/2) / cos(s/(1+s) pi/2)``. ``alpha`` reaches 0 at ``t = 1``,
     so the default ``t_max = 0.9946`` (as in DPM-Solver) keeps ``lambda`` finite.
     """
-    check_positive(s=s)
-    check_time_range(t_min, t_max)
+    params = {"s": _param("s", s)}
+    t_min, t_max = check_time_range(t_min, t_max)
     if t_max >= 1.0:
         raise ValueError(f"vp_cosine needs t_max < 1 (alpha_1 = 0), got t_max={t_max!r}")
-    return Schedule(_VP_COSINE, {"s": jnp.asarray(s, float)}, float(t_min), float(t_max))
+    return _checked(Schedule(_VP_COSINE, params, t_min, t_max), s=s, t_min=t_min, t_max=t_max)
 
 
 # ---------------------------------------------------------------- VP discrete (DDPM table)
@@ -317,32 +379,60 @@ def vp_discrete(*, betas=None, alphas_cumprod=None, t_min=None, t_max=1.0) -> Sc
     if (betas is None) == (alphas_cumprod is None):
         raise ValueError("vp_discrete needs exactly one of betas= or alphas_cumprod=")
     if betas is not None:
-        b = np.asarray(betas, dtype=np.float64)
-        if b.ndim != 1 or b.size < 2 or not np.all((b > 0) & (b < 1)):
-            raise ValueError(
-                f"betas must be a 1-d array of >= 2 values in (0, 1), got shape {b.shape}"
-            )
+        name, b = "betas", _table("betas", betas, upper_open=True)
         log_alpha = 0.5 * np.cumsum(np.log1p(-b))
     else:
-        a = np.asarray(alphas_cumprod, dtype=np.float64)
-        if a.ndim != 1 or a.size < 2 or not np.all((a > 0) & (a <= 1)):
-            raise ValueError(
-                "alphas_cumprod must be a 1-d array of >= 2 values in (0, 1], "
-                f"got shape {a.shape}"
-            )
+        name, a = "alphas_cumprod", _table("alphas_cumprod", alphas_cumprod, upper_open=False)
         if not np.all(np.diff(a) < 0):
             bad = int(np.argmax(np.diff(a) >= 0))
             raise ValueError(
                 "alphas_cumprod must be strictly decreasing; "
-                f"alphas_cumprod[{bad}]={a[bad]!r} <= alphas_cumprod[{bad + 1}]={a[bad + 1]!r}"
+                f"alphas_cumprod[{bad}]={float(a[bad])!r} <= "
+                f"alphas_cumprod[{bad + 1}]={float(a[bad + 1])!r}"
             )
         log_alpha = 0.5 * np.log(a)
+    stored = jnp.asarray(log_alpha, float)
+    collapsed = np.flatnonzero(np.diff(np.asarray(stored)) >= 0)
+    if collapsed.size:
+        i = int(collapsed[0])
+        raise ValueError(
+            f"{name} gives log alpha entries {i} and {i + 1} that differ in float64 "
+            f"({float(log_alpha[i])!r}, {float(log_alpha[i + 1])!r}) but are equal in "
+            f"{stored.dtype.name}, the dtype the table is stored in, so the table cannot be "
+            "inverted there: merge those steps or enable float64 "
+            "(jax.config.update('jax_enable_x64', True))"
+        )
     n = log_alpha.shape[0]
     t_min = 1.0 / n if t_min is None else t_min
-    check_time_range(t_min, t_max)
-    return Schedule(
-        _VP_DISCRETE, {"log_alpha": jnp.asarray(log_alpha, float)}, float(t_min), float(t_max)
-    )
+    return _checked(Schedule(_VP_DISCRETE, {"log_alpha": stored},
+                             *check_time_range(t_min, t_max)),
+                    **{name: f"<table of {n}, last alpha_bar "
+                              f"{float(np.exp(2 * log_alpha[-1])):.3g}>"},
+                    t_min=t_min, t_max=t_max)
+
+
+def _table(name: str, values, *, upper_open: bool) -> np.ndarray:
+    """A 1-d float64 table of >= 2 values in ``(0, 1)`` (``(0, 1]`` unless ``upper_open``),
+    with the first bad entry named."""
+    try:
+        v = np.asarray(values)
+    except ValueError as err:  # ragged nested sequences
+        raise TypeError(f"{name} must be a 1-d array of numbers: {err}") from None
+    if v.dtype == bool or not (np.issubdtype(v.dtype, np.floating)
+                               or np.issubdtype(v.dtype, np.integer)):
+        raise TypeError(f"{name} must be a 1-d array of real numbers, got {name}={values!r}")
+    v = v.astype(np.float64)
+    if v.ndim != 1 or v.size < 2:
+        raise ValueError(f"{name} must be a 1-d array of >= 2 values, got shape {v.shape}")
+    ok = (v > 0) & ((v < 1) if upper_open else (v <= 1))
+    if not np.all(ok):
+        i = int(np.argmin(ok))
+        hint = ("; alphas_cumprod = 0 is a zero terminal SNR (lambda = -inf at t_max), "
+                "which no sampler here can start from: clip it (e.g. to 1e-8)"
+                if name == "alphas_cumprod" and v[i] == 0 else "")
+        interval = "(0, 1)" if upper_open else "(0, 1]"
+        raise ValueError(f"{name}[{i}]={float(v[i])!r} is outside {interval}{hint}")
+    return v
 
 
 # ---------------------------------------------------------------- VE
@@ -367,12 +457,12 @@ _VE = _Family(
 def ve(sigma_min=0.01, sigma_max=50.0, *, t_min=1e-5, t_max=1.0) -> Schedule:
     """Variance-exploding SDE (Song et al. 2021, eq. 9): ``alpha = 1``,
     ``sigma_t = sigma_min (sigma_max / sigma_min)^t``; prior ``N(0, sigma(t_max)^2)``."""
-    check_positive(sigma_min=sigma_min, sigma_max=sigma_max)
-    check_time_range(t_min, t_max)
-    if is_concrete(sigma_min) and is_concrete(sigma_max) and not sigma_min < sigma_max:
+    params = {"sigma_min": _param("sigma_min", sigma_min),
+              "sigma_max": _param("sigma_max", sigma_max)}
+    if is_concrete(params) and not params["sigma_min"] < params["sigma_max"]:
         raise ValueError(f"need sigma_min < sigma_max, got {sigma_min=}, {sigma_max=}")
-    params = {"sigma_min": jnp.asarray(sigma_min, float), "sigma_max": jnp.asarray(sigma_max, float)}
-    return Schedule(_VE, params, float(t_min), float(t_max))
+    return _checked(Schedule(_VE, params, *check_time_range(t_min, t_max)),
+                    sigma_min=sigma_min, sigma_max=sigma_max, t_min=t_min, t_max=t_max)
 
 
 # ---------------------------------------------------------------- EDM
@@ -394,10 +484,9 @@ def edm(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5) -> Schedule:
     ``sigma_min``/``sigma_max`` are the default ``t_min``/``t_max`` (static floats);
     ``sigma_data`` is used by the EDM preconditioning in :mod:`deis_jax.parameterization`.
     """
-    check_time_range(sigma_min, sigma_max)
-    check_positive(sigma_min=sigma_min, sigma_data=sigma_data)
-    return Schedule(_EDM, {"sigma_data": jnp.asarray(sigma_data, float)}, float(sigma_min),
-                    float(sigma_max))
+    t_range = check_time_range(sigma_min, sigma_max, names=("sigma_min", "sigma_max"))
+    schedule = Schedule(_EDM, {"sigma_data": _param("sigma_data", sigma_data)}, *t_range)
+    return _checked(schedule, sigma_min=sigma_min, sigma_max=sigma_max, sigma_data=sigma_data)
 
 
 FAMILIES = {f.name: f for f in (_VP_LINEAR, _VP_COSINE, _VP_DISCRETE, _VE, _SUB_VP, _EDM)}

@@ -163,10 +163,29 @@ def test_max_steps_exhausted_raises():
     (dict(solver="rk45"), "solver"),
     (dict(max_steps=0), "max_steps"),
     (dict(t_start=0.5, t_end=0.5), "t_start"),
+    # Issue 10, category 4: these used to return x_T (or integrate past 0) with success=True.
+    (dict(t_start=float("nan")), "t_start must be in .*got t_start=nan"),
+    (dict(t_start=2.0), r"t_start must lie in \[t_min, t_max\] = \[0.001, 1.0\].*t_start=2.0"),
+    (dict(t_end=-0.5), r"t_end must lie in \[t_min, t_max\].*t_end=-0.5"),
+    (dict(t_end=float("inf")), "t_end must be in .*got t_end=inf"),
+    (dict(x_T=jnp.zeros((2, 2)).at[0, 1].set(jnp.nan)), r"x_T contains 1 non-finite"),
 ])
 def test_bad_arguments(kwargs, match):
     sched = schedules.vp_linear()
     gmm = testing.ring_mixture()
-    x_T = jnp.zeros((2, 2))
+    x_T = kwargs.pop("x_T", jnp.zeros((2, 2)))
     with pytest.raises(ValueError, match=match):
         solve_ode(gmm.eps_fn(sched), sched, x_T, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(schedule="vp_linear"), "schedule must be a deis_jax Schedule"),
+    (dict(x_T=[[0.0, 0.0]]), r"x_T must be an array of shape \(batch, ...\)"),
+    (dict(model_fn=lambda x, t: jnp.zeros(x.shape, jnp.int32)), "floating-point.*int32"),
+])
+def test_bad_types(kwargs, match):
+    """Category 5: types that used to fail inside JAX, or (an int model) were cast."""
+    sched = kwargs.pop("schedule", schedules.vp_linear())
+    model = kwargs.pop("model_fn", testing.ring_mixture().eps_fn(schedules.vp_linear()))
+    with pytest.raises(TypeError, match=match):
+        solve_ode(model, sched, kwargs.pop("x_T", jnp.zeros((2, 2))))

@@ -1,6 +1,9 @@
-"""Checkpoints: exact resume, keep-last-n, atomicity, the recorded spec, load-and-sample."""
+"""Checkpoints: exact resume, keep-last-n, atomicity, the recorded spec, load-and-sample,
+fallback past damaged steps, refusal of foreign directories and of mismatched resumes."""
 
+import dataclasses
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -165,3 +168,132 @@ def test_errors(tmp_path):
         DiffusionSpec(model=SPEC.model, schedule=SPEC.schedule, loss="ddpm")
     with pytest.raises(ValueError, match="schedule"):
         schedule_from_dict({"name": "vp_quadratic", "params": {}, "t_min": 0.1, "t_max": 1})
+
+
+# ------------------------------------------------------------ issue 10, category 2
+
+
+def _damage(path, step, item=None):
+    """Cut every array file of checkpoint ``step`` (of its ``item`` only, if given) in half."""
+    root = path / str(step) / (item or "")
+    for f in root.rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def test_damaged_newest_step_falls_back_and_resumes_bitwise(tmp_path):
+    """A truncated newest step: load_model warns and uses the previous step; resuming moves
+    the damaged step aside, restarts from the previous one and reaches bitwise the
+    parameters, optimizer state, EMA and key of an uninterrupted run."""
+    config = TrainConfig(steps=20, batch_size=16, warmup_steps=2, ckpt_every=5, keep=3,
+                         ema_decay=0.9)
+    data = _data()
+    full = fit(SPEC, data, config, ckpt_dir=tmp_path / "full", progress="none")
+    split = tmp_path / "split"
+    fit(SPEC, data, config, ckpt_dir=split, until=15, progress="none")
+    _damage(split, 15)
+    with pytest.warns(UserWarning, match=r"step 15 in ckpt=.* cannot be read \(.*\); using "
+                                         "step 10"):
+        assert load_model(split).step == 10
+    with pytest.warns(UserWarning, match="moved the unreadable checkpoint step 15"):
+        resumed = fit(SPEC, data, config, ckpt_dir=split, progress="none")
+    assert (split / "15.damaged").is_dir() and latest_step(split) == 20
+    for a, b in zip(jax.tree.leaves((full.state.params, full.state.ema_params,
+                                     full.state.opt_state)),
+                    jax.tree.leaves((resumed.state.params, resumed.state.ema_params,
+                                     resumed.state.opt_state))):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(jax.random.key_data(full.state.key),
+                                  jax.random.key_data(resumed.state.key))
+
+
+def test_load_model_reads_only_what_sampling_needs(tmp_path):
+    """Damage confined to the optimizer state does not block sampling; resuming (which needs
+    it) falls back to the previous step."""
+    fit(SPEC, _data(), TrainConfig(steps=10, batch_size=8, ckpt_every=5), ckpt_dir=tmp_path,
+        progress="none")
+    _damage(tmp_path, 10, "train")
+    assert load_model(tmp_path).step == 10
+    with pytest.warns(UserWarning, match="step 10 .* cannot be read .* using step 5"):
+        state, meta = restore_checkpoint(tmp_path)
+    assert int(state["step"]) == 5 and meta["skipped"][0][0] == 10
+    with pytest.raises(ValueError, match=r"step=10 in ckpt=.* cannot be read .*available "
+                                         r"steps: \[5, 10\]"):
+        restore_checkpoint(tmp_path, step=10)
+    _damage(tmp_path, 5)
+    with pytest.raises(ValueError, match="no intact checkpoint in ckpt=.*step 10: .*step 5: "):
+        restore_checkpoint(tmp_path)
+
+
+def test_directories_that_are_not_ours_are_refused(tmp_path):
+    for s in ("1", "2"):
+        (tmp_path / "other" / s).mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"not a deis_jax checkpoint directory \(it has no "
+                                         "deis_jax_checkpoint.json"):
+        load_model(tmp_path / "other")
+    with pytest.raises(ValueError, match="not a deis_jax checkpoint directory"):
+        fit(SPEC, _data(), TrainConfig(steps=2, batch_size=8), ckpt_dir=tmp_path / "other",
+            progress="none")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="ckpt_dir=.*is a file, not a directory"):
+        fit(SPEC, _data(), TrainConfig(steps=2, batch_size=8), ckpt_dir=tmp_path / "file",
+            progress="none")
+    with pytest.raises(ValueError, match="cannot be created: .* is a file"):
+        fit(SPEC, _data(), TrainConfig(steps=2, batch_size=8),
+            ckpt_dir=tmp_path / "file" / "run", progress="none")
+
+
+@pytest.fixture(scope="module")
+def run10(tmp_path_factory):
+    """A 10-step run (a checkpoint every 5 steps), copied by the tests that change it."""
+    path = tmp_path_factory.mktemp("run10") / "ckpt"
+    fit(SPEC, _data(), TrainConfig(steps=10, batch_size=8, warmup_steps=2, ckpt_every=5),
+        ckpt_dir=path, progress="none")
+    return path
+
+
+@pytest.mark.parametrize("spec, config, match", [
+    (dataclasses.replace(SPEC, model={**SPEC.model, "hidden": 32}), {},
+     "different model/schedule/loss .*spec.model.hidden: 16 in the checkpoint, 32 now"),
+    (SPEC, {"lr": 1e-3}, r"other settings \(lr: 0.002 in the checkpoint, 0.001 now\)"),
+    (SPEC, {"batch_size": 16, "seed": 1},
+     "batch_size: 8 in the checkpoint, 16 now; seed: 0 in the checkpoint, 1 now"),
+    (SPEC, {"steps": 5}, "already holds step 10, beyond steps=5: nothing to train"),
+])
+def test_resume_compares_the_recorded_spec_and_config_first(run10, spec, config, match):
+    """Another model used to fail in orbax with a shape error; another lr, batch size or seed
+    was silently accepted; fewer steps than recorded claimed to have trained."""
+    base = dict(steps=10, batch_size=8, warmup_steps=2, ckpt_every=5)
+    with pytest.raises(ValueError, match=match):
+        fit(spec, _data(), TrainConfig(**{**base, **config}), ckpt_dir=run10, progress="none")
+    assert latest_step(run10) == 10
+
+
+def test_resume_may_change_the_schedule_length_with_a_warning(run10, tmp_path):
+    path = tmp_path / "ckpt"
+    shutil.copytree(run10, path)
+    same = fit(SPEC, _data(), TrainConfig(steps=10, batch_size=8, warmup_steps=2, ckpt_every=5,
+                                          log_every=1, keep=1), ckpt_dir=path, progress="none")
+    assert int(same.state.step) == 10  # already there: nothing trained, nothing refused
+    with pytest.warns(UserWarning, match=r"schedule length \(steps: 10 -> 12\)"):
+        longer = fit(SPEC, _data(), TrainConfig(steps=12, batch_size=8, warmup_steps=2,
+                                                ckpt_every=5), ckpt_dir=path, progress="none")
+    assert int(longer.state.step) == 12
+
+
+def test_template_and_parameter_checks(run10):
+    from deis_jax.models import MLPScore
+    from deis_jax.training import checkpoint_manager, init_state, make_optimizer, save_checkpoint
+
+    opt = make_optimizer(TrainConfig())
+    other = init_state(MLPScore(hidden=8, depth=1), opt, jnp.zeros((1, 2)), jax.random.key(0))
+    with pytest.raises(ValueError, match=r"template does not match checkpoint step 10 .*"
+                                         r"ema_params.params.Dense_0.bias: \(8,\) in the "
+                                         r"template, \(16,\) in the checkpoint"):
+        restore_checkpoint(run10, other)
+    bad = other._replace(params=jax.tree.map(lambda p: p * jnp.nan, other.params))
+    manager = checkpoint_manager(run10)
+    with pytest.raises(ValueError, match="refusing to save step 0: its parameters hold "
+                                         "non-finite values"):
+        save_checkpoint(manager, bad, SPEC)
+    manager.close()

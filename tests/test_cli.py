@@ -18,7 +18,7 @@ def ckpt(tmp_path_factory):
 
 
 def test_train_writes_a_resumable_checkpoint(ckpt, capsys):
-    assert sorted(os.listdir(ckpt)) == ["20"]
+    assert sorted(os.listdir(ckpt)) == ["20", "deis_jax_checkpoint.json"]  # + the marker
     # Running again with more steps resumes from step 20.
     compiled = _run._cache_size()
     assert main(["train", "--data", "checkerboard", "--steps", "25", "--out", str(ckpt),
@@ -101,3 +101,64 @@ def test_tiny_demo(tmp_path, capsys):
     assert "| checkerboard: sampler |" in report and "| tab3 | 10 |" in report
     assert "| ddim | 10 |" in report and (out / "comparison.png").stat().st_size > 1000
     assert report.strip() in capsys.readouterr().out
+
+
+# ------------------------------------------------------------ issue 10, category 3
+
+
+def _one_error_line(err: str, *needles) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("deis-jax "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize("command, out, message", [
+    ("train", "{file}/run", "cannot be created: '{file}' is a file"),
+    ("train", "{file}", "is a file, not a directory"),
+    ("train", "/proc/deis-jax-test/run", "is not writable"),
+    ("sample", "{file}/s.png", "cannot be created: '{file}' is a file"),
+    ("sample", "{dir}", "is a directory, not a file"),
+    ("demo", "{file}", "is a file, not a directory"),
+])
+def test_output_paths_are_checked_before_any_work(ckpt, tmp_path, capsys, command, out,
+                                                  message):
+    """A bad --out used to give a traceback (exit 1) -- for train after every step was
+    trained, for sample after sampling."""
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "d.png").mkdir()
+    fill = {"file": str(tmp_path / "f"), "dir": str(tmp_path / "d.png")}
+    argv = {"train": ["train", "--data", "checkerboard", "--steps", "100000", "--progress",
+                      "none"],
+            "sample": ["sample", "--ckpt", str(ckpt), "--n", "4", "--nfe", "4"],
+            "demo": ["demo", "--steps-2d", "100000", "--progress", "none"]}[command]
+    assert main([*argv, "--out", out.format(**fill)]) == 2  # in seconds: nothing trained
+    captured = capsys.readouterr()
+    _one_error_line(captured.err, "--out=", message.format(**fill))
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--loss", "edm", "--prediction", "x0"], "prediction='x0' applies to loss='dsm' only"),
+    (["--schedule", "edm", "--weighting", "native"],
+     "weighting='native' applies to loss='dsm' only; loss='edm' ignores it"),
+])
+def test_flags_the_loss_ignores_are_refused(tmp_path, capsys, extra, message):
+    assert main(["train", "--data", "checkerboard", "--steps", "3", "--progress", "none",
+                 "--out", str(tmp_path / "run"), *extra]) == 2
+    _one_error_line(capsys.readouterr().err, message)
+
+
+def test_resume_below_or_at_the_checkpoint_step_says_so(ckpt, capsys):
+    from deis_jax.training import latest_step
+
+    at = latest_step(ckpt)  # 20 or 25, depending on which tests ran before on this worker
+    common = ["train", "--data", "checkerboard", "--batch-size", "64", "--progress", "none",
+              "--out", str(ckpt)]
+    assert main([*common, "--steps", "10"]) == 2
+    _one_error_line(capsys.readouterr().err, f"already holds step {at}, beyond steps=10")
+    assert main([*common, "--steps", str(at)]) == 0
+    assert f"already holds step {at} = --steps: nothing to train" in capsys.readouterr().out
+    assert main([*common, "--steps", str(at + 5), "--lr", "1e-3"]) == 2
+    _one_error_line(capsys.readouterr().err, "lr: 0.002 in the checkpoint, 0.001 now")

@@ -48,6 +48,14 @@ def test_edm_exponent_can_be_vmapped():
         ({"n_steps": 5, "kind": "cosine"}, "kind"),
         ({"n_steps": 5, "t_min": 0.5, "t_max": 0.1}, "t_min"),
         ({"n_steps": 5, "kind": "edm", "rho": -1.0}, "rho"),
+        # Issue 10, category 4: these used to return NaN or non-monotone grids.
+        ({"n_steps": 5, "t_max": float("inf")}, "t_max must be a finite time"),
+        ({"n_steps": 5, "kind": "edm", "rho": float("inf")}, r"rho must be in \(0.0, inf\)"),
+        ({"n_steps": 5, "kind": "power", "power": float("inf")}, "power.*got power=inf"),
+        ({"n_steps": 10, "kind": "edm", "rho": 1e-6}, "not strictly decreasing in float32"),
+        ({"n_steps": 5, "t_max": 5.0}, "not usable in float32: at t_max=5.0"),
+        ({"n_steps": 5, "t_max": "1"}, "t_max must be a real number"),
+        ({"n_steps": 5, "kind": "log_snr", "t_min": 0.0}, "needs t_min > 0.*t_min=0.0"),
     ],
 )
 def test_bad_grid_arguments(kwargs, match):

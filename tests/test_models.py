@@ -63,6 +63,11 @@ def test_model_from_config():
         model_from_config({"name": "transformer"})
     with pytest.raises(ValueError, match="name"):
         model_from_config({"hidden": 3})
+    # A misspelt key used to fail in the dataclass constructor, not listing the valid ones.
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['hiden'\] in the 'mlp' model "
+                                         r"config; valid keys: \['depth', 'emb_dim', 'hidden', "
+                                         r"'time_scale'\]"):
+        model_from_config({"name": "mlp", "hiden": 3})
 
 
 def _linear_gaussian_eps(schedule, mean, std):

@@ -208,11 +208,103 @@ def _run_bad(**kwargs):
         ({"prediction": "noise", "nfe": 5}, ValueError, "prediction"),
         ({"nfe": 5, "grid": "cosine"}, ValueError, "grid='cosine'.*valid choices"),
         ({"nfe": 5, "return_trajectory": True}, ValueError, "full_output"),
+        # Issue 10, category 4 (used to be silent or blamed on the model after the solve).
+        ({"x_T": jnp.ones((4, 2)).at[1, 0].set(jnp.nan), "nfe": 5}, ValueError,
+         r"x_T contains 1 non-finite value\(s\).*index \(1, 0\)"),
+        ({"x_T": jnp.ones((4, 2)).at[3, 1].set(-jnp.inf), "nfe": 5}, ValueError,
+         r"x_T\[3, 1\]=-inf"),
+        ({"solver": "euler_maruyama", "key": jax.random.key(0),
+          "ts": timesteps(schedules.vp_linear(), 5)[::-1]}, ValueError,
+         "'euler_maruyama' is stochastic.*ts must be decreasing.*increasing"),
+        ({"solver": "ddpm", "key": jax.random.key(0),
+          "ts": timesteps(schedules.vp_linear(), 5)[::-1]}, ValueError, "ts must be decreasing"),
+        ({"model_fn": lambda x, t: jnp.zeros(x.shape, jnp.int32), "nfe": 5}, TypeError,
+         "model_fn must return floating-point values.*int32"),
+        ({"model_fn": lambda x, t: jnp.zeros(x.shape, jnp.complex64), "nfe": 5}, TypeError,
+         "model_fn must return floating-point.*complex64"),
+        # Category 5 (used to be errors from inside JAX).
+        ({"solver": "ddpm", "key": 0, "nfe": 5}, TypeError,
+         r"key must be a PRNG key from jax.random.key\(seed\).*got key=0"),
+        ({"solver": "ddpm", "key": jnp.ones((2,)), "nfe": 5}, TypeError, "float32"),
+        ({"solver": "ddpm", "key": jax.random.split(jax.random.key(0), 3), "nfe": 5},
+         ValueError, r"key must be a single PRNG key, got a key array of shape \(3,\)"),
+        ({"schedule": "vp_linear", "nfe": 5}, TypeError,
+         "schedule must be a deis_jax Schedule .*got schedule='vp_linear'"),
+        ({"x_T": (jnp.ones((4, 2)), jnp.ones((4, 2))), "nfe": 5}, TypeError,
+         r"x_T must be an array of shape \(batch, ...\).*a tuple"),
+        ({"model_fn": 42, "nfe": 5}, TypeError, r"model_fn must be callable as model_fn\(x, t\)"),
+        ({"hook": 3, "nfe": 5}, TypeError, "hook must be callable"),
+        ({"hook": lambda x: x, "nfe": 5}, ValueError,
+         r"hook failed when called as hook\(x, t\).*TypeError"),
     ],
 )
 def test_bad_input_is_reported_before_tracing(kwargs, err, match):
     with pytest.raises(err, match=match):
         _run_bad(**kwargs)
+
+
+def test_register_solver_checks_the_factory_where_it_is_registered():
+    from deis_jax import register_solver
+
+    with pytest.raises(TypeError, match=r"factory must be callable as factory\(\) -> Solver"):
+        register_solver("hostile_a", 42)
+    with pytest.raises(TypeError, match="factory of solver 'hostile_b' must return a Solver.*42"):
+        register_solver("hostile_b", lambda: 42)
+    with pytest.raises(ValueError, match="factory of solver 'hostile_c' raised "
+                                         "ZeroDivisionError"):
+        register_solver("hostile_c", lambda: 1 / 0)
+    with pytest.raises(TypeError, match="name must be a solver name"):
+        register_solver(3, lambda: get_solver("ddim"))
+    assert not {"hostile_a", "hostile_b", "hostile_c"} & set(solver_names())
+
+
+class _Unhashable:
+    """A model object that cannot be hashed: no ``__hash__``, or one that raises."""
+
+    def __init__(self, broken_hash):
+        self.broken_hash = broken_hash
+
+    def __eq__(self, other):
+        return self is other
+
+    def __hash__(self):
+        if self.broken_hash:
+            raise RuntimeError("no hash")
+        raise TypeError("unhashable")
+
+    def __call__(self, x, t):
+        return GMM.eps(x, t, schedules.vp_linear())
+
+
+@pytest.mark.parametrize("broken_hash", [False, True])
+def test_unhashable_models_are_static_by_identity(broken_hash):
+    x = _run_bad(model_fn=_Unhashable(broken_hash), nfe=5)
+    assert x.shape == (4, 2) and bool(jnp.all(jnp.isfinite(x)))
+
+
+def test_first_step_failure_names_x_T():
+    """A finite but absurd x_T overflows the model: the error says so at step 0."""
+    with pytest.raises(FloatingPointError, match=r"step 0 .*\|x_T\| = 1e\+30 where the "
+                       r"prior's std is 1"):
+        _run_bad(x_T=jnp.full((4, 2), 1e30), nfe=5)
+
+
+def test_checks_do_not_change_jit_or_vmap():
+    """The eager checks pass tracers through: inside jit (traced x_T, key, grid) nothing is
+    checked that would need a value, and the result equals the eager one."""
+    sched = schedules.vp_linear()
+    ts = timesteps(sched, 6)
+
+    @jax.jit
+    def run(x_T, key, ts):
+        return sample(GMM.eps_fn(sched), sched, x_T, solver="ddim_eta", ts=ts, key=key)
+
+    x_T = jnp.ones((4, 2))
+    np.testing.assert_allclose(run(x_T, jax.random.key(0), ts),
+                               sample(GMM.eps_fn(sched), sched, x_T, solver="ddim_eta", ts=ts,
+                                      key=jax.random.key(0)), rtol=1e-5, atol=1e-6)
+    keys = jax.random.split(jax.random.key(1), 3)
+    assert jax.vmap(lambda k: run(x_T, k, ts))(keys).shape == (3, 4, 2)
 
 
 def test_nan_from_the_model_is_reported():

@@ -98,10 +98,22 @@ def test_vp_discrete_interpolates_the_table(x64):
 def test_discrete_table_validation():
     with pytest.raises(ValueError, match="strictly decreasing"):
         schedules.vp_discrete(alphas_cumprod=[0.9, 0.95, 0.5])
-    with pytest.raises(ValueError, match="betas"):
+    with pytest.raises(ValueError, match=r"betas\[1\]=1.5 is outside \(0, 1\)"):
         schedules.vp_discrete(betas=[0.1, 1.5])
+    with pytest.raises(ValueError, match=r"betas\[1\]=nan"):
+        schedules.vp_discrete(betas=[0.1, float("nan"), 0.2])
     with pytest.raises(ValueError, match="exactly one"):
         schedules.vp_discrete()
+    with pytest.raises(ValueError, match=r"alphas_cumprod\[2\]=0.0 .*zero terminal SNR"):
+        schedules.vp_discrete(alphas_cumprod=[0.9, 0.5, 0.0])
+    with pytest.raises(TypeError, match="betas must be a 1-d array of real numbers"):
+        schedules.vp_discrete(betas="0.1")
+    # Distinct in float64, equal once stored in float32: refused, naming the entries.
+    with pytest.raises(ValueError, match="entries 0 and 1 .* equal in float32"):
+        schedules.vp_discrete(betas=np.r_[0.5, np.full(9, 1e-9)])
+    # The terminal rho = sigma/alpha (about 1e40) overflows float32.
+    with pytest.raises(ValueError, match="vp_discrete.*not usable in float32: at t_max=1.0"):
+        schedules.vp_discrete(alphas_cumprod=np.geomspace(0.99, 1e-80, 50))
 
 
 @pytest.mark.parametrize(
@@ -112,12 +124,41 @@ def test_discrete_table_validation():
         (lambda: schedules.vp_linear(t_min=0.0), "t_min"),
         (lambda: schedules.ve(sigma_min=10.0, sigma_max=1.0), "sigma_min"),
         (lambda: schedules.vp_cosine(t_max=1.0), "t_max"),
-        (lambda: schedules.edm(sigma_min=80.0, sigma_max=1.0), "t_min"),
+        (lambda: schedules.edm(sigma_min=80.0, sigma_max=1.0), "sigma_min"),
+        # Issue 10, category 4: infinite and unrepresentable parameters.
+        (lambda: schedules.vp_linear(beta_max=float("inf")), r"beta_max must be in \(0.0, "
+                                                             r"inf\), got beta_max=inf"),
+        (lambda: schedules.ve(sigma_max=float("inf")), "sigma_max.*inf"),
+        (lambda: schedules.vp_linear(t_max=float("inf")), "t_max must be a finite time"),
+        (lambda: schedules.vp_linear(beta_max=1e300), "beta_max=1e[+]300 is stored as float32"),
+        (lambda: schedules.ve(sigma_min=1e-300), "sigma_min=1e-300 is stored as float32"),
+        (lambda: schedules.vp_cosine(s=1e10), r"vp_cosine\(s=10000000000.0.*not usable"),
+        (lambda: schedules.vp_linear(beta_max=1e3), r"beta_max=1000.0.*log alpha = -250"),
+        (lambda: schedules.edm(sigma_max=1e30), "sigma_max=1e[+]30.*not usable in float32"),
     ],
 )
 def test_bad_parameters_raise(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: schedules.vp_linear(beta_max="20"), "beta_max must be a real number"),
+    (lambda: schedules.ve(sigma_max=None), "sigma_max must be a real number"),
+    (lambda: schedules.vp_linear(beta_max=[10.0, 20.0]), "beta_max must be a real number"),
+    (lambda: schedules.vp_linear().prior_sample(0, (2, 2)), "key must be a PRNG key"),
+])
+def test_bad_parameter_types_raise(make, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        make()
+
+
+def test_constructors_check_inside_jit_and_pass_tracers():
+    """Constant parameters are checked even inside jit; traced ones are left to the caller."""
+    with pytest.raises(ValueError, match="beta_max"):
+        jax.jit(lambda x: schedules.vp_linear(beta_max=float("inf")).alpha(x))(0.5)
+    alpha = jax.jit(lambda b: schedules.vp_linear(beta_max=b).alpha(0.5))(jnp.inf)
+    assert not np.isfinite(float(alpha)) or float(alpha) == 0.0
 
 
 def test_parameters_can_be_traced_and_vmapped():
@@ -150,7 +191,7 @@ def test_prior_logp_matches_scipy(x64, name):
 @given(lam=st.floats(-8.0, 8.0), beta_max=st.floats(5.0, 40.0))
 def test_vp_linear_inverse_property(lam, beta_max):
     with jax.enable_x64(True):
-        s = schedules.vp_linear(0.1, beta_max, t_min=1e-6, t_max=10.0)
+        s = schedules.vp_linear(0.1, beta_max, t_min=1e-6, t_max=3.0)  # lambda(3) < -8
         t = s.t_from_log_snr(lam)
         assert float(s.log_snr(t)) == pytest.approx(lam, abs=1e-9)
 

@@ -11,8 +11,9 @@ import pytest
 from deis_jax import schedules
 from deis_jax.models import MLPScore
 from deis_jax.training import (
-    DiffusionSpec, TrainConfig, array_dataset, fit, init_state, make_loss, make_optimizer,
-    make_train_step, schedule_to_dict)
+    Dataset, DiffusionSpec, TrainConfig, array_dataset, batch_indices, fit, init_state,
+    latest_step, load_model, make_loss, make_optimizer, make_train_step, restore_checkpoint,
+    schedule_to_dict)
 from deis_jax.training.trainer import learning_rate
 
 SMALL = {"name": "mlp", "hidden": 32, "depth": 1}
@@ -107,7 +108,93 @@ def test_progress_modes():
 @pytest.mark.parametrize("kwargs,match", [
     ({"steps": 0}, "steps"), ({"lr": 0.0}, "lr"), ({"ema_decay": 1.0}, "ema_decay"),
     ({"batch_size": 2.5}, "batch_size"), ({"clip_norm": -1.0}, "clip_norm"),
+    # Issue 10: non-finite values used to pass (lr=inf passes lr > 0) and turn the run NaN;
+    # strings and None used to fail with Python's comparison error, not naming the field.
+    ({"lr": float("inf")}, r"lr must be in \(0.0, inf\), got lr=inf"),
+    ({"weight_decay": float("nan")}, "weight_decay.*got weight_decay=nan"),
+    ({"weight_decay": -1.0}, "weight_decay.*got weight_decay=-1.0"),
+    ({"lr": "0.1"}, "lr must be a real number, got lr='0.1'"),
+    ({"ema_decay": None}, "ema_decay must be a real number"),
 ])
 def test_config_validation(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         TrainConfig(**kwargs)
+
+
+def test_config_is_stored_as_python_numbers():
+    config = TrainConfig(lr=np.float32(1e-3), clip_norm=float("inf"), steps=np.int64(10))
+    assert type(config.lr) is float and type(config.steps) is int
+    assert config.clip_norm == float("inf")  # no clipping
+
+
+def _blob(n=512, poison=None):
+    rng = np.random.default_rng(0)
+    train = (rng.standard_normal((n, 2)) * 0.5 + 1.0).astype(np.float32)
+    if poison is not None:
+        train[poison[0]] = poison[1]
+    return Dataset("blob", train, train[:64].copy(), "points")
+
+
+BLOB_SPEC = DiffusionSpec(model={"name": "mlp", "hidden": 16, "depth": 1},
+                          schedule=schedule_to_dict(schedules.vp_linear()),
+                          data={"name": "blob", "shape": [2], "kind": "points"})
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_finite_checkpoint(tmp_path):
+    """Issue 10, category 1 (fault injection): a finite row so large that the loss
+    overflows, first drawn by batch k. Training stops at step k + 1 naming it and the row,
+    the state of step k is saved, and no non-finite checkpoint rotates the finite ones out
+    (keep=2, a checkpoint every 4 steps)."""
+    first = {}
+    for step in range(20):
+        for row in batch_indices(512, step, 16, 0).tolist():
+            first.setdefault(row, step)
+    row, k = min(((r, s) for r, s in first.items() if 9 <= s < 12), key=lambda rs: rs[1])
+    config = TrainConfig(steps=20, batch_size=16, warmup_steps=2, ckpt_every=4, keep=2)
+    data = _blob(poison=(row, 1e30))
+    with pytest.raises(FloatingPointError,
+                       match=rf"non-finite .* at step {k + 1}, the update with batch {k} .*"
+                             rf"1e\+30, is in row {row}\). The parameters of step {k} are the "
+                             rf"last finite ones; they are saved as step {k}"):
+        fit(BLOB_SPEC, data, config, ckpt_dir=tmp_path, progress="none")
+    assert latest_step(tmp_path) == k
+    model = load_model(tmp_path)
+    assert model.step == k and all(np.isfinite(v).all() for v in jax.tree.leaves(model.params))
+    state, _ = restore_checkpoint(tmp_path, step=8)  # the older finite checkpoint survives
+    assert int(state["step"]) == 8
+    # Deterministic: resuming stops at the same step, without writing anything new.
+    with pytest.raises(FloatingPointError, match=f"at step {k + 1},"):
+        fit(BLOB_SPEC, data, config, ckpt_dir=tmp_path, progress="none")
+    assert latest_step(tmp_path) == k
+
+
+def test_a_nonfinite_step_leaves_the_state_unchanged():
+    config = TrainConfig(steps=10, warmup_steps=0, lr=1e-2)
+    state, step = _setup(config)
+    batch = jnp.asarray(_gaussian_data().train[:32])
+    new, metrics = step(state, batch.at[3, 0].set(jnp.nan))
+    assert not bool(metrics["finite"]) and int(new.step) == 0
+    jax.tree.map(np.testing.assert_array_equal, new.params, state.params)
+    new, metrics = step(state, batch)
+    assert bool(metrics["finite"]) and int(new.step) == 1
+
+
+@pytest.mark.parametrize("data, err, match", [
+    (_blob(poison=(7, np.nan)), ValueError,
+     r"data.train has non-finite values \(NaN/inf\) in 1 row\(s\); the first is row 7"),
+    (_blob()._replace(test=np.full((4, 2), np.inf, np.float32)), ValueError,
+     "data.test has non-finite values"),
+    (Dataset("blob", np.ones((64, 3), np.float32), np.ones((8, 3), np.float32), "points"),
+     ValueError, r"sample shape \(3,\) is not the shape \(2,\) the spec records"),
+    (Dataset("blob", np.ones((64, 2), np.int64), np.ones((8, 2), np.int64), "points"),
+     TypeError, "data.train must be floating point, got dtype int64"),
+    (Dataset("blob", np.ones((64, 2), np.float32), np.ones((8, 3), np.float32), "points"),
+     ValueError, r"data.test samples have shape \(3,\)"),
+])
+def test_data_is_checked_before_the_first_step(tmp_path, data, err, match):
+    """Issue 10: bad data is refused before any training (it used to train and fail in Flax
+    at sampling time, or turn the loss NaN when the row was drawn)."""
+    with pytest.raises(err, match=match):
+        fit(BLOB_SPEC, data, TrainConfig(steps=3, batch_size=8), ckpt_dir=tmp_path,
+            progress="none")
+    assert latest_step(tmp_path) is None

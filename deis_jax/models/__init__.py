@@ -8,6 +8,7 @@ ones reuse the compiled sampler).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from deis_jax._checks import check_choice
@@ -30,6 +31,12 @@ def model_from_config(config: dict[str, Any]):
     if not isinstance(config, dict) or "name" not in config:
         raise ValueError(f"model config must be a dict with a 'name' key, got {config!r}")
     check_choice("model name", config["name"], MODELS)
+    cls = MODELS[config["name"]]
+    valid = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+    unknown = sorted(set(config) - valid - {"name"})
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in the {config['name']!r} model config; "
+                         f"valid keys: {sorted(valid)}")
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()
               if k != "name"}
-    return MODELS[config["name"]](**kwargs)
+    return cls(**kwargs)

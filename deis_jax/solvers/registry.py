@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
+from deis_jax._checks import check_callable, check_type
 from deis_jax.solvers.base import Solver
 from deis_jax.solvers.ddim import ddim
 from deis_jax.solvers.deis_ab import logrho_deis, rhoab_deis, tab_deis
@@ -56,9 +57,18 @@ _REGISTRY: dict[str, Callable[[], Solver]] = {
 
 
 def register_solver(name: str, factory: Callable[[], Solver]) -> None:
-    """Add ``factory`` (a no-argument callable returning a :class:`Solver`) under ``name``."""
+    """Add ``factory`` (a no-argument callable returning a :class:`Solver`) under ``name``.
+
+    The factory is called once here, so a factory that fails or returns something else is
+    refused where it is registered rather than where it is first used.
+    """
+    check_type("name", name, str, "a solver name (a string)")
+    if not name:
+        raise ValueError("name must be a non-empty string, got name=''")
     if name in _REGISTRY:
         raise ValueError(f"solver name {name!r} is already registered")
+    check_callable("factory", factory, "factory() -> Solver")
+    _built(name, factory)
     _REGISTRY[name] = factory
 
 
@@ -82,5 +92,18 @@ def get_solver(solver) -> Solver:
 
 @functools.lru_cache(maxsize=None)
 def _build(name: str) -> Solver:
-    solver = _REGISTRY[name]()
+    return _built(name, _REGISTRY[name])
+
+
+def _built(name: str, factory: Callable[[], Solver]) -> Solver:
+    """``factory()`` named ``name``; raises naming the factory when it fails or returns
+    something other than a :class:`Solver`."""
+    try:
+        solver = factory()
+    except Exception as err:  # noqa: BLE001 -- re-raised naming the solver and its factory
+        raise ValueError(f"the factory of solver {name!r} raised {type(err).__name__}: "
+                         f"{err}") from err
+    if not isinstance(solver, Solver):
+        raise TypeError(f"the factory of solver {name!r} must return a Solver "
+                        f"(deis_jax.solvers.make_solver), it returned {solver!r}")
     return solver if solver.name == name else solver.replace(name=name)

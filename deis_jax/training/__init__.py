@@ -1,7 +1,10 @@
 """Training: DSM losses, an optax trainer with EMA, orbax checkpoints, datasets, data-parallel
 sharding and sample-quality metrics. See ``deis-jax train --help`` for the command line."""
 
+from deis_jax.training.checkpoint import MARKER
 from deis_jax.training.checkpoint import LoadedModel
+from deis_jax.training.checkpoint import RefusedError
+from deis_jax.training.checkpoint import checkpoint_dir
 from deis_jax.training.checkpoint import checkpoint_manager
 from deis_jax.training.checkpoint import latest_step
 from deis_jax.training.checkpoint import load_model
@@ -10,11 +13,14 @@ from deis_jax.training.checkpoint import save_checkpoint
 from deis_jax.training.data import DATASETS
 from deis_jax.training.data import Dataset
 from deis_jax.training.data import array_dataset
+from deis_jax.training.data import batch_indices
+from deis_jax.training.data import check_dataset
 from deis_jax.training.data import get_batch
 from deis_jax.training.data import load_dataset
 from deis_jax.training.data import toy_2d
 from deis_jax.training.losses import LOSSES
 from deis_jax.training.losses import WEIGHTINGS
+from deis_jax.training.losses import check_loss_options
 from deis_jax.training.losses import ddpm_loss
 from deis_jax.training.losses import dsm_loss
 from deis_jax.training.losses import edm_loss
@@ -33,6 +39,8 @@ from deis_jax.training.sharding import shard_batch
 from deis_jax.training.spec import DiffusionSpec
 from deis_jax.training.spec import schedule_from_dict
 from deis_jax.training.spec import schedule_to_dict
+from deis_jax.training.trainer import SCHEDULE_FIELDS
+from deis_jax.training.trainer import TRAJECTORY_FIELDS
 from deis_jax.training.trainer import FitResult
 from deis_jax.training.trainer import TrainConfig
 from deis_jax.training.trainer import TrainState
@@ -46,15 +54,23 @@ from deis_jax.training.trainer import make_train_step
 __all__ = [
     "DATASETS",
     "LOSSES",
+    "MARKER",
+    "SCHEDULE_FIELDS",
     "SIZES",
+    "TRAJECTORY_FIELDS",
     "WEIGHTINGS",
     "Dataset",
     "DiffusionSpec",
     "FitResult",
     "LoadedModel",
+    "RefusedError",
     "TrainConfig",
     "TrainState",
     "array_dataset",
+    "batch_indices",
+    "check_dataset",
+    "check_loss_options",
+    "checkpoint_dir",
     "checkpoint_manager",
     "ddpm_loss",
     "default_batch_size",

@@ -2,26 +2,46 @@
 resume, and a record of the schedule, parameterisation and model config so that sampling
 needs only the checkpoint path.
 
-Layout: ``DIR/<step>/state`` (the :class:`~deis_jax.training.trainer.TrainState` arrays) and
-``DIR/<step>/meta`` (JSON: the :class:`~deis_jax.training.spec.DiffusionSpec` and any extra
-record such as the training config). Orbax writes each step into a temporary directory and
-renames it when complete, so an interrupted save never shadows the previous checkpoint.
+Layout::
+
+    DIR/deis_jax_checkpoint.json   marker: {"format": "deis_jax checkpoint", "version": 1}
+    DIR/<step>/model               parameters and EMA parameters (what sampling needs)
+    DIR/<step>/train               optimizer state, step counter, PRNG key (for resuming)
+    DIR/<step>/meta                JSON: the DiffusionSpec, the step, the training config...
+
+A directory without the marker is not ours: it is refused for reading and, unless empty, for
+writing. Orbax writes each step into a temporary directory and renames it when complete, so
+an interrupted save never shadows the previous checkpoint. Non-finite parameters are never
+saved (:func:`save_checkpoint` refuses them), so the newest step is always the last finite
+one and the keep-last-``n`` rotation never deletes it.
+
+Reading falls back: without an explicit ``step``, :func:`load_model` and
+:func:`restore_checkpoint` try the newest step first and, when it cannot be read (truncated
+or corrupted files, unreadable metadata, non-finite values), warn naming that step and why
+and use the next older one. :func:`load_model` reads only the ``model`` and ``meta`` items,
+so damage confined to the optimizer state does not block sampling.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
-from deis_jax._checks import check_int
+from deis_jax._checks import all_finite, check_int, check_writable_dir
 from deis_jax.schedules import Schedule
 from deis_jax.training.spec import DiffusionSpec
 
 __all__ = [
+    "MARKER",
     "LoadedModel",
+    "RefusedError",
+    "checkpoint_dir",
     "checkpoint_manager",
     "latest_step",
     "load_model",
@@ -29,87 +49,227 @@ __all__ = [
     "save_checkpoint",
 ]
 
+MARKER = "deis_jax_checkpoint.json"
+"""File that marks a directory as a deis_jax checkpoint directory."""
+_FORMAT = {"format": "deis_jax checkpoint", "version": 1}
+_MODEL = ("params", "ema_params")
+_TRAIN = ("opt_state", "step", "key")
+
+
+class RefusedError(ValueError):
+    """A readable checkpoint that does not fit the request (another model, another config):
+    reported as is, never taken for damage and skipped."""
+
+
+def checkpoint_dir(directory, *, create: bool) -> str:
+    """The absolute path of a deis_jax checkpoint directory, after checking that it is one.
+
+    Args:
+      directory: the path.
+      create: for writing: the directory is created if needed (and checked writable) and
+        marked when new or empty; an existing non-empty directory without the marker is
+        refused. For reading (``False``): it must exist and, unless empty, hold the marker.
+
+    Raises:
+      FileNotFoundError: reading a directory that does not exist.
+      ValueError: the path is a file, is not writable, or is a directory that is not ours.
+    """
+    path = os.path.abspath(os.fspath(directory))
+    if create:
+        check_writable_dir("ckpt_dir", path)
+    elif not os.path.isdir(path):
+        raise FileNotFoundError(f"no checkpoint directory at ckpt='{directory}'")
+    marked = os.path.isfile(os.path.join(path, MARKER))
+    if not marked and os.listdir(path):
+        raise ValueError(
+            f"ckpt='{directory}' is not a deis_jax checkpoint directory (it has no {MARKER}); "
+            "pass a directory written by deis_jax, or a new or empty one to train into")
+    if create and not marked:
+        with open(os.path.join(path, MARKER), "w") as f:
+            json.dump(_FORMAT, f)
+    return path
+
 
 def checkpoint_manager(directory, *, keep: int = 3) -> ocp.CheckpointManager:
-    """An orbax manager writing to ``directory`` and keeping the newest ``keep`` steps (the
-    caller decides when to save; :func:`~deis_jax.training.fit` saves every ``ckpt_every``
-    steps and at the end)."""
+    """An orbax manager writing to ``directory`` (created and marked, see
+    :func:`checkpoint_dir`) and keeping the newest ``keep`` steps (the caller decides when to
+    save; :func:`~deis_jax.training.fit` saves every ``ckpt_every`` steps and at the end)."""
     keep = check_int("keep", keep, minimum=1)
+    path = checkpoint_dir(directory, create=True)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=False)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
-
-
-def _to_saveable(state) -> dict[str, Any]:
-    tree = dict(state._asdict())
-    tree["key"] = jax.random.key_data(tree["key"])
-    return tree
+    return ocp.CheckpointManager(path, options=options)
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, state, spec: DiffusionSpec, *,
                     extra: dict | None = None) -> None:
-    """Save ``state`` and the metadata (``spec``, ``extra``) as step ``int(state.step)``."""
+    """Save ``state`` and the metadata (``spec``, ``extra``) as step ``int(state.step)``.
+
+    Raises:
+      ValueError: the parameters or EMA parameters hold NaN/inf (nothing is written, so the
+        newest checkpoint stays the last finite one).
+    """
     step = int(state.step)
-    meta = {"spec": spec.to_dict(), "step": step, **(extra or {})}
+    if not bool(all_finite((state.params, state.ema_params))):
+        raise ValueError(f"refusing to save step {step}: its parameters hold non-finite values "
+                         "(NaN/inf); the newest checkpoint stays the last finite one")
+    meta = {**_FORMAT, "spec": spec.to_dict(), "step": step, **(extra or {})}
     manager.save(
         step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(_to_saveable(state)),
-                                meta=ocp.args.JsonSave(meta)),
+        args=ocp.args.Composite(
+            model=ocp.args.StandardSave({k: getattr(state, k) for k in _MODEL}),
+            train=ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step,
+                                         "key": jax.random.key_data(state.key)}),
+            meta=ocp.args.JsonSave(meta)),
         force=True,
     )
     manager.wait_until_finished()
 
 
-def _existing(directory) -> str:
-    path = os.path.abspath(os.fspath(directory))
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"no checkpoint directory at ckpt='{directory}'")
-    return path
-
-
 def latest_step(directory) -> int | None:
-    """The newest complete checkpoint step in ``directory`` (None if there is none)."""
+    """The newest complete checkpoint step in ``directory`` (None if the directory does not
+    exist or holds none). Complete is not intact: reading falls back past damaged steps."""
     path = os.path.abspath(os.fspath(directory))
     if not os.path.isdir(path):
         return None
-    return ocp.CheckpointManager(path).latest_step()
+    path = checkpoint_dir(path, create=False)
+    manager = ocp.CheckpointManager(path)
+    try:
+        return manager.latest_step()
+    finally:
+        manager.close()
 
 
-def restore_checkpoint(directory, template=None, *, step: int | None = None):
-    """Restore ``(state, meta)`` from ``directory`` (the latest step unless ``step``).
+def _reason(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def _leaf_name(path) -> str:
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+    return ".".join(parts)
+
+
+def _check_template(manager, step: int, item: str, template, directory) -> None:
+    """Compare a template's leaves (names and shapes) with what ``item`` of ``step`` holds,
+    before orbax restores into it."""
+    stored = {}
+    for leaf in jax.tree.leaves(manager.item_metadata(step)[item].tree):
+        stored[leaf.name] = tuple(leaf.shape)
+    wanted = {_leaf_name(p): tuple(np.shape(x))
+              for p, x in jax.tree_util.tree_flatten_with_path(template)[0]}
+    diffs = [f"{n}: {wanted.get(n, 'missing')} in the template, {stored.get(n, 'missing')} "
+             "in the checkpoint" for n in sorted(set(stored) | set(wanted))
+             if stored.get(n) != wanted.get(n)]
+    if diffs:
+        raise RefusedError(
+            f"the template does not match checkpoint step {step} in ckpt='{directory}' "
+            f"({len(diffs)} difference(s): {'; '.join(diffs[:4])}): it holds another model")
+
+
+def _restore(directory, *, items: tuple[str, ...], template: dict | None = None,
+             step: int | None = None, check_meta: Callable[[dict], None] | None = None):
+    """``(out, step, skipped)``: ``out`` maps ``items`` and ``"meta"`` to what the newest
+    intact step (or exactly ``step``) holds; ``skipped`` lists ``(step, reason)`` of newer
+    steps that could not be read (each also warned about).
+
+    ``check_meta(meta)`` runs on the metadata before any array is read and may raise
+    :class:`RefusedError` (another spec or config): refusals propagate, any other failure of
+    a step marks it damaged.
+    """
+    path = checkpoint_dir(directory, create=False)
+    manager = ocp.CheckpointManager(path, item_handlers={
+        "model": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
+        "meta": ocp.JsonCheckpointHandler()})
+    try:
+        available = sorted(manager.all_steps(), reverse=True)
+        if not available:
+            raise FileNotFoundError(f"no complete checkpoint in ckpt='{directory}'")
+        if step is not None:
+            step = check_int("step", step, minimum=0)
+            if step not in available:
+                raise FileNotFoundError(f"no checkpoint for step={step} in ckpt='{directory}'; "
+                                        f"available: {sorted(available)}")
+        skipped = []
+        for s in ([step] if step is not None else available):
+            try:
+                meta = manager.restore(s, args=ocp.args.Composite(
+                    meta=ocp.args.JsonRestore()))["meta"]
+                if meta.get("format") != _FORMAT["format"]:
+                    raise ValueError(f"its metadata is not a deis_jax record: {meta!r:.100}")
+                if check_meta is not None:
+                    check_meta(meta)
+                targets = {}
+                for item in items:
+                    target = None if template is None else template[item]
+                    if target is not None:
+                        _check_template(manager, s, item, target, directory)
+                    targets[item] = ocp.args.StandardRestore(target)
+                out = dict(manager.restore(s, args=ocp.args.Composite(**targets)))
+                if not bool(all_finite(out["model"])):
+                    raise ValueError("its parameters hold non-finite values (NaN/inf)")
+            except RefusedError:
+                raise
+            except Exception as err:  # noqa: BLE001 -- any failure to read marks the step damaged
+                if step is not None:
+                    raise ValueError(f"checkpoint step={step} in ckpt='{directory}' cannot be "
+                                     f"read ({_reason(err)}); available steps: "
+                                     f"{sorted(available)}") from err
+                skipped.append((s, _reason(err)))
+                continue
+            for bad, why in skipped:
+                warnings.warn(f"checkpoint step {bad} in ckpt='{directory}' cannot be read "
+                              f"({why}); using step {s}", stacklevel=3)
+            out["meta"] = meta
+            return out, s, skipped
+        raise ValueError(f"no intact checkpoint in ckpt='{directory}': "
+                         + "; ".join(f"step {s}: {why}" for s, why in skipped))
+    finally:
+        manager.close()
+
+
+def _merge(out) -> tuple[dict, dict]:
+    tree = {**out["model"], **out.get("train", {})}
+    if "key" in tree:
+        tree["key"] = jax.random.wrap_key_data(tree["key"])
+    meta = dict(out["meta"])
+    meta["spec"] = DiffusionSpec.from_dict(meta["spec"])
+    return tree, meta
+
+
+def restore_checkpoint(directory, template=None, *, step: int | None = None,
+                       check_meta: Callable[[dict], None] | None = None):
+    """Restore ``(state, meta)`` from ``directory``: the newest intact step unless ``step``.
 
     Args:
       directory: checkpoint directory.
       template: a ``TrainState`` of the right structure (e.g. a fresh ``init_state``); the
-        restored state then has the same pytree types (exact resume). Without it the state is
-        returned as a dict of arrays (enough for sampling).
-      step: which step to restore.
+        restored state then has the same pytree types (exact resume). Its shapes are
+        compared with the checkpoint's first (``ValueError`` listing the differences).
+        Without it the state is returned as a dict of arrays.
+      step: which step to restore (no fallback: a damaged step raises).
+      check_meta: called with the raw metadata record of a step before its arrays are read;
+        may raise :class:`RefusedError` (see :func:`~deis_jax.training.fit`).
 
     Returns:
-      ``(state, meta)`` with ``meta["spec"]`` a :class:`DiffusionSpec`.
+      ``(state, meta)`` with ``meta["spec"]`` a :class:`DiffusionSpec` and
+      ``meta["skipped"]`` the ``(step, reason)`` of newer steps that could not be read.
     """
-    path = _existing(directory)
-    manager = ocp.CheckpointManager(path)
-    if step is None:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no complete checkpoint in ckpt='{directory}'")
-    else:
-        step = check_int("step", step, minimum=0)
-        if step not in manager.all_steps():
-            raise FileNotFoundError(
-                f"no checkpoint for step={step} in ckpt='{directory}'; available: "
-                f"{sorted(manager.all_steps())}"
-            )
-    target = ocp.args.StandardRestore(None if template is None else _to_saveable(template))
-    out = manager.restore(step, args=ocp.args.Composite(state=target,
-                                                        meta=ocp.args.JsonRestore()))
-    tree = dict(out["state"])
-    tree["key"] = jax.random.wrap_key_data(tree["key"])
-    state = tree if template is None else type(template)(**tree)
-    meta = dict(out["meta"])
-    meta["spec"] = DiffusionSpec.from_dict(meta["spec"])
-    return state, meta
+    targets = None
+    if template is not None:
+        targets = {"model": {k: getattr(template, k) for k in _MODEL},
+                   "train": {"opt_state": template.opt_state, "step": template.step,
+                             "key": jax.random.key_data(template.key)}}
+    out, _, skipped = _restore(directory, items=("model", "train"), template=targets,
+                               step=step, check_meta=check_meta)
+    tree, meta = _merge(out)
+    meta["skipped"] = skipped
+    return (tree if template is None else type(template)(**tree)), meta
 
 
 class LoadedModel(NamedTuple):
@@ -150,6 +310,10 @@ class LoadedModel(NamedTuple):
 def load_model(directory, *, step: int | None = None, ema: bool = True) -> LoadedModel:
     """Load a checkpoint as a sampler (EMA parameters unless ``ema=False``).
 
+    Reads only the parameters and the metadata (not the optimizer state) of the newest intact
+    step, warning about any newer step it had to skip (see the module docstring), or of
+    exactly ``step``.
+
     Example::
 
         m = load_model("runs/checkerboard")
@@ -157,6 +321,7 @@ def load_model(directory, *, step: int | None = None, ema: bool = True) -> Loade
         x0 = deis_jax.sample(m.model_fn, m.schedule, x_T, params=m.params, solver="tab3",
                              nfe=10, prediction=m.prediction)
     """
-    state, meta = restore_checkpoint(directory, step=step)
-    params = state["ema_params"] if ema else state["params"]
+    out, _, _ = _restore(directory, items=("model",), step=step)
+    tree, meta = _merge(out)
+    params = tree["ema_params"] if ema else tree["params"]
     return LoadedModel.from_spec(meta["spec"], params, step=int(meta["step"]), meta=meta)

@@ -8,13 +8,15 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from deis_jax._checks import check_choice, check_int
+from deis_jax._checks import check_choice, check_int, check_type
 
 __all__ = [
     "DATASETS",
     "TOY_2D",
     "Dataset",
     "array_dataset",
+    "batch_indices",
+    "check_dataset",
     "digit_labels",
     "get_batch",
     "load_dataset",
@@ -149,7 +151,7 @@ def array_dataset(train, test=None, *, name: str = "custom", test_fraction: floa
     Without ``test`` a random ``test_fraction`` is held out. Arrays of rank 4 are treated as
     images, anything else as points.
     """
-    train = np.asarray(train, np.float32)
+    train = _as_float32("train", train)
     if train.ndim < 2 or train.shape[0] < 2:
         raise ValueError(f"train must have shape (n >= 2, ...), got shape {train.shape}")
     if test is None:
@@ -158,14 +160,58 @@ def array_dataset(train, test=None, *, name: str = "custom", test_fraction: floa
         perm = np.random.default_rng(seed).permutation(train.shape[0])
         n_test = max(1, int(round(test_fraction * train.shape[0])))
         train, test = train[perm[n_test:]], train[perm[:n_test]]
-    test = np.asarray(test, np.float32)
+    test = _as_float32("test", test)
     if test.shape[1:] != train.shape[1:]:
         raise ValueError(f"test samples have shape {test.shape[1:]}, train {train.shape[1:]}")
     return Dataset(name, train, test, "images" if train.ndim == 4 else "points")
 
 
-def get_batch(data: np.ndarray, step: int, batch_size: int, seed: int = 0) -> np.ndarray:
-    """Mini-batch number ``step``: ``batch_size`` rows drawn with replacement by a generator
-    seeded with ``(seed, step)``, so batches do not depend on what ran before (exact resume)."""
+def _as_float32(name: str, values) -> np.ndarray:
+    try:
+        return np.asarray(values, np.float32)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be an array of numbers: {err}") from None
+
+
+def batch_indices(n: int, step: int, batch_size: int, seed: int = 0) -> np.ndarray:
+    """Rows of mini-batch number ``step`` out of ``n``: ``batch_size`` indices drawn with
+    replacement by a generator seeded with ``(seed, step)``."""
     rng = np.random.default_rng([seed, step])
-    return data[rng.integers(0, data.shape[0], batch_size)]
+    return rng.integers(0, n, batch_size)
+
+
+def get_batch(data: np.ndarray, step: int, batch_size: int, seed: int = 0) -> np.ndarray:
+    """Mini-batch number ``step``: the rows :func:`batch_indices` draws, so batches do not
+    depend on what ran before (exact resume)."""
+    return data[batch_indices(data.shape[0], step, batch_size, seed)]
+
+
+def check_dataset(data: Dataset, shape=None) -> None:
+    """Refuse a dataset a run cannot use, naming the first bad row: ``train`` and ``test``
+    must be floating-point arrays ``(n >= 1, *shape)`` of the same sample shape, every entry
+    finite, and the sample shape equal to ``shape`` when given (the one a spec records).
+
+    A non-finite row would make the loss NaN at the first step that draws it; found here, it
+    costs no training.
+    """
+    check_type("data", data, Dataset, "a Dataset (load_dataset or array_dataset)")
+    for part in ("train", "test"):
+        x = getattr(data, part)
+        check_type(f"data.{part}", x, np.ndarray, "a numpy array")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise TypeError(f"data.{part} must be floating point, got dtype {x.dtype} "
+                            "(array_dataset converts to float32)")
+        if x.ndim < 2 or x.shape[0] < 1:
+            raise ValueError(f"data.{part} must have shape (n >= 1, ...), got shape {x.shape}")
+        finite = np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise ValueError(f"data.{part} has non-finite values (NaN/inf) in {bad.size} "
+                             f"row(s); the first is row {int(bad[0])}: "
+                             f"{np.array2string(x[bad[0]], threshold=8)}")
+    if data.test.shape[1:] != data.train.shape[1:]:
+        raise ValueError(f"data.test samples have shape {data.test.shape[1:]}, data.train "
+                         f"samples {data.train.shape[1:]}")
+    if shape is not None and tuple(shape) != data.shape:
+        raise ValueError(f"the data's sample shape {data.shape} is not the shape "
+                         f"{tuple(shape)} the spec records (spec.data['shape'])")

@@ -24,7 +24,8 @@ from deis_jax._checks import check_choice
 from deis_jax.parameterization import PREDICTIONS, as_eps_fn, edm_precondition
 from deis_jax.schedules import Schedule
 
-__all__ = ["LOSSES", "WEIGHTINGS", "dsm_loss", "edm_loss", "ddpm_loss", "make_loss"]
+__all__ = ["LOSSES", "WEIGHTINGS", "check_loss_options", "dsm_loss", "edm_loss", "ddpm_loss",
+           "make_loss"]
 
 WEIGHTINGS = ("simple", "likelihood", "native")
 LOSSES = ("dsm", "edm", "ddpm")
@@ -137,6 +138,23 @@ def ddpm_loss(model_fn: Callable, schedule: Schedule, x0, key):
     return jnp.mean(_mean_sq(model_fn(x_n, n.astype(x0.dtype)) - eps))
 
 
+def check_loss_options(loss: str, prediction: str, weighting: str) -> None:
+    """Valid names, and no setting the loss would ignore: ``prediction`` and ``weighting``
+    apply to ``"dsm"`` only (``"edm"`` trains a preconditioned denoiser, sampled with
+    ``prediction="edm"``; ``"ddpm"`` an eps-model with the simple weighting), so any value but
+    their defaults (``"eps"``, ``"simple"``) with another loss is refused rather than
+    silently dropped."""
+    check_choice("loss", loss, LOSSES)
+    check_choice("prediction", prediction, PREDICTIONS)
+    check_choice("weighting", weighting, WEIGHTINGS)
+    if loss != "dsm":
+        for name, value, default in (("prediction", prediction, "eps"),
+                                     ("weighting", weighting, "simple")):
+            if value != default:
+                raise ValueError(f"{name}={value!r} applies to loss='dsm' only; loss={loss!r} "
+                                 f"ignores it (leave {name}={default!r}, or use loss='dsm')")
+
+
 def make_loss(kind: str, schedule: Schedule, *, prediction: str = "eps",
               weighting: str = "simple", sigma_data: float = 0.5) -> Callable:
     """Return ``loss(model_fn, x0, key)`` for a loss family.
@@ -147,9 +165,7 @@ def make_loss(kind: str, schedule: Schedule, *, prediction: str = "eps",
       schedule, prediction, weighting: as in :func:`dsm_loss`.
       sigma_data: EDM's data standard deviation.
     """
-    check_choice("loss", kind, LOSSES)
-    check_choice("prediction", prediction, PREDICTIONS)
-    check_choice("weighting", weighting, WEIGHTINGS)
+    check_loss_options(kind, prediction, weighting)
 
     def loss(model_fn, x0, key):
         if kind == "dsm":

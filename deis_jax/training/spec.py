@@ -14,11 +14,11 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import numpy as np
 
-from deis_jax._checks import check_choice
+from deis_jax._checks import check_choice, check_type
 from deis_jax.models import model_from_config
-from deis_jax.parameterization import PREDICTIONS, discrete_time_model, edm_precondition
-from deis_jax.schedules import FAMILIES, Schedule
-from deis_jax.training.losses import LOSSES, WEIGHTINGS
+from deis_jax.parameterization import discrete_time_model, edm_precondition
+from deis_jax.schedules import FAMILIES, Schedule, check_range
+from deis_jax.training.losses import check_loss_options
 
 __all__ = ["DiffusionSpec", "schedule_from_dict", "schedule_to_dict"]
 
@@ -33,12 +33,22 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
     }
 
 
+_SCHEDULE_KEYS = ("name", "params", "t_min", "t_max")
+
+
 def schedule_from_dict(record: dict[str, Any]) -> Schedule:
-    """Inverse of :func:`schedule_to_dict`."""
-    check_choice("schedule", record.get("name"), FAMILIES)
+    """Inverse of :func:`schedule_to_dict` (the record is checked as a constructor would)."""
+    check_type("schedule record", record, dict, f"a dict with keys {list(_SCHEDULE_KEYS)}")
+    missing = [k for k in _SCHEDULE_KEYS if k not in record]
+    if missing:
+        raise ValueError(f"schedule record lacks {missing}; it needs keys "
+                         f"{list(_SCHEDULE_KEYS)}, got {sorted(record)}")
+    check_choice("schedule", record["name"], FAMILIES)
     family = FAMILIES[record["name"]]
     params = {k: jnp.asarray(v, jnp.float32) for k, v in record["params"].items()}
-    return Schedule(family, params, float(record["t_min"]), float(record["t_max"]))
+    schedule = Schedule(family, params, float(record["t_min"]), float(record["t_max"]))
+    check_range(schedule, schedule.t_min, schedule.t_max, what=f"schedule record {record!r:.200}")
+    return schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +74,7 @@ class DiffusionSpec:
     data: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        check_choice("loss", self.loss, LOSSES)
-        check_choice("prediction", self.prediction, PREDICTIONS)
-        check_choice("weighting", self.weighting, WEIGHTINGS)
+        check_loss_options(self.loss, self.prediction, self.weighting)
         if self.loss == "ddpm" and self.schedule.get("name") != "vp_discrete":
             raise ValueError(f"loss='ddpm' needs a vp_discrete schedule, got {self.schedule}")
 

@@ -10,29 +10,46 @@ One step (AdamW, Loshchilov & Hutter 2019, after global-norm clipping):
 
 with ``eta_k`` a linear warm-up then cosine decay and the EMA decay
 ``beta_k = min(ema_decay, (1+k)/(10+k))`` (short runs are not dominated by the init).
+
+Non-finite values: a step whose loss, gradient norm or updated parameters are not finite
+changes nothing (the state is kept, in the compiled step, without a host sync), and
+:func:`fit` then stops with a ``FloatingPointError`` that names the step and the batch, after
+saving the last finite state. It does not skip the batch and go on, as
+``optax.apply_if_finite`` would: that hides a poisoned row or a diverging learning rate
+behind a run that "succeeds" (every later draw of the row is skipped too), and after
+``max_consecutive_errors`` skips it applies the non-finite update anyway -- the parameters
+then turn NaN and every later checkpoint with them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import sys
 import time
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from deis_jax._checks import check_choice, check_int
+from deis_jax._checks import (
+    all_finite, check_choice, check_int, check_scalar, check_type)
 from deis_jax.training.checkpoint import (
-    checkpoint_manager, latest_step, restore_checkpoint, save_checkpoint)
-from deis_jax.training.data import Dataset, get_batch
+    RefusedError, checkpoint_dir, checkpoint_manager, latest_step, restore_checkpoint,
+    save_checkpoint)
+from deis_jax.training.data import Dataset, batch_indices, check_dataset, get_batch
 from deis_jax.training.losses import make_loss
 from deis_jax.training.sharding import replicate, shard_batch
 from deis_jax.training.spec import DiffusionSpec
 
 __all__ = [
     "PROGRESS",
+    "SCHEDULE_FIELDS",
+    "TRAJECTORY_FIELDS",
     "FitResult",
     "TrainConfig",
     "TrainState",
@@ -45,6 +62,11 @@ __all__ = [
 ]
 
 PROGRESS = ("auto", "bar", "log", "none")
+TRAJECTORY_FIELDS = ("batch_size", "lr", "weight_decay", "clip_norm", "ema_decay", "seed")
+"""``TrainConfig`` fields that shape every update: a resumed run must use the recorded ones."""
+SCHEDULE_FIELDS = ("steps", "warmup_steps")
+"""``TrainConfig`` fields that set the learning-rate schedule's length: a resumed run may
+change them (to train longer), with a warning."""
 
 
 class TrainState(NamedTuple):
@@ -64,13 +86,19 @@ class TrainConfig:
     Attributes:
       steps: total optimisation steps (sets the cosine schedule).
       batch_size: examples per step.
-      lr: peak learning rate; warmup_steps: linear warm-up length.
-      weight_decay: AdamW decay; clip_norm: global gradient-norm clip.
-      ema_decay: EMA decay of the parameters used for sampling.
+      lr: peak learning rate (finite, > 0); warmup_steps: linear warm-up length.
+      weight_decay: AdamW decay (finite, >= 0); clip_norm: global gradient-norm clip
+        (> 0; ``inf`` disables clipping).
+      ema_decay: EMA decay of the parameters used for sampling, in ``[0, 1)``.
       seed: initialisation, noise and batch-order seed.
       log_every: progress / log-line period (steps).
       eval_every: held-out evaluation period (0: only at the end).
       ckpt_every: checkpoint period (0: only at the end); keep: checkpoints kept.
+
+    Resuming a checkpoint (:func:`fit`) compares this config with the recorded one: the
+    fields of :data:`TRAJECTORY_FIELDS` must match (refused otherwise, listing the
+    differences), those of :data:`SCHEDULE_FIELDS` may change with a warning, the rest
+    (logging, evaluation, checkpoint period and count) freely.
     """
 
     steps: int = 2000
@@ -87,17 +115,17 @@ class TrainConfig:
     keep: int = 3
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "log_every"):
-            check_int(name, getattr(self, name), minimum=1)
+        # Stored as Python ints and floats, so that the record is JSON and compares exactly.
+        for name in ("steps", "batch_size", "log_every", "keep"):
+            object.__setattr__(self, name, check_int(name, getattr(self, name), minimum=1))
         for name in ("warmup_steps", "eval_every", "ckpt_every", "seed"):
-            check_int(name, getattr(self, name), minimum=0)
-        check_int("keep", self.keep, minimum=1)
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got lr={self.lr!r}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got ema_decay={self.ema_decay!r}")
-        if not self.clip_norm > 0:
-            raise ValueError(f"clip_norm must be > 0, got clip_norm={self.clip_norm!r}")
+            object.__setattr__(self, name, check_int(name, getattr(self, name), minimum=0))
+        for name, bounds in (("lr", dict(lower=0.0, lower_open=True)),
+                             ("weight_decay", dict(lower=0.0)),
+                             ("clip_norm", dict(lower=0.0, lower_open=True, allow_inf=True)),
+                             ("ema_decay", dict(lower=0.0, upper=1.0, upper_open=True))):
+            object.__setattr__(self, name, float(check_scalar(name, getattr(self, name),
+                                                              **bounds)))
 
 
 def learning_rate(config: TrainConfig) -> optax.Schedule:
@@ -122,6 +150,36 @@ def init_state(model, optimizer: optax.GradientTransformation, example, key) -> 
     return TrainState(params, optimizer.init(params), params, jnp.int32(0), k_train)
 
 
+def _step_fn(model, loss_fn: Callable, optimizer: optax.GradientTransformation,
+             ema_decay: float) -> Callable:
+    """The unguarded step ``(state, batch) -> (new state, metrics)``; ``metrics["finite"]``
+    says whether the loss, the gradient norm and the new parameters are all finite."""
+
+    def objective(params, batch, key):
+        return loss_fn(lambda x, t: model.apply(params, x, t), batch, key)
+
+    def step_fn(state: TrainState, batch):
+        key, sub = jax.random.split(state.key)
+        loss, grads = jax.value_and_grad(objective)(state.params, batch, sub)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        step = state.step + 1
+        stepf = step.astype(jnp.float32)
+        decay = jnp.minimum(ema_decay, (1.0 + stepf) / (10.0 + stepf))
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+        return TrainState(params, opt_state, ema, step, key), metrics
+
+    return step_fn
+
+
+def _keep_if(ok, new, old):
+    """``new`` where the scalar ``ok`` holds, else ``old`` (a select in the compiled step)."""
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
 def make_train_step(model, loss_fn: Callable, optimizer: optax.GradientTransformation, *,
                     ema_decay: float = 0.999) -> Callable:
     """Return jitted ``train_step(state, batch) -> (state, metrics)``.
@@ -132,24 +190,16 @@ def make_train_step(model, loss_fn: Callable, optimizer: optax.GradientTransform
       optimizer: an optax transformation (see :func:`make_optimizer`).
       ema_decay: maximal EMA decay.
 
-    ``metrics`` holds ``loss`` and ``grad_norm`` (before clipping).
+    ``metrics`` holds ``loss``, ``grad_norm`` (before clipping) and ``finite``: whether the
+    loss, the gradient norm and the updated parameters are all finite. A step where they are
+    not returns the input state unchanged (see the module docstring).
     """
-
-    def objective(params, batch, key):
-        return loss_fn(lambda x, t: model.apply(params, x, t), batch, key)
+    step_fn = _step_fn(model, loss_fn, optimizer, ema_decay)
 
     @jax.jit
     def train_step(state: TrainState, batch):
-        key, sub = jax.random.split(state.key)
-        loss, grads = jax.value_and_grad(objective)(state.params, batch, sub)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        step = state.step + 1
-        stepf = step.astype(jnp.float32)
-        decay = jnp.minimum(ema_decay, (1.0 + stepf) / (10.0 + stepf))
-        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-        return TrainState(params, opt_state, ema, step, key), metrics
+        new, metrics = step_fn(state, batch)
+        return _keep_if(metrics["finite"], new, state), metrics
 
     return train_step
 
@@ -213,12 +263,18 @@ def fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig = TrainConfig(),
 
     Args:
       spec: model, schedule and loss (see :class:`DiffusionSpec`).
-      data: the dataset (batches are drawn from ``data.train``).
+      data: the dataset (batches are drawn from ``data.train``); checked before anything
+        else (:func:`~deis_jax.training.check_dataset`: finite, floating point, the sample
+        shape ``spec.data["shape"]`` records).
       config: hyper-parameters.
       ckpt_dir: checkpoint directory (save every ``config.ckpt_every`` steps and at the end,
-        keep ``config.keep``); an existing checkpoint there is resumed exactly. The metadata
-        records the training config and the cumulative training wall time.
-      until: stop after this step (default ``config.steps``), e.g. to split a run.
+        keep ``config.keep``), checked writable and ours before any work. An existing
+        checkpoint there is resumed exactly, from its newest intact step (newer unreadable
+        steps are moved aside to ``<step>.damaged``, with a warning); its recorded spec and
+        config are compared first (see :class:`TrainConfig`). The metadata records the
+        training config and the cumulative training wall time.
+      until: stop after this step (default ``config.steps``), e.g. to split a run. A
+        checkpoint already past it is refused; one exactly at it trains nothing.
       max_seconds: also stop (and checkpoint) once this much wall time has passed.
       mesh: optional ``jax.sharding.Mesh``: batches are sharded over its ``"batch"`` axis and
         the state replicated (data parallelism).
@@ -227,31 +283,58 @@ def fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig = TrainConfig(),
       progress: ``"auto"`` (tqdm bar on a terminal, log lines otherwise), ``"bar"``,
         ``"log"`` or ``"none"``.
       stream: where progress goes (default ``sys.stdout``).
+
+    Raises:
+      FloatingPointError: the loss, the gradients or the parameters became non-finite; the
+        message names the step and the batch, and the last finite state is saved first.
+      ValueError, TypeError: bad arguments, data or checkpoint directory, before any work.
     """
+    check_type("spec", spec, DiffusionSpec, "a DiffusionSpec")
+    check_type("config", config, TrainConfig, "a TrainConfig")
     check_choice("progress", progress, PROGRESS)
     until = config.steps if until is None else check_int("until", until, minimum=1)
     if until > config.steps:
         raise ValueError(f"until={until} exceeds config.steps={config.steps}")
+    if max_seconds is not None:
+        max_seconds = check_scalar("max_seconds", max_seconds, lower=0.0, allow_inf=True)
+    check_dataset(data, spec.data.get("shape"))
+    if ckpt_dir is not None:
+        checkpoint_dir(ckpt_dir, create=True)
     stream = sys.stdout if stream is None else stream
     model = spec.build_model()
     loss_fn = make_loss(spec.loss, spec.build_schedule(), prediction=spec.prediction,
                         weighting=spec.weighting, sigma_data=spec.sigma_data)
     optimizer = make_optimizer(config)
     state = init_state(model, optimizer, data.train[:1], jax.random.key(config.seed))
-    manager, prior_seconds = None, 0.0
+    manager, prior_seconds, last_saved = None, 0.0, -1
     if ckpt_dir is not None:
         if latest_step(ckpt_dir) is not None:
-            state, meta = restore_checkpoint(ckpt_dir, state)
-            prior_seconds = float(meta.get("train_seconds", 0.0))
-            if meta["spec"] != spec:
+            state, meta = restore_checkpoint(
+                ckpt_dir, state, check_meta=lambda m: _check_resume(spec, config, ckpt_dir, m))
+            last_saved = int(state.step)
+            if last_saved > until:
+                name = "until" if until != config.steps else "steps"
                 raise ValueError(
-                    f"ckpt_dir={str(ckpt_dir)!r} holds a run of a different model/schedule/loss "
-                    f"({meta['spec']}); use a new directory"
-                )
+                    f"ckpt_dir='{ckpt_dir}' already holds step {last_saved}, beyond "
+                    f"{name}={until}: nothing to train (pass {name} > {last_saved} to "
+                    "continue, or a new directory)")
+            _move_aside(ckpt_dir, meta["skipped"])
+            _warn_schedule_change(config, ckpt_dir, meta)
+            prior_seconds = float(meta.get("train_seconds", 0.0))
         manager = checkpoint_manager(ckpt_dir, keep=config.keep)
     if mesh is not None:
         state = replicate(state, mesh)
-    train_step = make_train_step(model, loss_fn, optimizer, ema_decay=config.ema_decay)
+    step_fn = _step_fn(model, loss_fn, optimizer, config.ema_decay)
+
+    @jax.jit
+    def train_step(state, batch, halted):
+        """One update; ``halted`` (-1 while every update was finite, else the first
+        non-finite step) freezes the state from the first non-finite update on."""
+        new, metrics = step_fn(state, batch)
+        running = halted < 0
+        halted = jnp.where(running & ~metrics["finite"], state.step + 1, halted)
+        return _keep_if(running & metrics["finite"], new, state), metrics, halted
+
     eval_loss = make_eval_loss(model, loss_fn)
     test_batch = data.test[: min(len(data.test), 2048)]
     config_record = dataclasses.asdict(config)
@@ -268,11 +351,12 @@ def fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig = TrainConfig(),
     history, t_first, n_timed = [], None, 0
     t_start = time.perf_counter()
     last_log = start
+    halted = jnp.int32(-1)
     for step in range(start, until):
         batch = get_batch(data.train, step, config.batch_size, config.seed)
         if mesh is not None:
             batch = shard_batch(batch, mesh)
-        state, metrics = train_step(state, batch)
+        state, metrics, halted = train_step(state, batch, halted)
         done = step + 1
         if t_first is None:  # exclude compilation from the throughput
             jax.block_until_ready(state.step)
@@ -281,6 +365,19 @@ def fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig = TrainConfig(),
             n_timed += 1
         stop = done == until or (
             max_seconds is not None and time.perf_counter() - t_start > max_seconds)
+        periodic = config.ckpt_every and done % config.ckpt_every == 0
+        evaluating = config.eval_every and done % config.eval_every == 0 and not stop
+        if (stop or periodic or evaluating or done % config.log_every == 0) and int(halted) >= 0:
+            # Checked where the loop syncs anyway (no per-step host round trip).
+            bar.close()
+            if manager is not None and int(state.step) > max(last_saved, 0):
+                save_checkpoint(manager, state, spec, extra={
+                    "config": config_record,
+                    "train_seconds": prior_seconds + time.perf_counter() - t_start})
+            if manager is not None:
+                manager.close()
+            raise _nonfinite_error(int(halted), data, config,
+                                   ckpt_dir if manager is not None else None)
         if done % config.log_every == 0 or stop:
             loss = float(metrics["loss"])
             rate = n_timed / max(time.perf_counter() - t_first, 1e-9)
@@ -288,15 +385,15 @@ def fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig = TrainConfig(),
                                      "ex/s": rate * config.batch_size}, done - last_log)
             last_log = done
             history.append({"step": done, "loss": loss, "steps_per_s": rate})
-        if config.eval_every and done % config.eval_every == 0 and not stop:
+        if evaluating:
             ev = evaluate(state)
             history.append(ev)
             bar.write("eval " + " ".join(f"{k}={v:.4g}" for k, v in ev.items()))
-        periodic = config.ckpt_every and done % config.ckpt_every == 0
         if manager is not None and (stop or periodic):
             seconds = prior_seconds + time.perf_counter() - t_start
             save_checkpoint(manager, state, spec,
                             extra={"config": config_record, "train_seconds": seconds})
+            last_saved = done
         if stop:
             break
     jax.block_until_ready(state)
@@ -309,3 +406,79 @@ def fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig = TrainConfig(),
     if manager is not None:
         manager.close()
     return FitResult(state, history, rate, seconds)
+
+
+def _json(record):
+    """``record`` as it reads back from JSON (tuples become lists), for exact comparisons."""
+    return json.loads(json.dumps(record))
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+    """``"key: old in the checkpoint, new now"`` for every leaf where two records differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += _differences(old.get(k, "<missing>"), new.get(k, "<missing>"),
+                                f"{prefix}{k}.")
+        return out
+    if old == new:
+        return []
+    return [f"{prefix[:-1]}: {old!r:.60} in the checkpoint, {new!r:.60} now"]
+
+
+def _check_resume(spec: DiffusionSpec, config: TrainConfig, ckpt_dir, meta: dict) -> None:
+    """Refuse to resume a checkpoint of another spec, or of another value of a
+    :data:`TRAJECTORY_FIELDS` setting, listing the differences (before any array is read)."""
+    diffs = _differences(_json(meta["spec"]), _json(spec.to_dict()), "spec.")
+    if diffs:
+        raise RefusedError(f"ckpt_dir='{ckpt_dir}' holds a run of a different "
+                           f"model/schedule/loss ({'; '.join(diffs)}); use a new directory")
+    recorded = meta.get("config", {})
+    now = _json(dataclasses.asdict(config))
+    changed = [f"{k}: {recorded[k]!r} in the checkpoint, {now[k]!r} now"
+               for k in TRAJECTORY_FIELDS if k in recorded and recorded[k] != now[k]]
+    if changed:
+        raise RefusedError(
+            f"ckpt_dir='{ckpt_dir}' was trained with other settings ({'; '.join(changed)}); "
+            "resuming with them would give a run that is neither: pass the recorded values, "
+            "or use a new directory")
+
+
+def _warn_schedule_change(config: TrainConfig, ckpt_dir, meta: dict) -> None:
+    recorded = meta.get("config", {})
+    changed = [f"{k}: {recorded[k]!r} -> {getattr(config, k)!r}" for k in SCHEDULE_FIELDS
+               if k in recorded and recorded[k] != getattr(config, k)]
+    if changed:
+        warnings.warn(
+            f"resuming ckpt_dir='{ckpt_dir}' at step {meta['step']} with another learning-rate "
+            f"schedule length ({'; '.join(changed)}): the rest of the run follows the new "
+            "schedule, so it differs from an uninterrupted run of this length", stacklevel=3)
+
+
+def _move_aside(ckpt_dir, skipped) -> None:
+    """Rename unreadable steps newer than the one resumed to ``<step>.damaged`` (orbax
+    ignores them), so that training can save those steps again; nothing is deleted."""
+    for step, why in skipped:
+        src = os.path.join(os.path.abspath(ckpt_dir), str(step))
+        dst, k = src + ".damaged", 1
+        while os.path.exists(dst):
+            dst, k = f"{src}.damaged{k}", k + 1
+        os.rename(src, dst)
+        warnings.warn(f"moved the unreadable checkpoint step {step} ({why}) aside to "
+                      f"'{dst}'; training continues from an older step", stacklevel=3)
+
+
+def _nonfinite_error(bad: int, data: Dataset, config: TrainConfig, saved_in) -> Exception:
+    """The error of a run halted at step ``bad``: its batch, the batch's largest entry."""
+    rows = batch_indices(data.train.shape[0], bad - 1, config.batch_size, config.seed)
+    size = np.abs(data.train[rows].reshape(len(rows), -1)).max(axis=1)
+    worst = int(rows[int(np.argmax(size))])
+    saved = (f"; they are saved as step {bad - 1} in ckpt_dir='{saved_in}'"
+             if saved_in is not None and bad > 1 else "")
+    return FloatingPointError(
+        f"training stopped: the loss, the gradients or the updated parameters became "
+        f"non-finite (NaN/inf) at step {bad}, the update with batch {bad - 1} "
+        f"(get_batch(data.train, {bad - 1}, batch_size={config.batch_size}, "
+        f"seed={config.seed}); its largest entry, {float(size.max()):.3g}, is in row "
+        f"{worst}). The parameters of step {bad - 1} are the last finite ones{saved}. Lower "
+        f"lr={config.lr!r} or check those rows.")
