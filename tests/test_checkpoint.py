@@ -27,6 +27,14 @@ def _data():
     return array_dataset(rng.standard_normal((512, 2)) * 0.5 + 1.0, test_fraction=0.25)
 
 
+def _assert_same_state(a, b):
+    """Bitwise equal parameters, EMA, optimizer moments and PRNG key."""
+    for x, y in zip(jax.tree.leaves((a.params, a.ema_params, a.opt_state)),
+                    jax.tree.leaves((b.params, b.ema_params, b.opt_state))):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(jax.random.key_data(a.key), jax.random.key_data(b.key))
+
+
 def test_exact_resume(tmp_path):
     config = TrainConfig(steps=40, batch_size=32, warmup_steps=5, ckpt_every=10, keep=2,
                          ema_decay=0.9)
@@ -36,13 +44,7 @@ def test_exact_resume(tmp_path):
     assert int(first.state.step) == 20 and latest_step(tmp_path / "split") == 20
     resumed = fit(SPEC, data, config, ckpt_dir=tmp_path / "split", progress="none")
     assert int(resumed.state.step) == 40
-    for a, b in zip(jax.tree.leaves((full.state.params, full.state.ema_params,
-                                     full.state.opt_state)),
-                    jax.tree.leaves((resumed.state.params, resumed.state.ema_params,
-                                     resumed.state.opt_state))):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(jax.random.key_data(full.state.key),
-                                  jax.random.key_data(resumed.state.key))
+    _assert_same_state(full.state, resumed.state)
     # keep=2 with a checkpoint every 10 steps: only the last two remain.
     steps = sorted(int(d) for d in os.listdir(tmp_path / "full") if d.isdigit())
     assert steps == [30, 40]
@@ -198,13 +200,7 @@ def test_damaged_newest_step_falls_back_and_resumes_bitwise(tmp_path):
     with pytest.warns(UserWarning, match="moved the unreadable checkpoint step 15"):
         resumed = fit(SPEC, data, config, ckpt_dir=split, progress="none")
     assert (split / "15.damaged").is_dir() and latest_step(split) == 20
-    for a, b in zip(jax.tree.leaves((full.state.params, full.state.ema_params,
-                                     full.state.opt_state)),
-                    jax.tree.leaves((resumed.state.params, resumed.state.ema_params,
-                                     resumed.state.opt_state))):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(jax.random.key_data(full.state.key),
-                                  jax.random.key_data(resumed.state.key))
+    _assert_same_state(full.state, resumed.state)
 
 
 def test_load_model_reads_only_what_sampling_needs(tmp_path):
