@@ -38,6 +38,7 @@ from deis_jax._checks import (
     check_tolerance, is_concrete)
 from deis_jax.grids import check_time_in_range
 from deis_jax.parameterization import PREDICTIONS, as_eps_fn
+from deis_jax.precision import check_dtype, model_in_dtype, state_dtype
 from deis_jax.schedules import Schedule, check_schedule
 
 __all__ = ["ODESolution", "solve_ode", "ADAPTIVE_SOLVERS"]
@@ -81,14 +82,15 @@ def _vector_field(eps_fn: Callable, schedule: Schedule):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "prediction", "solver", "per_sample",
-                                               "max_steps"))
-def _solve(model, prediction, solver, per_sample, max_steps, model_data, params, schedule, x_T,
-           t_start, t_end, rtol, atol):
+                                               "max_steps", "model_dtype"))
+def _solve(model, prediction, solver, per_sample, max_steps, model_dtype, model_data, params,
+           schedule, x_T, t_start, t_end, rtol, atol):
     model_fn = _callables.merge(model, model_data)
-    _callables.check_model(model_fn, params, jax.ShapeDtypeStruct(x_T.shape, x_T.dtype),
+    _callables.check_model(model_fn, params, jax.ShapeDtypeStruct(x_T.shape, model_dtype),
                            jax.ShapeDtypeStruct(x_T.shape[:1], x_T.dtype))
-    eps_fn = as_eps_fn(lambda x, t: _callables.call_model(model_fn, params, x, t), schedule,
-                       prediction)
+    eps_fn = as_eps_fn(
+        model_in_dtype(lambda x, t: _callables.call_model(model_fn, params, x, t), model_dtype),
+        schedule, prediction)
     lam0 = schedule.log_snr(t_start).astype(x_T.dtype)
     lam1 = schedule.log_snr(t_end).astype(x_T.dtype)
     controller = diffrax.PIDController(rtol=rtol, atol=atol)
@@ -128,6 +130,7 @@ def solve_ode(
     per_sample: bool = False,
     prediction: str = "eps",
     max_steps: int = 4096,
+    model_dtype=None,
 ) -> ODESolution:
     r"""Solve the probability-flow ODE adaptively from ``t_start`` to ``t_end``.
 
@@ -150,6 +153,9 @@ def solve_ode(
       prediction: what ``model_fn`` predicts (see :mod:`deis_jax.parameterization`).
       max_steps: cap on attempted steps (static). When reached the solve stops with
         ``success=False``; called eagerly, that raises ``RuntimeError``.
+      model_dtype: the dtype the model receives ``x`` in (default ``x_T``'s); the ODE state
+        and time stay in float32 (float64 for a float64 ``x_T``), as in
+        :func:`deis_jax.sample` (see :mod:`deis_jax.precision`).
 
     Returns:
       :class:`ODESolution` ``(x, nfe, n_steps, success)``; ``nfe = 1 + 6 n_steps`` is the
@@ -176,6 +182,8 @@ def solve_ode(
     check_schedule(schedule)
     x_T = check_batch("x_T", x_T)
     check_all_finite("x_T", x_T)
+    model_dtype = x_T.dtype if model_dtype is None else check_dtype("model_dtype", model_dtype)
+    x_T = x_T.astype(state_dtype(x_T.dtype))
     check_tolerance("rtol", rtol, x_T.dtype)
     check_tolerance("atol", atol, x_T.dtype)
     t_start = schedule.t_max if t_start is None else check_scalar("t_start", t_start)
@@ -189,8 +197,8 @@ def solve_ode(
     dtype = x_T.dtype
     model_static, model_data = _callables.split(model_fn)
     x, nfe, n_steps, ok = _solve(
-        model_static, prediction, solver, bool(per_sample), max_steps, model_data, params,
-        schedule, x_T,
+        model_static, prediction, solver, bool(per_sample), max_steps,
+        jnp.dtype(model_dtype).name, model_data, params, schedule, x_T,
         jnp.asarray(t_start, dtype), jnp.asarray(t_end, dtype), jnp.asarray(rtol, dtype),
         jnp.asarray(atol, dtype),
     )

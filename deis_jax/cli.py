@@ -71,7 +71,7 @@ def cmd_train(args) -> int:
     data = training.load_dataset(args.data)
     spec = training.default_spec(data, args.schedule, loss=args.loss,
                                  prediction=args.prediction, weighting=args.weighting,
-                                 size=args.size)
+                                 size=args.size, precision=args.precision)
     config = training.TrainConfig(
         steps=args.steps, lr=args.lr, warmup_steps=min(100, args.steps // 10), seed=args.seed,
         batch_size=(training.default_batch_size(data) if args.batch_size is None
@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weighting", default="simple", choices=training.WEIGHTINGS,
                    help="loss weighting (--loss dsm only)")
     p.add_argument("--size", default="small", choices=training.SIZES)
+    p.add_argument("--precision", default="float32", choices=training.PRECISIONS + ("bf16",),
+                   help="network compute dtype (bf16 = bfloat16: mixed precision; parameters, "
+                        "optimizer state and loss stay float32); recorded in the checkpoint")
     p.add_argument("--batch-size", type=_int_at_least(1), default=None,
                    help="default 512 for 2-d data, 128 for digits")
     p.add_argument("--lr", type=_positive_float, default=2e-3)

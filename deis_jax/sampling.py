@@ -26,6 +26,7 @@ from deis_jax._checks import (
     check_all_finite, check_batch, check_callable, check_choice, check_key, is_concrete)
 from deis_jax.grids import GRID_KINDS, check_grid, timesteps
 from deis_jax.parameterization import PREDICTIONS, as_eps_fn, as_x0_fn
+from deis_jax.precision import check_dtype, model_in_dtype, state_dtype
 from deis_jax.schedules import Schedule, check_schedule
 from deis_jax.solvers.base import Solver
 from deis_jax.solvers.registry import get_solver
@@ -111,23 +112,24 @@ def run_table(solver: Solver, fn: Callable, table, x_T, ts_next, keys=None, hook
 @functools.partial(
     jax.jit,
     static_argnames=("model", "hook", "prediction", "grid", "n_steps", "return_trajectory",
-                     "check_finite"),
+                     "check_finite", "model_dtype"),
 )
-def _run(model, hook, prediction, grid, n_steps, return_trajectory, check_finite, model_data,
-         hook_data, params, solver, schedule, x_T, ts, key):
+def _run(model, hook, prediction, grid, n_steps, return_trajectory, check_finite, model_dtype,
+         model_data, hook_data, params, solver, schedule, x_T, ts, key):
     model_fn = _callables.merge(model, model_data)
     hook_fn = _callables.merge(hook, hook_data)
     if ts is None:
         ts = timesteps(schedule, n_steps, grid)
     t_spec = jax.ShapeDtypeStruct(x_T.shape[:1], x_T.dtype)
-    _callables.check_model(model_fn, params, jax.ShapeDtypeStruct(x_T.shape, x_T.dtype), t_spec)
+    _callables.check_model(model_fn, params, jax.ShapeDtypeStruct(x_T.shape, model_dtype),
+                           t_spec)
     if hook_fn is not None:
         _callables.check_hook(hook_fn, jax.ShapeDtypeStruct(x_T.shape, x_T.dtype), ts[1])
 
     def user_model(x, t):
         return _callables.call_model(model_fn, params, x, t)
 
-    fn = solver_model(user_model, schedule, prediction, solver)
+    fn = solver_model(model_in_dtype(user_model, model_dtype), schedule, prediction, solver)
     n = ts.shape[0] - 1
     keys = None if key is None else jax.random.split(key, n)
     x, traj, bad = run_table(solver, fn, solver.table(schedule, ts), x_T, ts[1:], keys,
@@ -152,6 +154,7 @@ def sample(
     return_trajectory: bool = False,
     full_output: bool = False,
     check_finite: bool = True,
+    model_dtype=None,
 ):
     r"""Integrate from ``x_T`` at ``ts[0]`` to ``ts[-1]`` with the chosen solver.
 
@@ -166,7 +169,9 @@ def sample(
         ``x: (batch, ...)``, ``t: (batch,)``; returns the prediction named by
         ``prediction`` with ``x``'s shape.
       schedule: the :class:`~deis_jax.schedules.Schedule` the model was trained with.
-      x_T: starting point, shape ``(batch, ...)`` (e.g. ``schedule.prior_sample``).
+      x_T: starting point, shape ``(batch, ...)`` (e.g. ``schedule.prior_sample``). The
+        solver state, the coefficients and the time are kept in float32 for a bfloat16 or
+        float16 ``x_T`` (float64 for a float64 one): see :mod:`deis_jax.precision`.
       params: the model's parameters (any pytree of arrays), passed as data: new parameters
         reuse the compiled sampler. The array arguments of a ``functools.partial`` model are
         data too.
@@ -187,9 +192,15 @@ def sample(
       full_output: return a :class:`SampleOutput` instead of the final sample.
       check_finite: record the first step with non-finite output; when called eagerly
         (not under ``jit``), raise ``FloatingPointError`` naming that step.
+      model_dtype: the dtype the model receives ``x`` in (``"float32"``, ``"bfloat16"``,
+        ``"float16"``, ``"float64"`` or a dtype; default: ``x_T``'s dtype). ``t`` always
+        reaches the model in the state dtype (bit-identical to the float32 grid), and the
+        model's output is cast back to the state dtype. A Flax model with ``dtype=bfloat16``
+        casts its input itself, so the default suits it.
 
     Returns:
-      The final sample (or a :class:`SampleOutput`).
+      The final sample (or a :class:`SampleOutput`), in the state dtype: float32 for a
+      bfloat16/float16/float32 ``x_T``, float64 for a float64 one.
 
     Raises:
       ValueError, TypeError: a bad argument, named with its value, before anything is
@@ -214,6 +225,8 @@ def sample(
     check_schedule(schedule)
     x_T = check_batch("x_T", x_T)
     check_all_finite("x_T", x_T)
+    model_dtype = x_T.dtype if model_dtype is None else check_dtype("model_dtype", model_dtype)
+    x_T = x_T.astype(state_dtype(x_T.dtype))
     check_choice("prediction", prediction, PREDICTIONS)
     if hook is not None:
         check_callable("hook", hook, "hook(x, t) -> x")
@@ -229,6 +242,7 @@ def sample(
         raise ValueError("pass only one of ts= and nfe=")
     else:
         ts = check_grid(schedule, ts)
+        ts = ts.astype(state_dtype(ts.dtype))
         n_steps = ts.shape[0] - 1
         if solver.stochastic and is_concrete(ts) and np.asarray(ts)[-1] > np.asarray(ts)[0]:
             raise ValueError(
@@ -250,8 +264,9 @@ def sample(
     hook_static, hook_data = _callables.split(hook)
     x, traj, bad, ts = _run(
         model_static, hook_static, prediction, grid if ts is None else None,
-        n_steps if ts is None else None, return_trajectory, check_finite, model_data,
-        hook_data, params, solver, schedule, x_T, ts, key if solver.stochastic else None)
+        n_steps if ts is None else None, return_trajectory, check_finite,
+        jnp.dtype(model_dtype).name, model_data, hook_data, params, solver, schedule, x_T, ts,
+        key if solver.stochastic else None)
     if check_finite and is_concrete(bad) and int(bad) >= 0:
         step = int(bad)
         start = (f"; x_T (finite) has entries up to |x_T| = {float(jnp.max(jnp.abs(x_T))):.3g} "

@@ -58,6 +58,21 @@ def test_help(command, capsys):
     assert "usage: deis-jax" in capsys.readouterr().out
 
 
+def test_train_bf16_records_the_precision(tmp_path):
+    from deis_jax.training import load_model
+
+    out = tmp_path / "bf16"
+    assert main(["train", "--data", "checkerboard", "--steps", "3", "--out", str(out),
+                 "--batch-size", "32", "--progress", "none", "--precision", "bf16"]) == 0
+    loaded = load_model(out)
+    assert loaded.spec.model["dtype"] == "bfloat16"
+    assert loaded.model_fn.__self__.dtype == np.dtype("bfloat16")  # rebuilt computing in bf16
+    assert main(["sample", "--ckpt", str(out), "--solver", "ddim", "--nfe", "5", "--n", "8",
+                 "--out", str(tmp_path / "s.npz")]) == 0
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["samples"].dtype == np.float32 and np.all(np.isfinite(z["samples"]))
+
+
 @pytest.mark.parametrize("argv,message", [
     (["train", "--data", "mnist", "--steps", "3", "--out", "x"], "invalid choice: 'mnist'"),
     (["train", "--data", "digits", "--steps", "-3", "--out", "x"], "must be >= 1, got -3"),
@@ -65,6 +80,8 @@ def test_help(command, capsys):
     (["train", "--data", "digits", "--steps", "3", "--out", "x", "--lr", "nan"], "finite"),
     (["train", "--data", "digits", "--steps", "3", "--out", "x", "--schedule", "vp"],
      "invalid choice: 'vp'"),
+    (["train", "--data", "digits", "--steps", "3", "--out", "x", "--precision", "fp8"],
+     "invalid choice: 'fp8'"),
     (["sample", "--ckpt", "x", "--solver", "rk45"], "invalid choice: 'rk45'"),
     (["sample", "--ckpt", "x", "--n", "0"], "must be >= 1"),
     (["frobnicate"], "invalid choice"),

@@ -15,6 +15,7 @@ from deis_jax._checks import check_choice
 from deis_jax.models.embedding import SinusoidalEmbedding
 from deis_jax.models.mlp import MLPScore
 from deis_jax.models.unet import UNet
+from deis_jax.precision import check_dtype
 
 __all__ = ["MODELS", "MLPScore", "SinusoidalEmbedding", "UNet", "model_from_config"]
 
@@ -23,6 +24,9 @@ MODELS = {"mlp": MLPScore, "unet": UNet}
 
 def model_from_config(config: dict[str, Any]):
     """Build a model from ``{"name": ..., **attributes}`` (e.g. read from a checkpoint).
+
+    ``"dtype"`` and ``"param_dtype"`` are dtype names (``"bfloat16"``: mixed precision, see
+    :mod:`deis_jax.precision`).
 
     Example:
       >>> model_from_config({"name": "mlp", "hidden": 64}).hidden
@@ -39,4 +43,7 @@ def model_from_config(config: dict[str, Any]):
                          f"valid keys: {sorted(valid)}")
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()
               if k != "name"}
+    for key in ("dtype", "param_dtype"):
+        if key in kwargs:
+            kwargs[key] = check_dtype(f"model config {key}", kwargs[key])
     return cls(**kwargs)

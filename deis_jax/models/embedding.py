@@ -7,7 +7,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-__all__ = ["SinusoidalEmbedding"]
+__all__ = ["SinusoidalEmbedding", "time_features"]
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -37,3 +37,10 @@ class SinusoidalEmbedding(nn.Module):
         freqs = jnp.exp(-math.log(self.max_period) * jnp.arange(half, dtype=jnp.float32) / half)
         args = (self.scale * t)[:, None] * freqs[None, :].astype(t.dtype)
         return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+def time_features(embedding: SinusoidalEmbedding, x, t):
+    """``embedding(t)`` computed in float32 at least (float64 for float64 ``x``), whatever the
+    network's compute dtype: ``sin(1000 t)`` in bfloat16 would lose the time entirely (8
+    significant bits hold t = 0.10377 as 0.10400)."""
+    return embedding(t.astype(jnp.promote_types(x.dtype, jnp.float32)))

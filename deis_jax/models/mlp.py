@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from deis_jax.models.embedding import SinusoidalEmbedding
+from deis_jax.models.embedding import SinusoidalEmbedding, time_features
+from deis_jax.models.layers import Precision, dense, norm_dtype
 
 __all__ = ["MLPScore"]
 
 
-class MLPScore(nn.Module):
+class MLPScore(Precision):
     """Residual MLP conditioned on time through a sinusoidal embedding.
 
     ``h = W_in x``; each block ``h <- h + W_2 silu(LayerNorm(W_1 silu(h) + E(t)))``; output
@@ -21,6 +22,10 @@ class MLPScore(nn.Module):
       depth: number of residual blocks.
       emb_dim: size of the time embedding.
       time_scale: multiplier of ``t`` in the embedding (see :class:`SinusoidalEmbedding`).
+      dtype: compute dtype of the dense layers (``None``: the input's; ``jnp.bfloat16`` for
+        mixed precision). The time embedding and the layer norms compute in float32 at
+        least; the output is in the compute dtype.
+      param_dtype: dtype of the parameters (float32: keep them so under mixed precision).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -41,11 +46,12 @@ class MLPScore(nn.Module):
 
     @nn.compact
     def __call__(self, x, t):
-        emb = SinusoidalEmbedding(self.emb_dim, self.time_scale)(t.astype(x.dtype))
-        emb = nn.Dense(self.hidden)(nn.silu(nn.Dense(self.hidden)(emb)))
-        h = nn.Dense(self.hidden)(x)
+        emb = time_features(SinusoidalEmbedding(self.emb_dim, self.time_scale), x, t)
+        emb = dense(self, self.hidden)(nn.silu(dense(self, self.hidden)(emb)))
+        h = dense(self, self.hidden)(x)
         for _ in range(self.depth):
-            z = nn.Dense(self.hidden)(nn.silu(h)) + emb
-            z = nn.Dense(self.hidden)(nn.silu(nn.LayerNorm()(z)))
+            z = dense(self, self.hidden)(nn.silu(h)) + emb
+            z = nn.LayerNorm(dtype=norm_dtype(z), param_dtype=self.param_dtype)(z)
+            z = dense(self, self.hidden)(nn.silu(z))
             h = h + z
-        return nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros)(nn.silu(h))
+        return dense(self, x.shape[-1], kernel_init=nn.initializers.zeros)(nn.silu(h))

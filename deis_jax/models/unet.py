@@ -9,7 +9,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from deis_jax.models.embedding import SinusoidalEmbedding
+from deis_jax.models.embedding import SinusoidalEmbedding, time_features
+from deis_jax.models.layers import Precision, conv, dense, norm_dtype
 
 __all__ = ["UNet"]
 
@@ -18,33 +19,41 @@ def _groups(channels: int) -> int:
     return min(8, channels)
 
 
-class ResBlock(nn.Module):
+def _norm(m: Precision, x):
+    """Group norm computed (statistics and output) in float32 at least."""
+    return nn.GroupNorm(_groups(x.shape[-1]), dtype=norm_dtype(x), param_dtype=m.param_dtype)(x)
+
+
+class ResBlock(Precision):
     """``h = x + conv(silu(GN(conv(silu(GN(x))) + W emb)))`` with a 1x1 skip on a channel change."""
 
-    channels: int
+    channels: int = 32
 
     @nn.compact
     def __call__(self, x, emb):
-        h = nn.Conv(self.channels, (3, 3))(nn.silu(nn.GroupNorm(_groups(x.shape[-1]))(x)))
-        h = h + nn.Dense(self.channels)(nn.silu(emb))[:, None, None, :]
-        h = nn.silu(nn.GroupNorm(_groups(self.channels))(h))
-        h = nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros)(h)
-        skip = x if x.shape[-1] == self.channels else nn.Conv(self.channels, (1, 1))(x)
+        h = conv(self, self.channels, (3, 3))(nn.silu(_norm(self, x)))
+        h = h + dense(self, self.channels)(nn.silu(emb))[:, None, None, :]
+        h = nn.silu(_norm(self, h))
+        h = conv(self, self.channels, (3, 3), kernel_init=nn.initializers.zeros)(h)
+        skip = x if x.shape[-1] == self.channels else conv(self, self.channels, (1, 1))(x)
         return skip + h
 
 
-class AttnBlock(nn.Module):
-    """Single-head self-attention over the spatial positions, with a residual connection."""
+class AttnBlock(Precision):
+    """Single-head self-attention over the spatial positions, with a residual connection
+    (softmax in float32)."""
 
     @nn.compact
     def __call__(self, x):
         b, hgt, wid, c = x.shape
-        h = nn.GroupNorm(_groups(c))(x).reshape(b, hgt * wid, c)
-        h = nn.MultiHeadDotProductAttention(num_heads=1, out_kernel_init=nn.initializers.zeros)(h)
+        h = _norm(self, x).reshape(b, hgt * wid, c)
+        h = nn.MultiHeadDotProductAttention(
+            num_heads=1, out_kernel_init=nn.initializers.zeros, dtype=self.dtype,
+            param_dtype=self.param_dtype, force_fp32_for_softmax=True)(h)
         return x + h.reshape(b, hgt, wid, c)
 
 
-class UNet(nn.Module):
+class UNet(Precision):
     """U-Net score network for small NHWC images.
 
     Levels ``channels[0], channels[1], ...`` with 2x average-pool down-sampling between them and
@@ -57,6 +66,11 @@ class UNet(nn.Module):
       attention: self-attention at the lowest resolution.
       emb_dim: size of the time embedding.
       time_scale: multiplier of ``t`` in the embedding.
+      dtype: compute dtype of the convolutions, dense and attention layers (``None``: the
+        input's; ``jnp.bfloat16`` for mixed precision). The time embedding, the group norms
+        and the attention softmax compute in float32 at least; the output is in the compute
+        dtype.
+      param_dtype: dtype of the parameters (float32: keep them so under mixed precision).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -74,23 +88,25 @@ class UNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, t):
-        emb = SinusoidalEmbedding(self.emb_dim, self.time_scale)(t.astype(x.dtype))
-        emb = nn.Dense(self.emb_dim)(nn.silu(nn.Dense(self.emb_dim)(emb)))
-        h = nn.Conv(self.channels[0], (3, 3))(x)
+        precision = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        emb = time_features(SinusoidalEmbedding(self.emb_dim, self.time_scale), x, t)
+        emb = dense(self, self.emb_dim)(nn.silu(dense(self, self.emb_dim)(emb)))
+        h = conv(self, self.channels[0], (3, 3))(x)
         skips = []
         for level, ch in enumerate(self.channels):
             for _ in range(self.num_res_blocks):
-                h = ResBlock(ch)(h, emb)
+                h = ResBlock(channels=ch, **precision)(h, emb)
             skips.append(h)
             if level < len(self.channels) - 1:
                 h = nn.avg_pool(h, (2, 2), (2, 2))
-        h = ResBlock(self.channels[-1])(h, emb)
+        h = ResBlock(channels=self.channels[-1], **precision)(h, emb)
         if self.attention:
-            h = AttnBlock()(h)
-        h = ResBlock(self.channels[-1])(h, emb)
+            h = AttnBlock(**precision)(h)
+        h = ResBlock(channels=self.channels[-1], **precision)(h, emb)
         for level in reversed(range(len(self.channels))):
-            h = ResBlock(self.channels[level])(jnp.concatenate([h, skips[level]], axis=-1), emb)
+            h = ResBlock(channels=self.channels[level], **precision)(
+                jnp.concatenate([h, skips[level]], axis=-1), emb)
             if level > 0:
                 h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-        h = nn.silu(nn.GroupNorm(_groups(h.shape[-1]))(h))
-        return nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros)(h)
+        h = nn.silu(_norm(self, h))
+        return conv(self, x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros)(h)

@@ -30,7 +30,7 @@ from deis_jax.training.metrics import digit_quality
 from deis_jax.training.metrics import energy_distance
 from deis_jax.training.metrics import frechet_distance
 from deis_jax.training.metrics import sliced_wasserstein
-from deis_jax.training.presets import SIZES
+from deis_jax.training.presets import PRECISIONS, SIZES
 from deis_jax.training.presets import default_batch_size
 from deis_jax.training.presets import default_spec
 from deis_jax.training.sharding import make_mesh
@@ -55,6 +55,7 @@ __all__ = [
     "DATASETS",
     "LOSSES",
     "MARKER",
+    "PRECISIONS",
     "SCHEDULE_FIELDS",
     "SIZES",
     "TRAJECTORY_FIELDS",

@@ -8,9 +8,12 @@ from deis_jax._checks import check_choice
 from deis_jax.training.data import Dataset
 from deis_jax.training.spec import DiffusionSpec, schedule_to_dict
 
-__all__ = ["SIZES", "default_batch_size", "default_spec"]
+__all__ = ["PRECISIONS", "SIZES", "default_batch_size", "default_spec"]
 
 SIZES = ("small", "base")
+# Training precisions: network compute dtype; parameters, optimizer state and loss stay float32.
+PRECISIONS = ("float32", "bfloat16")
+_PRECISION_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16"}
 
 
 def _default_loss(schedule_name: str) -> str:
@@ -25,7 +28,7 @@ def default_batch_size(data: Dataset) -> int:
 
 def default_spec(data: Dataset, schedule_name: str = "vp_linear", *, loss: str | None = None,
                  prediction: str = "eps", weighting: str = "simple",
-                 size: str = "small") -> DiffusionSpec:
+                 size: str = "small", precision: str = "float32") -> DiffusionSpec:
     """The built-in model for ``data`` with the default instance of a schedule family.
 
     Args:
@@ -38,6 +41,9 @@ def default_spec(data: Dataset, schedule_name: str = "vp_linear", *, loss: str |
       prediction: what the network predicts under the ``"dsm"`` loss.
       weighting: the ``"dsm"`` weighting.
       size: ``"small"`` (demo, tests) or ``"base"`` (benchmarks).
+      precision: ``"float32"`` or ``"bfloat16"`` (alias ``"bf16"``): the network's compute
+        dtype, recorded in the model config (``"dtype"``, only when not float32); parameters,
+        optimizer state and the loss stay float32 (:mod:`deis_jax.precision`).
 
     Example:
       >>> from deis_jax.training import default_spec, load_dataset
@@ -45,6 +51,8 @@ def default_spec(data: Dataset, schedule_name: str = "vp_linear", *, loss: str |
       'mlp'
     """
     check_choice("size", size, SIZES)
+    precision = _PRECISION_ALIASES.get(precision, precision)
+    check_choice("precision", precision, PRECISIONS + tuple(_PRECISION_ALIASES))
     schedule = schedules.from_name(schedule_name)
     loss = _default_loss(schedule_name) if loss is None else loss
     time_scale = 1.0 if loss == "ddpm" else 1000.0
@@ -55,6 +63,8 @@ def default_spec(data: Dataset, schedule_name: str = "vp_linear", *, loss: str |
     else:
         model = {"name": "mlp", "hidden": 128 if small else 256, "depth": 3,
                  "time_scale": time_scale}
+    if precision != "float32":
+        model["dtype"] = precision
     return DiffusionSpec(
         model=model, schedule=schedule_to_dict(schedule), loss=loss, prediction=prediction,
         weighting=weighting, data={"name": data.name, "shape": list(data.shape),

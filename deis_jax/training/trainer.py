@@ -150,13 +150,24 @@ def init_state(model, optimizer: optax.GradientTransformation, example, key) -> 
     return TrainState(params, optimizer.init(params), params, jnp.int32(0), k_train)
 
 
+def _network(model, params) -> Callable:
+    """The network as the loss sees it: ``(x, t) -> prediction`` in the dtype of the data
+    ``x`` (float32), whatever the network's compute dtype, so the loss and its gradient are
+    accumulated in float32 under mixed precision."""
+
+    def fn(x, t):
+        return model.apply(params, x, t).astype(x.dtype)
+
+    return fn
+
+
 def _step_fn(model, loss_fn: Callable, optimizer: optax.GradientTransformation,
              ema_decay: float) -> Callable:
     """The unguarded step ``(state, batch) -> (new state, metrics)``; ``metrics["finite"]``
     says whether the loss, the gradient norm and the new parameters are all finite."""
 
     def objective(params, batch, key):
-        return loss_fn(lambda x, t: model.apply(params, x, t), batch, key)
+        return loss_fn(_network(model, params), batch, key)
 
     def step_fn(state: TrainState, batch):
         key, sub = jax.random.split(state.key)
@@ -209,7 +220,7 @@ def make_eval_loss(model, loss_fn: Callable) -> Callable:
 
     @jax.jit
     def eval_loss(params, batch, key):
-        return loss_fn(lambda x, t: model.apply(params, x, t), batch, key)
+        return loss_fn(_network(model, params), batch, key)
 
     return eval_loss
 
