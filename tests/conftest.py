@@ -37,3 +37,14 @@ def problem():
         x_T = sched.prior_sample(jax.random.key(0), (64, 2))
         gt, _ = testing.ode_ground_truth(gmm, sched, x_T, sched.t_max, sched.t_min)
     return sched, gmm, x_T, gt
+
+
+@pytest.fixture(scope="session")
+def flow_problem():
+    """The same mixture and prior draws under the rectified-flow schedule (``flow()``)."""
+    with jax.enable_x64(True):
+        sched = schedules.flow()
+        gmm = testing.gaussian_mixture(2, 4, std=0.3, seed=0)
+        x_T = sched.prior_sample(jax.random.key(0), (64, 2))
+        gt, _ = testing.ode_ground_truth(gmm, sched, x_T, sched.t_max, sched.t_min)
+    return sched, gmm, x_T, gt
