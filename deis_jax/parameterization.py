@@ -42,6 +42,8 @@ __all__ = [
     "eps_from_v",
     "v_from_eps",
     "velocity_from",
+    "velocity_det",
+    "derivatives",
     "eps_from_velocity",
     "x0_from_velocity",
     "as_velocity_fn",
@@ -98,26 +100,30 @@ def velocity_from(x0, eps, d_alpha, d_sigma):
     return _bcast(d_alpha, x0) * x0 + _bcast(d_sigma, eps) * eps
 
 
-def _velocity_det(alpha, sigma, d_alpha, d_sigma):
-    # alpha sigma' - sigma alpha' = -alpha sigma d lambda/dt: positive while lambda decreases.
+def velocity_det(alpha, sigma, d_alpha, d_sigma):
+    """``D = alpha sigma' - sigma alpha' = -alpha sigma d lambda/dt`` (positive while the
+    log-SNR decreases): the determinant of ``(x, velocity)`` in ``(x0, eps)``; at fixed ``x``,
+    ``d velocity / d eps = D / alpha``."""
     return alpha * d_sigma - sigma * d_alpha
 
 
 def eps_from_velocity(x, u, alpha, sigma, d_alpha, d_sigma):
     """``eps = (alpha u - alpha' x) / (alpha sigma' - sigma alpha')`` (``x + (1 - t) u`` on
     the unshifted flow schedule)."""
-    det = _velocity_det(alpha, sigma, d_alpha, d_sigma)
+    det = velocity_det(alpha, sigma, d_alpha, d_sigma)
     return (_bcast(alpha, x) * u - _bcast(d_alpha, x) * x) / _bcast(det, x)
 
 
 def x0_from_velocity(x, u, alpha, sigma, d_alpha, d_sigma):
     """``x0 = (sigma' x - sigma u) / (alpha sigma' - sigma alpha')`` (``x - t u`` on the
     unshifted flow schedule)."""
-    det = _velocity_det(alpha, sigma, d_alpha, d_sigma)
+    det = velocity_det(alpha, sigma, d_alpha, d_sigma)
     return (_bcast(d_sigma, x) * x - _bcast(sigma, x) * u) / _bcast(det, x)
 
 
-def _derivatives(schedule: Schedule, t):
+def derivatives(schedule: Schedule, t):
+    """``(alpha, sigma, alpha', sigma')`` at ``t``: the arguments of the velocity
+    conversions."""
     return schedule.alpha(t), schedule.sigma(t), schedule.d_alpha(t), schedule.d_sigma(t)
 
 
@@ -223,7 +229,7 @@ def as_eps_fn(model_fn: Callable, schedule: Schedule, prediction: str = "eps") -
         if prediction == "v":
             return eps_from_v(x, model_fn(x, t), alpha, sigma)
         if prediction == "velocity":
-            return eps_from_velocity(x, model_fn(x, t), *_derivatives(schedule, t))
+            return eps_from_velocity(x, model_fn(x, t), *derivatives(schedule, t))
         x0 = model_fn(x / _bcast(alpha, x), sigma / alpha)
         return eps_from_x0(x, x0, alpha, sigma)
 
@@ -243,7 +249,7 @@ def as_x0_fn(model_fn: Callable, schedule: Schedule, prediction: str = "eps") ->
 
         return edm_x0
     if prediction == "velocity":
-        return lambda x, t: x0_from_velocity(x, model_fn(x, t), *_derivatives(schedule, t))
+        return lambda x, t: x0_from_velocity(x, model_fn(x, t), *derivatives(schedule, t))
     eps_fn = as_eps_fn(model_fn, schedule, prediction)
 
     def x0_fn(x, t):
@@ -263,7 +269,7 @@ def as_velocity_fn(model_fn: Callable, schedule: Schedule, prediction: str = "ep
     fn = (as_x0_fn if x0_model else as_eps_fn)(model_fn, schedule, prediction)
 
     def velocity_fn(x, t):
-        alpha, sigma, d_alpha, d_sigma = _derivatives(schedule, t)
+        alpha, sigma, d_alpha, d_sigma = derivatives(schedule, t)
         out = fn(x, t)
         if x0_model:
             return velocity_from(out, eps_from_x0(x, out, alpha, sigma), d_alpha, d_sigma)
