@@ -105,20 +105,21 @@ def test_claimed_order_is_the_solver_order(name):
     assert get_solver(name).order == ORDERS[name][0]
 
 
-@pytest.mark.parametrize("name", sorted(ORDERS))
-def test_convergence_order(x64, problem, name):
-    order, grid, nfes = ORDERS[name]
+def _check_order(name, problem, table):
+    order, grid, nfes = table[name]
     slope, err = measured_order(name, problem, nfes, grid)
     lo, hi = BANDS.get(name, (order - 0.3, order + 0.3))
     assert lo <= slope <= hi, (name, grid, slope, err)
 
 
+@pytest.mark.parametrize("name", sorted(ORDERS))
+def test_convergence_order(x64, problem, name):
+    _check_order(name, problem, ORDERS)
+
+
 @pytest.mark.parametrize("name", sorted(FLOW_ORDERS))
 def test_convergence_order_on_flow(x64, flow_problem, name):
-    order, grid, nfes = FLOW_ORDERS[name]
-    slope, err = measured_order(name, flow_problem, nfes, grid)
-    lo, hi = BANDS.get(name, (order - 0.3, order + 0.3))
-    assert lo <= slope <= hi, (name, grid, slope, err)
+    _check_order(name, flow_problem, FLOW_ORDERS)
 
 
 def test_ddim_equals_tab0_equals_closed_form(x64, problem):
