@@ -142,7 +142,7 @@ def test_flow_velocity_model_wraps_both_conventions(x64, shift, noise_at_zero):
     s = schedules.flow(shift)
     x = jax.random.normal(jax.random.key(3), (16, 2))
     t = jnp.linspace(0.02, 0.98, 16)
-    u = P.flow_velocity_model(net, s, noise_at_zero=noise_at_zero)(x, t)
+    u = jax.jit(P.flow_velocity_model(net, s, noise_at_zero=noise_at_zero))(x, t)
     np.testing.assert_allclose(u, gmm.velocity(x, t, s), rtol=1e-10, atol=1e-12)
 
 
