@@ -17,8 +17,9 @@ With ``x_t = alpha_t x_0 + sigma_t eps``:
 * EDM denoiser ``D(x / alpha; rho) = x0`` with ``rho = sigma/alpha`` (Karras et al. 2022, eq. 7
   and Table 1) and preconditioning ``D = c_skip y + c_out F(c_in y, c_noise)``.
 
-Every solver works from ``eps_fn(x, t)`` (or ``x0_fn``); :func:`as_eps_fn` and :func:`as_x0_fn`
-wrap a model trained in any parameterisation. Model functions take ``x`` of shape
+Every solver works from ``eps_fn(x, t)`` (or ``x0_fn``, or ``velocity_fn`` for Euler and Heun
+in ``t``); :func:`as_eps_fn`, :func:`as_x0_fn` and :func:`as_velocity_fn` wrap a model trained
+in any parameterisation. Model functions take ``x`` of shape
 ``(batch, ...)`` and ``t`` of shape ``(batch,)``.
 """
 
@@ -212,7 +213,8 @@ def as_eps_fn(model_fn: Callable, schedule: Schedule, prediction: str = "eps") -
     Args:
       model_fn: ``model_fn(x, t) -> output`` with ``x: (batch, ...)``, ``t: (batch,)``. For
         ``prediction="edm"`` it is a denoiser ``D(x / alpha, rho) -> x0`` (see
-        :func:`edm_precondition`).
+        :func:`edm_precondition`); for ``"velocity"`` it returns ``dx/dt`` (see
+        :func:`flow_velocity_model` for flow-matching networks).
       schedule: the noise schedule the model was trained with.
       prediction: one of :data:`PREDICTIONS`.
     """
