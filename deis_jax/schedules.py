@@ -549,7 +549,10 @@ def flow(shift=1.0, *, t_min=1e-3, t_max=1.0 - 1e-3) -> Schedule:
     The network of a flow-matching model predicts the velocity ``dx/dt`` (``eps - x_0`` at
     ``shift=1``): sample it with ``prediction="velocity"`` (see
     :func:`deis_jax.parameterization.flow_velocity_model` for models conditioned on
-    ``sigma``, such as SD3/Flux, and for the noise-at-``t = 0`` convention).
+    ``sigma``, such as SD3/Flux, and for the noise-at-``t = 0`` convention). Every solver
+    runs on it; the best grid depends on the data (``benchmarks/results/flow.md``): the
+    ``"shifted"`` and ``"uniform"`` grids for broad high-dimensional data, ``"quadratic"`` or
+    ``"log_snr"`` for sharp low-dimensional modes.
 
     Args:
       shift: the timestep shift ``s > 0`` (SD3 uses 3.0; 1 is no shift); may be traced.
