@@ -71,7 +71,8 @@ def cmd_train(args) -> int:
     data = training.load_dataset(args.data)
     spec = training.default_spec(data, args.schedule, loss=args.loss,
                                  prediction=args.prediction, weighting=args.weighting,
-                                 size=args.size, precision=args.precision)
+                                 time_sampling=args.time_sampling, size=args.size,
+                                 precision=args.precision)
     config = training.TrainConfig(
         steps=args.steps, lr=args.lr, warmup_steps=min(100, args.steps // 10), seed=args.seed,
         batch_size=(training.default_batch_size(data) if args.batch_size is None
@@ -150,10 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint directory")
     p.add_argument("--schedule", default="vp_linear", choices=tuple(schedules.FAMILIES))
     p.add_argument("--loss", choices=training.LOSSES, default=None,
-                   help="default: edm for --schedule edm, ddpm for vp_discrete, else dsm")
-    p.add_argument("--prediction", default="eps",
+                   help="default: edm for --schedule edm, ddpm for vp_discrete, "
+                   "flow_matching for flow, else dsm")
+    p.add_argument("--prediction", default=None,
                    choices=[c for c in PREDICTIONS if c != "edm"],
-                   help="what the network predicts (--loss dsm only)")
+                   help="what the network predicts (--loss dsm; default eps, velocity for "
+                   "--loss flow_matching)")
+    p.add_argument("--time-sampling", default="uniform", choices=training.TIME_SAMPLINGS,
+                   help="training times of --loss flow_matching (logit_normal: SD3's "
+                   "t = sigmoid(N(0, 1)))")
     p.add_argument("--weighting", default="simple", choices=training.WEIGHTINGS,
                    help="loss weighting (--loss dsm only)")
     p.add_argument("--size", default="small", choices=training.SIZES)

@@ -10,6 +10,10 @@ Kinds:
   * ``"log_snr"``: uniform in ``lambda = log(alpha/sigma)`` (DPM-Solver Sec. 3.3).
   * ``"edm"``: uniform in ``rho^(1/p)`` with exponent ``p`` (default 7; Karras et al. 2022,
     eq. 5), mapped back to ``t`` through the schedule.
+  * ``"shifted"``: the SD3 timestep shift of a uniform grid (Esser et al. 2024, Sec. 5.3.2),
+    ``t = s u / (1 + (s - 1) u)`` with ``u`` uniform (default ``s = 3``; times in ``[0, 1]``):
+    on :func:`deis_jax.schedules.flow` this is the sigma grid of SD3/Flux samplers, and the
+    uniform grid of ``flow(shift=s)``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from deis_jax.schedules import Schedule, check_range, check_schedule
 
 __all__ = ["GRID_KINDS", "timesteps", "check_grid", "check_time_in_range"]
 
-GRID_KINDS = ("uniform", "quadratic", "power", "log_snr", "edm")
+GRID_KINDS = ("uniform", "quadratic", "power", "log_snr", "edm", "shifted")
 
 
 def timesteps(
@@ -34,6 +38,7 @@ def timesteps(
     t_max=None,
     power=2.0,
     rho=7.0,
+    shift=3.0,
 ):
     r"""Return ``n_steps + 1`` decreasing times from ``t_max`` to ``t_min``.
 
@@ -45,6 +50,8 @@ def timesteps(
         must be usable there (:func:`deis_jax.schedules.check_range`).
       power: exponent of the ``"power"`` grid, uniform in ``t^(1/power)``; may be traced.
       rho: exponent of the ``"edm"`` grid, uniform in ``rho_t^(1/rho)``; may be traced.
+      shift: the shift ``s > 0`` of the ``"shifted"`` grid, uniform in
+        ``u = t / (s - (s - 1) t)``; may be traced.
 
     Returns:
       Array of shape ``(n_steps + 1,)`` with ``ts[0] = t_max`` and ``ts[-1] = t_min`` exactly.
@@ -68,6 +75,11 @@ def timesteps(
         raise ValueError(f"t_min must be < t_max, got t_min={t_min!r}, t_max={t_max!r}")
     power = check_scalar("power", power, lower=0.0, lower_open=True)
     rho = check_scalar("rho", rho, lower=0.0, lower_open=True)
+    shift = check_scalar("shift", shift, lower=0.0, lower_open=True)
+    if kind == "shifted" and t_max > 1.0:
+        raise ValueError(f"kind='shifted' maps times in [0, 1] (the SD3 shift of a flow "
+                         f"schedule's noise level), got t_max={t_max!r} for the "
+                         f"{schedule.name} schedule")
     if kind in ("log_snr", "edm") and t_min == 0.0:
         raise ValueError(f"kind={kind!r} needs t_min > 0 (lambda is infinite at t = 0), got "
                          f"t_min={t_min!r}")
@@ -83,6 +95,10 @@ def timesteps(
     elif kind == "log_snr":
         lo, hi = schedule.log_snr(t_max), schedule.log_snr(t_min)
         ts = schedule.t_from_log_snr(lo + u * (hi - lo))
+    elif kind == "shifted":
+        lo, hi = (t / (shift - (shift - 1.0) * t) for t in (t_min, t_max))
+        v = hi + u * (lo - hi)
+        ts = shift * v / (1.0 + (shift - 1.0) * v)
     else:  # edm
         r_max, r_min = schedule.rho(t_max), schedule.rho(t_min)
         rhos = (r_max ** (1 / rho) + u * (r_min ** (1 / rho) - r_max ** (1 / rho))) ** rho
@@ -95,7 +111,8 @@ def timesteps(
         if bad.size:
             i = int(bad[0])
             raise ValueError(
-                f"timesteps(kind={kind!r}, n_steps={n_steps}, power={power!r}, rho={rho!r}) is "
+                f"timesteps(kind={kind!r}, n_steps={n_steps}, power={power!r}, rho={rho!r}, "
+                f"shift={shift!r}) is "
                 f"not strictly decreasing in {ts.dtype.name}: ts[{i}]={v[i]!r}, "
                 f"ts[{i + 1}]={v[i + 1]!r}; use a moderate grid exponent (power, rho) or fewer "
                 "steps")

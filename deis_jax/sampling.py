@@ -25,7 +25,7 @@ from deis_jax import _callables
 from deis_jax._checks import (
     check_all_finite, check_batch, check_callable, check_choice, check_key, is_concrete)
 from deis_jax.grids import GRID_KINDS, check_grid, timesteps
-from deis_jax.parameterization import PREDICTIONS, as_eps_fn, as_x0_fn
+from deis_jax.parameterization import PREDICTIONS, as_eps_fn, as_velocity_fn, as_x0_fn
 from deis_jax.precision import check_dtype, model_in_dtype, state_dtype
 from deis_jax.schedules import Schedule, check_schedule
 from deis_jax.solvers.base import Solver
@@ -51,9 +51,10 @@ class SampleOutput(NamedTuple):
 
 
 def solver_model(model_fn: Callable, schedule, prediction: str, solver: Solver):
-    """The model as the solver's steps consume it: eps or x0 prediction, scalar ``t``
-    (``model_fn(x, t)`` with ``t`` of shape ``(batch,)``)."""
-    fn = (as_eps_fn if solver.model == "eps" else as_x0_fn)(model_fn, schedule, prediction)
+    """The model as the solver's steps consume it: eps, x0 or velocity prediction, scalar
+    ``t`` (``model_fn(x, t)`` with ``t`` of shape ``(batch,)``)."""
+    convert = {"eps": as_eps_fn, "x0": as_x0_fn, "velocity": as_velocity_fn}[solver.model]
+    fn = convert(model_fn, schedule, prediction)
 
     def call(x, t):
         out = fn(x, jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1]))
@@ -184,8 +185,9 @@ def sample(
         its order mix from ``nfe``).
       grid: grid kind used with ``nfe`` (see :data:`deis_jax.GRID_KINDS`).
       key: one PRNG key (``jax.random.key(seed)``), required by stochastic solvers.
-      prediction: what ``model_fn`` predicts: ``"eps"``, ``"x0"``, ``"score"``, ``"v"`` or
-        ``"edm"`` (a denoiser ``D(x/alpha, rho)``).
+      prediction: what ``model_fn`` predicts: ``"eps"``, ``"x0"``, ``"score"``, ``"v"``,
+        ``"edm"`` (a denoiser ``D(x/alpha, rho)``) or ``"velocity"`` (``dx/dt``, a
+        flow-matching network: see :func:`deis_jax.parameterization.flow_velocity_model`).
       hook: optional ``hook(x, t) -> x`` applied once after every step at the step's end
         time ``t`` (inpainting, projections); it must keep ``x``'s shape and dtype.
       return_trajectory: also return the state at every grid time (needs ``full_output``).

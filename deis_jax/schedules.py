@@ -15,6 +15,9 @@ References:
   Nichol & Dhariwal 2021, "Improved DDPM" (cosine schedule, eq. 17).
   Karras et al. 2022, "Elucidating the Design Space..." (EDM, Table 1).
   Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator" (DEIS).
+  Liu et al. 2023, "Flow Straight and Fast" (rectified flow); Lipman et al. 2023, "Flow
+  Matching for Generative Modeling"; Esser et al. 2024, "Scaling Rectified Flow Transformers"
+  (SD3: the timestep shift, Sec. 5.3.2).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = [
     "ve",
     "sub_vp",
     "edm",
+    "flow",
     "FAMILIES",
     "check_range",
     "check_schedule",
@@ -112,6 +116,16 @@ class Schedule:
     def t_from_rho(self, rho):
         """Inverse of :meth:`rho`."""
         return self.t_from_log_snr(-jnp.log(rho))
+
+    def d_alpha(self, t):
+        """Time derivative ``d alpha_t / dt`` (forward-mode autodiff of :meth:`alpha`)."""
+        t = jnp.asarray(t)
+        return jax.jvp(self.alpha, (t,), (jnp.ones_like(t),))[1]
+
+    def d_sigma(self, t):
+        """Time derivative ``d sigma_t / dt`` (forward-mode autodiff of :meth:`sigma`)."""
+        t = jnp.asarray(t)
+        return jax.jvp(self.sigma, (t,), (jnp.ones_like(t),))[1]
 
     def f(self, t):
         """Drift coefficient ``f(t) = d log alpha_t / dt`` of ``dx = f x dt + g dw``."""
@@ -489,7 +503,79 @@ def edm(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5) -> Schedule:
     return _checked(schedule, sigma_min=sigma_min, sigma_max=sigma_max, sigma_data=sigma_data)
 
 
-FAMILIES = {f.name: f for f in (_VP_LINEAR, _VP_COSINE, _VP_DISCRETE, _VE, _SUB_VP, _EDM)}
+# ---------------------------------------------------------------- flow (rectified flow)
+
+
+def _flow_log_alpha(p, t):
+    return jnp.log1p(-t) - jnp.log1p((p["shift"] - 1.0) * t)
+
+
+def _flow_log_sigma(p, t):
+    return jnp.log(p["shift"]) + jnp.log(t) - jnp.log1p((p["shift"] - 1.0) * t)
+
+
+_FLOW = _Family(
+    "flow",
+    log_alpha=_flow_log_alpha,
+    log_sigma=_flow_log_sigma,
+    # lambda = log((1 - t) / t) - log(shift)  =>  t = 1 / (1 + shift e^lambda).
+    t_from_log_snr=lambda p, lam: jax.nn.sigmoid(-lam - jnp.log(p["shift"])),
+    prior_std=lambda p, t_max: jnp.exp(_flow_log_sigma(p, t_max)),
+)
+
+
+def flow(shift=1.0, *, t_min=1e-3, t_max=1.0 - 1e-3) -> Schedule:
+    r"""Rectified flow / flow matching with the SD3 timestep shift.
+
+    With ``u = s t / (1 + (s - 1) t)`` (the shift ``s``; Esser et al. 2024, Sec. 5.3.2):
+
+    .. math::
+       \sigma_t = u, \qquad lpha_t = 1 - u = rac{1 - t}{1 + (s - 1) t}, \qquad
+       \lambda_t = \lograc{1 - t}{t} - \log s, \qquad t(\lambda) = rac{1}{1 + s e^\lambda}.
+
+    ``shift=1`` is the rectified-flow path ``x_t = (1 - t) x_0 + t eps`` (Liu et al. 2023;
+    Lipman et al. 2023 with ``sigma_min = 0``): **data at t = 0, noise at t = 1**. A shift
+    ``s > 1`` spends more of ``[0, 1]`` at high noise; it only translates the log-SNR by
+    ``-log s``, so ``flow(s)`` at time ``t`` has the marginal of ``flow(1)`` at time
+    ``sigma_t``. The shift is data (a pytree leaf): ``jax.vmap`` over it compiles once.
+
+    Time range: at ``t = 1`` ``alpha = 0`` (log-SNR ``-inf``) and at ``t = 0`` ``sigma = 0``
+    (``+inf``), where the exponential integrators' ``rho = sigma/alpha`` is undefined, so the
+    default range stops ``1e-3`` short of both ends (log-SNR ``+-6.9`` at ``shift=1``, about
+    VP-linear's ``-5 .. 4.6``). The prior is ``N(0, sigma(t_max)^2 I)``: the marginal at
+    ``t_max`` also holds ``alpha(t_max) x_0`` (``1e-3 x_0`` at ``shift=1``), which the prior
+    ignores, as VP's does for its ``alpha(1) = 6.7e-3``.
+
+    The network of a flow-matching model predicts the velocity ``dx/dt`` (``eps - x_0`` at
+    ``shift=1``): sample it with ``prediction="velocity"`` (see
+    :func:`deis_jax.parameterization.flow_velocity_model` for models conditioned on
+    ``sigma``, such as SD3/Flux, and for the noise-at-``t = 0`` convention). Every solver
+    runs on it; the best grid depends on the data (``benchmarks/results/flow.md``): the
+    ``"shifted"`` and ``"uniform"`` grids for broad high-dimensional data, ``"quadratic"`` or
+    ``"log_snr"`` for sharp low-dimensional modes.
+
+    Args:
+      shift: the timestep shift ``s > 0`` (SD3 uses 3.0; 1 is no shift); may be traced.
+      t_min, t_max: default sampling range, ``0 < t_min < t_max < 1``.
+
+    Example:
+      >>> from deis_jax import schedules
+      >>> s = schedules.flow()
+      >>> round(float(s.alpha(0.25)), 6), round(float(s.sigma(0.25)), 6)
+      (0.75, 0.25)
+    """
+    params = {"shift": _param("shift", shift)}
+    t_min, t_max = check_time_range(t_min, t_max)
+    if t_max >= 1.0:
+        raise ValueError(f"flow needs t_max < 1 (alpha = 1 - sigma vanishes at t = 1, where "
+                         f"the log-SNR is -inf), got t_max={t_max!r}; the default is "
+                         f"{1.0 - 1e-3!r}")
+    return _checked(Schedule(_FLOW, params, t_min, t_max), shift=shift, t_min=t_min,
+                    t_max=t_max)
+
+
+FAMILIES = {f.name: f for f in (_VP_LINEAR, _VP_COSINE, _VP_DISCRETE, _VE, _SUB_VP, _EDM,
+                                _FLOW)}
 """Every schedule family by name: the one registry the checkpoint format, the CLI and the
 solvers read (``FAMILIES[name].alpha_is_one`` and so on)."""
 
@@ -506,6 +592,7 @@ _DEFAULT_INSTANCES = {
     "ve": ve,
     "sub_vp": sub_vp,
     "edm": edm,
+    "flow": flow,
 }
 
 

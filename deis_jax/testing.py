@@ -6,7 +6,8 @@ If ``x_0 ~ sum_k w_k N(mu_k, diag(s_k^2))`` then under ``q(x_t|x_0) = N(alpha x_
    p_t(x) = \sum_k w_k\, \mathcal N\big(x;\ \alpha\mu_k,\ \mathrm{diag}(\alpha^2 s_k^2 + \sigma^2)\big),
 
 so the exact noise prediction is ``eps(x, t) = -sigma grad log p_t(x)``, computed with a
-log-sum-exp over components. The probability-flow ODE of this model has no closed form;
+log-sum-exp over components, and the exact velocity (flow matching's ``dx/dt``) is
+``alpha' E[x_0 | x] + sigma' E[eps | x]`` with the closed-form posterior means. The probability-flow ODE of this model has no closed form;
 :func:`ode_ground_truth` integrates it in float64 with diffrax at tight tolerance.
 
 Shared by the tests and the benchmarks.
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix
 
+from deis_jax.parameterization import velocity_from
 from deis_jax.schedules import Schedule
 
 __all__ = [
@@ -75,6 +77,24 @@ class GaussianMixture(NamedTuple):
     def eps_fn(self, schedule: Schedule):
         """``eps_fn(x, t)`` closure, the shape of a trained eps-model."""
         return lambda x, t: self.eps(x, t, schedule)
+
+    def velocity(self, x, t, schedule: Schedule):
+        r"""Exact velocity ``E[alpha' x_0 + sigma' eps | x_t = x]`` (prediction
+        ``"velocity"``), from the per-component posterior means
+        ``E[x_0 | x, k] = mu_k + alpha s_k^2 (x - alpha mu_k) / (alpha^2 s_k^2 + sigma^2)``
+        and ``E[eps | x, k] = sigma (x - alpha mu_k) / (alpha^2 s_k^2 + sigma^2)``."""
+        t = jnp.broadcast_to(t, x.shape[:1])
+        alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+        lp, diff, var = self._component_logpdf(x, alpha, sigma)
+        resp = jax.nn.softmax(lp + jnp.log(self.weights)[None], axis=-1)[..., None]
+        x0 = jnp.sum(resp * (self.means[None] + alpha[:, None, None] * self.stds[None] ** 2
+                             * diff / var), axis=1)
+        eps = sigma[:, None] * jnp.sum(resp * diff / var, axis=1)
+        return velocity_from(x0, eps, schedule.d_alpha(t), schedule.d_sigma(t))
+
+    def velocity_fn(self, schedule: Schedule):
+        """``velocity_fn(x, t)`` closure, the shape of a trained flow-matching model."""
+        return lambda x, t: self.velocity(x, t, schedule)
 
     def log_prob(self, x):
         """Log-density of the data distribution at ``t = 0``."""

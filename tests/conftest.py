@@ -27,13 +27,24 @@ def x64():
         yield
 
 
-@pytest.fixture(scope="session")
-def problem():
-    """Smooth 2-d mixture under VP-linear, 64 prior draws and their float64 ground truth:
-    the shared problem of the convergence-order tests."""
+def _order_problem(make_schedule):
+    """A smooth 2-d mixture, 64 prior draws of ``make_schedule()`` and their float64 ground
+    truth."""
     with jax.enable_x64(True):
-        sched = schedules.vp_linear()
+        sched = make_schedule()
         gmm = testing.gaussian_mixture(2, 4, std=0.3, seed=0)
         x_T = sched.prior_sample(jax.random.key(0), (64, 2))
         gt, _ = testing.ode_ground_truth(gmm, sched, x_T, sched.t_max, sched.t_min)
     return sched, gmm, x_T, gt
+
+
+@pytest.fixture(scope="session")
+def problem():
+    """The shared problem of the convergence-order tests, under VP-linear."""
+    return _order_problem(schedules.vp_linear)
+
+
+@pytest.fixture(scope="session")
+def flow_problem():
+    """The same mixture and prior draws under the rectified-flow schedule (``flow()``)."""
+    return _order_problem(schedules.flow)

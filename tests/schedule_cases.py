@@ -10,5 +10,6 @@ ALL_SCHEDULES = {
     "ve": schedules.ve,
     "sub_vp": schedules.sub_vp,
     "edm": schedules.edm,
+    "flow": lambda: schedules.flow(3.0),
     "vp_discrete": lambda: schedules.vp_discrete(betas=np.linspace(1e-4, 0.02, 1000)),
 }

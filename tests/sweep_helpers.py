@@ -27,8 +27,10 @@ from deis_jax.solvers.unipc import UniPCCoeffs
 # (equal steps in rho, where iPNDM's fixed Adams-Bashforth weights are exact) starts at
 # t = 0.4 (rho = 2): over VP's whole range (rho up to 150) equal steps leave the data end,
 # where eps changes on the scale of the data's std, unresolved below thousands of steps.
+# "uniform_rho_flow" is the same start in rho (rho = t/(1-t) = 2 at t = 2/3) on schedules.flow().
 GRIDS = {"log_snr": ("log_snr", {}), "quadratic": ("quadratic", {}), "edm": ("edm", {}),
-         "uniform_rho": ("edm", {"rho": 1.0, "t_max": 0.4}), "uniform": ("uniform", {})}
+         "uniform_rho": ("edm", {"rho": 1.0, "t_max": 0.4}), "uniform": ("uniform", {}),
+         "uniform_rho_flow": ("edm", {"rho": 1.0, "t_max": 2.0 / 3.0})}
 
 
 def _identity_row(co):

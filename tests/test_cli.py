@@ -160,11 +160,35 @@ def test_output_paths_are_checked_before_any_work(ckpt, tmp_path, capsys, comman
     (["--loss", "edm", "--prediction", "x0"], "prediction='x0' applies to loss='dsm' only"),
     (["--schedule", "edm", "--weighting", "native"],
      "weighting='native' applies to loss='dsm' only; loss='edm' ignores it"),
+    (["--schedule", "flow", "--loss", "flow_matching", "--prediction", "eps"],
+     "prediction='eps' applies to loss='dsm' only; loss='flow_matching' ignores it (leave "
+     "prediction='velocity'"),
+    (["--time-sampling", "logit_normal"],
+     "time_sampling='logit_normal' applies to loss='flow_matching' only"),
 ])
 def test_flags_the_loss_ignores_are_refused(tmp_path, capsys, extra, message):
     assert main(["train", "--data", "checkerboard", "--steps", "3", "--progress", "none",
                  "--out", str(tmp_path / "run"), *extra]) == 2
     _one_error_line(capsys.readouterr().err, message)
+
+
+def test_flow_matching_train_and_sample(tmp_path, capsys):
+    """``--schedule flow`` trains a velocity network with the flow-matching loss (the default
+    for flow) and records it, so ``sample`` runs it with ``prediction="velocity"``."""
+    from deis_jax import training
+
+    out = tmp_path / "flow"
+    assert main(["train", "--data", "checkerboard", "--steps", "3", "--out", str(out),
+                 "--schedule", "flow", "--time-sampling", "logit_normal", "--batch-size", "32",
+                 "--progress", "none"]) == 0
+    spec = training.load_model(out).spec
+    assert (spec.loss, spec.prediction, spec.time_sampling) == (
+        "flow_matching", "velocity", "logit_normal")
+    assert spec.schedule["name"] == "flow"
+    assert main(["sample", "--ckpt", str(out), "--solver", "heun", "--nfe", "5", "--n", "8",
+                 "--grid", "shifted", "--out", str(tmp_path / "s.npz")]) == 0
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["samples"].shape == (8, 2) and np.all(np.isfinite(z["samples"]))
 
 
 def test_resume_below_or_at_the_checkpoint_step_says_so(ckpt, capsys):

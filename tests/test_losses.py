@@ -99,6 +99,77 @@ def test_ddpm_loss_minimum_closed_form():
     assert abs(mean - expected) < 4 * se + 1e-3 * expected, (mean, se, expected)
 
 
+@pytest.mark.parametrize("time_sampling", ["uniform", "logit_normal"])
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_flow_matching_minimum_closed_form(time_sampling, shift):
+    """For data N(mu, s^2) the exact velocity leaves the per-dimension error
+    Var[alpha' x0 + sigma' eps | x_t] = (alpha' sigma - sigma' alpha)^2 s^2 / (alpha^2 s^2 +
+    sigma^2), averaged over the time distribution by quadrature."""
+    sched = schedules.flow(shift)
+    std = 0.7
+    gmm = _single_gaussian(0.3, std)
+    data = np.asarray(gmm.sample(jax.random.key(4), N_CHUNKS * CHUNK)[0])
+
+    def floor(t):
+        a, s, da, ds = sched.alpha(t), sched.sigma(t), sched.d_alpha(t), sched.d_sigma(t)
+        return (da * s - ds * a) ** 2 * std**2 / (a**2 * std**2 + s**2)
+
+    if time_sampling == "uniform":
+        expected = _gl(sched, floor, n=200)
+    else:  # t = t_min + (t_max - t_min) sigmoid(z), z ~ N(0, 1)
+        z, w = np.polynomial.hermite_e.hermegauss(120)
+        t = sched.t_min + (sched.t_max - sched.t_min) / (1 + np.exp(-z))
+        expected = float(np.sum(w * np.asarray(floor(jnp.asarray(t)), np.float64))
+                         / np.sqrt(2 * np.pi))
+    mean, se = _chunks(lambda x0, k: losses.flow_matching_loss(
+        gmm.velocity_fn(sched), sched, x0, k, time_sampling=time_sampling), data)
+    assert abs(mean - expected) < 4 * se + 1e-3 * expected, (mean, se, expected)
+
+
+def test_flow_matching_is_dsm_with_the_native_velocity_weighting(x64):
+    """Uniform times: the velocity MSE equals the eps-MSE weighted by (D / alpha)^2."""
+    sched = schedules.flow(3.0)
+    gmm = testing.gaussian_mixture(dim=2, n_modes=3, std=0.3, seed=1)
+    x0 = gmm.sample(jax.random.key(0), 512)[0]
+    model = lambda x, t: jnp.tanh(x) * t[:, None] - x  # noqa: E731 -- any velocity model
+    key = jax.random.key(5)
+    fm = losses.flow_matching_loss(model, sched, x0, key)
+    dsm = losses.dsm_loss(model, sched, x0, key, prediction="velocity", weighting="native")
+    np.testing.assert_allclose(fm, dsm, rtol=1e-9)
+
+
+def test_logit_normal_times():
+    """``logit((t - t_min)/(t_max - t_min))`` is N(m, s): a KS test accepts the right law and
+    rejects the standard normal."""
+    from scipy import stats
+
+    t = losses.sample_times(jax.random.key(0), 20_000, jnp.float32, 0.01, 0.9, "logit_normal",
+                            logit_mean=0.5, logit_std=0.8)
+    u = (np.asarray(t, np.float64) - 0.01) / 0.89
+    z = np.log(u / (1 - u))
+    assert np.all((np.asarray(t) >= 0.01) & (np.asarray(t) <= 0.9))
+    assert stats.kstest(z, stats.norm(0.5, 0.8).cdf).pvalue > 1e-3
+    assert stats.kstest(z, stats.norm(0.0, 1.0).cdf).pvalue < 1e-6
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m, s, x, k: losses.flow_matching_loss(m, s, x, k, time_sampling="lognormal"),
+     r"unknown time_sampling='lognormal'; valid choices: \['logit_normal', 'uniform'\]"),
+    (lambda m, s, x, k: losses.flow_matching_loss(m, s, x, k, time_sampling="logit_normal",
+                                                  logit_std=0.0),
+     r"logit_std must be in \(0.0, inf\), got logit_std=0.0"),
+    (lambda m, s, x, k: losses.make_loss("flow_matching", s, prediction="eps"),
+     r"prediction='eps' applies to loss='dsm' only; loss='flow_matching' .*'velocity'"),
+    (lambda m, s, x, k: losses.make_loss("dsm", s, time_sampling="logit_normal"),
+     r"time_sampling='logit_normal' applies to loss='flow_matching' only"),
+])
+def test_flow_matching_bad_input(call, match):
+    sched = schedules.flow()
+    x0 = jnp.zeros((4, 2))
+    with pytest.raises(ValueError, match=match):
+        call(lambda x, t: x, sched, x0, jax.random.key(0))
+
+
 def _perturbation(x, t):
     t = jnp.reshape(t, t.shape + (1,) * (x.ndim - 1))
     return jnp.tanh(x) * (1.0 + t) + 0.3
@@ -108,6 +179,7 @@ def _loss_factories():
     """(name, loss(theta, key, x0, exact)) for each loss family; exact=False uses a wrong model."""
     vp = schedules.vp_linear()
     edm = schedules.edm()
+    flow = schedules.flow(3.0)
     disc = schedules.vp_discrete(betas=np.linspace(1e-4, 0.02, 100))
     gmm = testing.gaussian_mixture(dim=2, n_modes=3, std=0.3, seed=1)
     wrong = testing.gaussian_mixture(dim=2, n_modes=3, std=0.3, seed=2)
@@ -119,6 +191,13 @@ def _loss_factories():
             model = lambda x, t: base(x, t) + theta * _perturbation(x, t)  # noqa: E731
             return losses.dsm_loss(model, vp, x0, key, prediction=prediction,
                                    weighting=weighting)
+        return f
+
+    def flow_matching(time_sampling):
+        def f(theta, key, x0, exact):
+            base = (gmm if exact else wrong).velocity_fn(flow)
+            model = lambda x, t: base(x, t) + theta * _perturbation(x, t)  # noqa: E731
+            return losses.flow_matching_loss(model, flow, x0, key, time_sampling=time_sampling)
         return f
 
     def edm_f(theta, key, x0, exact):
@@ -138,6 +217,8 @@ def _loss_factories():
         "dsm_x0_native": dsm("native", "x0"),
         "edm": edm_f,
         "ddpm": ddpm_f,
+        "flow_matching_uniform": flow_matching("uniform"),
+        "flow_matching_logit_normal": flow_matching("logit_normal"),
     }
 
 

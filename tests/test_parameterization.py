@@ -10,7 +10,7 @@ from deis_jax import sample, schedules, testing
 
 
 @pytest.mark.parametrize("make", [schedules.vp_linear, schedules.ve, schedules.edm,
-                                  schedules.sub_vp])
+                                  schedules.sub_vp, lambda: schedules.flow(3.0)])
 def test_all_predictions_agree(x64, make):
     s = make()
     gmm = testing.gaussian_mixture(3, 4, std=0.4, seed=2)
@@ -26,6 +26,7 @@ def test_all_predictions_agree(x64, make):
         "x0": lambda x, t: P.x0_from_eps(x, gmm.eps(x, t, s), s.alpha(t), s.sigma(t)),
         "score": lambda x, t: gmm.score(x, t, s),
         "v": lambda x, t: P.v_from_eps(x, gmm.eps(x, t, s), s.alpha(t), s.sigma(t)),
+        "velocity": lambda x, t: gmm.velocity(x, t, s),
         # EDM denoiser D(y; rho) with y = x / alpha: the x0 prediction at rho.
         "edm": lambda y, rho: P.x0_from_eps(
             y * s.alpha(s.t_from_rho(rho))[:, None],
@@ -37,6 +38,8 @@ def test_all_predictions_agree(x64, make):
                                    err_msg=pred)
         np.testing.assert_allclose(P.as_x0_fn(fn, s, pred)(x, t), x0, rtol=1e-8, atol=1e-10,
                                    err_msg=pred)
+        np.testing.assert_allclose(P.as_velocity_fn(fn, s, pred)(x, t), gmm.velocity(x, t, s),
+                                   rtol=1e-8, atol=1e-10, err_msg=pred)
 
 
 def test_edm_preconditioning_is_exact_for_the_ideal_network(x64):

@@ -35,11 +35,17 @@ def _drho_edm(t):
     return np.ones_like(t)
 
 
+def _drho_flow(t, shift=3.0):
+    # rho = sigma/alpha = shift t / (1 - t).
+    return shift / (1 - t) ** 2
+
+
 CASES = {
     "vp_linear": (schedules.vp_linear, _drho_vp_linear),
     "vp_cosine": (schedules.vp_cosine, _drho_vp_cosine),
     "ve": (schedules.ve, _drho_ve),
     "edm": (schedules.edm, _drho_edm),
+    "flow": (lambda: schedules.flow(3.0), _drho_flow),
 }
 
 

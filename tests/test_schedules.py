@@ -210,5 +210,5 @@ def test_from_name_vp_discrete_is_the_ddpm_table():
 
 def test_from_name_names_the_valid_choices():
     with pytest.raises(ValueError, match=r"unknown schedule='vp_quadratic'; valid choices: "
-                                         r"\['edm', 'sub_vp', 've', 'vp_cosine'"):
+                                         r"\['edm', 'flow', 'sub_vp', 've', 'vp_cosine'"):
         schedules.from_name("vp_quadratic")

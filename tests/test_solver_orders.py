@@ -15,6 +15,11 @@ as in the reference implementation) starts with an Euler step whose local error 
 ``O(h^2)``: iPNDM-3/4 measure 3.3-3.7 on every range and problem tried (VP from t = 0.3,
 0.4, 0.6; EDM with sigma_max 5, 10, 20) and fall towards 2 as the error shrinks, so for them
 the check is a measured band (``BANDS``), not the claim +- 0.3.
+
+``FLOW_ORDERS`` measures every solver again under the rectified-flow schedule
+(``schedules.flow()``, ``conftest.flow_problem``): the same table except iPNDM, which starts
+at the same rho (2, at t = 2/3: ``"uniform_rho_flow"``), and tAB3/rhoAB3, which reach the
+asymptotic range later there (3.66 over NFE 50-400, 3.77 over 100-400).
 """
 
 import jax
@@ -55,6 +60,7 @@ ORDERS = {  # name -> (claimed order, grid, NFEs)
     "rho_kutta3": (3, "log_snr", (48, 96, 192, 384)),
     "rho_rk4": (4, "log_snr", (64, 128, 256, 512)),
     "edm_heun": (2, "edm", (47, 95, 191)),
+    "heun": (2, "log_snr", (47, 95, 191)),
     "dpm2": (2, "log_snr", _FAR),
     "dpm3": (3, "log_snr", _FAR),
     "dpm_fast": (3, "log_snr", (47, 95, 191)),  # nfe % 3 = 2: order-2 last step
@@ -76,6 +82,14 @@ ORDERS = {  # name -> (claimed order, grid, NFEs)
 
 BANDS = {"ipndm3": (2.7, 3.8), "ipndm4": (3.4, 4.3), "ipndm": (3.4, 4.3)}  # see docstring
 
+FLOW_ORDERS = {
+    **ORDERS,
+    **{n: (ORDERS[n][0], "uniform_rho_flow", _FAR)
+       for n in ("ipndm", "ipndm1", "ipndm2", "ipndm3", "ipndm4")},
+    "tab3": (4, "log_snr", (100, 200, 400)),
+    "rhoab3": (4, "log_snr", (100, 200, 400)),
+}
+
 
 def _deterministic():
     return sorted(n for n in solver_names() if not get_solver(n).stochastic)
@@ -83,6 +97,7 @@ def _deterministic():
 
 def test_every_deterministic_solver_has_an_order_entry():
     assert sorted(ORDERS) == _deterministic()
+    assert sorted(FLOW_ORDERS) == _deterministic()
 
 
 @pytest.mark.parametrize("name", sorted(ORDERS))
@@ -90,12 +105,21 @@ def test_claimed_order_is_the_solver_order(name):
     assert get_solver(name).order == ORDERS[name][0]
 
 
-@pytest.mark.parametrize("name", sorted(ORDERS))
-def test_convergence_order(x64, problem, name):
-    order, grid, nfes = ORDERS[name]
+def _check_order(name, problem, table):
+    order, grid, nfes = table[name]
     slope, err = measured_order(name, problem, nfes, grid)
     lo, hi = BANDS.get(name, (order - 0.3, order + 0.3))
     assert lo <= slope <= hi, (name, grid, slope, err)
+
+
+@pytest.mark.parametrize("name", sorted(ORDERS))
+def test_convergence_order(x64, problem, name):
+    _check_order(name, problem, ORDERS)
+
+
+@pytest.mark.parametrize("name", sorted(FLOW_ORDERS))
+def test_convergence_order_on_flow(x64, flow_problem, name):
+    _check_order(name, flow_problem, FLOW_ORDERS)
 
 
 def test_ddim_equals_tab0_equals_closed_form(x64, problem):

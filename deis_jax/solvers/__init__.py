@@ -8,6 +8,7 @@ from deis_jax.solvers.deis_ab import rhoab_deis
 from deis_jax.solvers.deis_ab import tab_deis
 from deis_jax.solvers.deis_rk import rho_rk
 from deis_jax.solvers.euler import euler
+from deis_jax.solvers.euler import heun
 from deis_jax.solvers.ipndm import ipndm
 from deis_jax.solvers.dpm_solver import dpm_fast
 from deis_jax.solvers.dpm_solver import dpm_solver
@@ -34,6 +35,7 @@ __all__ = [
     "make_solver",
     "ddim",
     "euler",
+    "heun",
     "ipndm",
     "rho_rk",
     "rhoab_deis",

@@ -48,7 +48,8 @@ class Solver:
       init: ``(x_T, table) -> state`` with ``state.x``.
       step: ``(model_fn, state, row, key) -> state``.
       final_steps: ``((step, nfe), ...)`` for the last steps (see the module docstring).
-      model: ``"eps"`` or ``"x0"``: which prediction the steps consume.
+      model: ``"eps"``, ``"x0"`` or ``"velocity"`` (``dx/dt``): which prediction the steps
+        consume.
       stochastic: whether the steps use their PRNG key.
       min_steps: fewest steps the method is defined for.
       for_nfe: ``(solver, nfe) -> Solver`` for methods whose step plan depends on the NFE

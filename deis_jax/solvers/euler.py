@@ -1,34 +1,53 @@
-r"""Euler's method on the probability-flow ODE in ``t`` -- the baseline DEIS improves on.
+r"""Euler and Heun in ``t`` on the probability-flow ODE, written with the velocity
+``u(x, t) = dx/dt``: the baselines DEIS improves on, and what flow-matching users run.
 
-.. math::
-   \frac{dx}{dt} = f(t)\,x + \frac{g(t)^2}{2\sigma_t}\,\epsilon(x, t), \qquad
-   x_{i+1} = x_i + h_i\Big(f(t_i)\,x_i + \frac{g^2(t_i)}{2\sigma_{t_i}}\epsilon_i\Big),
-   \quad h_i = t_{i+1} - t_i .
+The probability-flow ODE is ``dx/dt = u(x, t) = f(t) x + g(t)^2/(2 sigma_t) eps(x, t)``
+(Song et al. 2021, eq. 13), which is ``alpha' x0 + sigma' eps`` -- exactly what a
+flow-matching network predicts (``eps - x0`` on :func:`deis_jax.schedules.flow`; see
+:func:`deis_jax.parameterization.as_velocity_fn`). With ``h_i = t_{i+1} - t_i``:
 
-Song et al. 2021 (Score-SDE), eq. 13; Zhang & Chen 2023 (DEIS), Sec. 3. Order 1, 1 NFE/step.
+* **Euler** (1 NFE per step, order 1): ``x_{i+1} = x_i + h_i u(x_i, t_i)`` (Score-SDE eq. 13;
+  DEIS Sec. 3; the sampler of rectified flow, Liu et al. 2023, and of SD3's
+  ``FlowMatchEulerDiscreteScheduler``).
+* **Heun** (order 2): ``x' = x_i + h_i u_i``,
+  ``x_{i+1} = x_i + (h_i/2)(u_i + u(x', t_{i+1}))``, the last step an Euler step as in EDM
+  Alg. 1 (line 9), so ``N`` steps cost ``2N - 1`` NFE (Karras et al. 2022 in ``t`` instead of
+  ``rho``; on EDM, where ``t = rho`` and ``alpha = 1``, it is ``edm_heun``).
+
+Both consume the velocity (``Solver.model == "velocity"``): a velocity model is called as is,
+any other prediction is converted by :func:`~deis_jax.parameterization.as_velocity_fn`.
+Tables: :func:`~deis_jax.solvers.runge_kutta.t_table`.
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from deis_jax.solvers.base import make_solver
-from deis_jax.solvers.ei import MultistepCoeffs, multistep_init, multistep_step
+from deis_jax.solvers.runge_kutta import TABLEAUX, stage_init, stage_step, t_table
 
-__all__ = ["euler"]
-
-
-def _coefficients(schedule, ts):
-    ts = jnp.asarray(ts)
-    t, h = ts[:-1], ts[1:] - ts[:-1]
-    a = 1.0 + h * schedule.f(t)
-    c = h * schedule.g2(t) / (2.0 * schedule.sigma(t))
-    return MultistepCoeffs(t, a, c[:, None])
+__all__ = ["euler", "heun"]
 
 
-_EULER = make_solver("euler", 1, 1, _coefficients, multistep_init, multistep_step)
+def _euler_coefficients(schedule, ts):
+    del schedule
+    return t_table(ts, TABLEAUX["euler"])
+
+
+def _heun_coefficients(schedule, ts):
+    del schedule
+    return t_table(ts, TABLEAUX["heun"], final=TABLEAUX["euler"])
+
+
+_EULER = make_solver("euler", 1, 1, _euler_coefficients, stage_init, stage_step(1),
+                     model="velocity")
+_HEUN = make_solver("heun", 2, 2, _heun_coefficients, stage_init, stage_step(2),
+                    final_steps=((stage_step(1), 1),), model="velocity")
 
 
 def euler():
-    """Euler on the probability-flow ODE in ``t`` (1 NFE per step, order 1)."""
+    """Euler in ``t`` on the velocity ``dx/dt`` (1 NFE per step, order 1)."""
     return _EULER
+
+
+def heun():
+    """Heun in ``t`` with a final Euler step: ``N`` steps, ``2N - 1`` NFE, order 2."""
+    return _HEUN

@@ -10,7 +10,7 @@ from deis_jax.solvers.base import Solver
 from deis_jax.solvers.ddim import ddim
 from deis_jax.solvers.deis_ab import logrho_deis, rhoab_deis, tab_deis
 from deis_jax.solvers.deis_rk import RK_METHODS, rho_rk
-from deis_jax.solvers.euler import euler
+from deis_jax.solvers.euler import euler, heun
 from deis_jax.solvers.ipndm import ipndm
 from deis_jax.solvers.dpm_solver import dpm_fast, dpm_solver
 from deis_jax.solvers.dpm_solver_pp import dpm_solver_pp, dpmpp_2s
@@ -26,6 +26,7 @@ __all__ = ["get_solver", "register_solver", "solver_names"]
 
 _REGISTRY: dict[str, Callable[[], Solver]] = {
     "euler": euler,
+    "heun": heun,
     "ddim": ddim,
     "ipndm": ipndm,
     **{f"tab{k}": functools.partial(tab_deis, k) for k in range(4)},

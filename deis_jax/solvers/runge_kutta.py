@@ -28,6 +28,11 @@ tableau ``(A, b, c)`` over ``h = rho_{i+1} - rho_i`` gives
 
 (Zhang & Chen 2023, Sec. 4 "rhoRK"; Karras et al. 2022, Alg. 1--2 with ``s = alpha``).
 ``h`` is computed as ``rho_i expm1(lambda_i - lambda_{i+1})``, free of cancellation.
+
+**Runge--Kutta in t** (:func:`t_table`) on ``dx/dt = u(x, t)`` with the velocity model ``u``
+(:func:`deis_jax.parameterization.as_velocity_fn`) and ``h = t_{i+1} - t_i``: ``a = 1``,
+``c_{sl} = h A_{sl}``, ``c_{Sl} = h b_l``, ``tau_s = t_i + c_s h`` (Euler and Heun in ``t``,
+the flow-matching baselines).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from deis_jax._checks import require_key
 from deis_jax.solvers.noise import per_sample_normal
 
 __all__ = ["TABLEAUX", "Tableau", "StageCoeffs", "StageState", "stage_init", "stage_step",
-           "rho_table"]
+           "rho_table", "t_table"]
 
 
 class Tableau(NamedTuple):
@@ -116,6 +121,30 @@ def stage_step(n_stages: int, name: str | None = None):
     return step
 
 
+def _final_b(tableau: Tableau, final: Tableau | None, n_steps_shape, dtype):
+    """Result weights ``(N, S)``: the tableau's ``b``, the last row ``final``'s (padded)."""
+    b = jnp.broadcast_to(jnp.asarray(tableau.b, dtype), n_steps_shape)
+    if final is not None:
+        b = b.at[-1].set(jnp.pad(jnp.asarray(final.b, dtype), (0, b.shape[1] - final.b.size)))
+    return b
+
+
+def t_table(ts, tableau: Tableau, *, final: Tableau | None = None) -> StageCoeffs:
+    """Table of a Runge--Kutta method in ``t`` on ``dx/dt = u(x, t)`` (module docstring) for
+    every step of ``ts`` (either direction; may be traced); ``final``: a tableau with no more
+    stages for the last step (EDM's final Euler step)."""
+    ts = jnp.asarray(ts)
+    t_from, t_to = ts[:-1], ts[1:]
+    h = t_to - t_from
+    c = tableau.c[None, :]
+    t_stage = jnp.where(c == 1, t_to[:, None], t_from[:, None] + h[:, None] * c)
+    b = _final_b(tableau, final, t_stage.shape, h.dtype)
+    a = jnp.ones((t_stage.shape[0], t_stage.shape[1] + 1), h.dtype)
+    coef = jnp.concatenate([h[:, None, None] * tableau.a[None],
+                            h[:, None, None] * b[:, None, :]], axis=1)
+    return StageCoeffs(t_stage, a, coef, None)
+
+
 def rho_table(schedule, ts, tableau: Tableau, *, final: Tableau | None = None,
               t_start=None, churn=None) -> StageCoeffs:
     """Table of a Runge--Kutta method in ``rho`` (module docstring) for every step of ``ts``.
@@ -142,9 +171,7 @@ def rho_table(schedule, ts, tableau: Tableau, *, final: Tableau | None = None,
     log_alpha_i = schedule.log_alpha(ts[:-1])
     alpha_stage = schedule.alpha(t_stage)
     alpha_next = schedule.alpha(t_to)
-    b = jnp.broadcast_to(jnp.asarray(tableau.b, h.dtype), t_stage.shape)
-    if final is not None:
-        b = b.at[-1].set(jnp.pad(jnp.asarray(final.b, h.dtype), (0, b.shape[1] - final.b.size)))
+    b = _final_b(tableau, final, t_stage.shape, h.dtype)
     a = jnp.concatenate([jnp.exp(schedule.log_alpha(t_stage) - log_alpha_i[:, None]),
                          jnp.exp(schedule.log_alpha(t_to) - log_alpha_i)[:, None]], axis=-1)
     coef = jnp.concatenate([(alpha_stage * h[:, None])[:, :, None] * tableau.a[None],

@@ -19,11 +19,13 @@ from deis_jax.training.data import get_batch
 from deis_jax.training.data import load_dataset
 from deis_jax.training.data import toy_2d
 from deis_jax.training.losses import LOSSES
+from deis_jax.training.losses import TIME_SAMPLINGS
 from deis_jax.training.losses import WEIGHTINGS
 from deis_jax.training.losses import check_loss_options
 from deis_jax.training.losses import ddpm_loss
 from deis_jax.training.losses import dsm_loss
 from deis_jax.training.losses import edm_loss
+from deis_jax.training.losses import flow_matching_loss
 from deis_jax.training.losses import make_loss
 from deis_jax.training.metrics import digit_classifier
 from deis_jax.training.metrics import digit_quality
@@ -54,6 +56,7 @@ from deis_jax.training.trainer import make_train_step
 __all__ = [
     "DATASETS",
     "LOSSES",
+    "TIME_SAMPLINGS",
     "MARKER",
     "PRECISIONS",
     "SCHEDULE_FIELDS",
@@ -80,6 +83,7 @@ __all__ = [
     "digit_quality",
     "dsm_loss",
     "edm_loss",
+    "flow_matching_loss",
     "energy_distance",
     "fit",
     "frechet_distance",

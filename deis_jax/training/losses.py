@@ -1,4 +1,5 @@
-r"""Denoising score-matching losses: continuous time under any schedule, EDM, discrete DDPM.
+r"""Training losses: denoising score matching (continuous time under any schedule, EDM,
+discrete DDPM) and conditional flow matching.
 
 With ``x_t = alpha_t x_0 + sigma_t eps`` every loss here is a weighted regression of the
 model's noise prediction on ``eps`` (Vincent 2011; Song et al. 2021, eq. 7):
@@ -9,8 +10,10 @@ model's noise prediction on ``eps`` (Vincent 2011; Song et al. 2021, eq. 7):
 
 with the model in any parameterisation converted to ``eps`` by
 :func:`deis_jax.parameterization.as_eps_fn`. Its minimiser is
-``eps*(x, t) = E[eps | x_t = x]`` for every positive ``w``. Losses take
-``(model_fn, x0, key)`` and return a scalar; ``make_loss`` closes over the options.
+``eps*(x, t) = E[eps | x_t = x]`` for every positive ``w``. The flow-matching loss
+(:func:`flow_matching_loss`) regresses a velocity network on ``alpha' x_0 + sigma' eps``
+instead. Losses take ``(model_fn, x0, key)`` and return a scalar; ``make_loss`` closes over
+the options.
 """
 
 from __future__ import annotations
@@ -20,15 +23,18 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from deis_jax._checks import check_choice
-from deis_jax.parameterization import PREDICTIONS, as_eps_fn, edm_precondition
+from deis_jax._checks import check_choice, check_scalar
+from deis_jax.parameterization import (
+    PREDICTIONS, as_eps_fn, derivatives, edm_precondition, velocity_det, velocity_from)
 from deis_jax.schedules import Schedule
 
-__all__ = ["LOSSES", "WEIGHTINGS", "check_loss_options", "dsm_loss", "edm_loss", "ddpm_loss",
+__all__ = ["LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "check_loss_options", "dsm_loss",
+           "edm_loss", "ddpm_loss", "flow_matching_loss", "sample_times", "default_prediction",
            "make_loss"]
 
 WEIGHTINGS = ("simple", "likelihood", "native")
-LOSSES = ("dsm", "edm", "ddpm")
+LOSSES = ("dsm", "edm", "ddpm", "flow_matching")
+TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 
 def _mean_sq(x):
@@ -46,6 +52,8 @@ def _weight(schedule: Schedule, t, weighting: str, prediction: str):
     if weighting == "likelihood":
         return schedule.g2(t) / schedule.sigma(t) ** 2
     alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+    if prediction == "velocity":  # d velocity / d eps at fixed x = D / alpha
+        return (velocity_det(*derivatives(schedule, t)) / alpha) ** 2
     return {
         "eps": jnp.ones_like(t),
         "x0": (sigma / alpha) ** 2,
@@ -53,6 +61,21 @@ def _weight(schedule: Schedule, t, weighting: str, prediction: str):
         "v": ((alpha**2 + sigma**2) / alpha) ** 2,
         "edm": (sigma / alpha) ** 2,
     }[prediction]
+
+
+def sample_times(key, n: int, dtype, t_min, t_max, time_sampling: str = "uniform", *,
+                 logit_mean=0.0, logit_std=1.0):
+    r"""``n`` training times in ``[t_min, t_max]``.
+
+    ``"uniform"``: ``t ~ U[t_min, t_max]``. ``"logit_normal"``: SD3's
+    ``t = t_min + (t_max - t_min) sigmoid(m + s z)``, ``z ~ N(0, 1)`` (Esser et al. 2024,
+    eq. 19, there on ``(0, 1)``; mapped onto the schedule's range so the singular ends are
+    never drawn), with ``m = logit_mean``, ``s = logit_std``.
+    """
+    if time_sampling == "uniform":
+        return jax.random.uniform(key, (n,), dtype, t_min, t_max)
+    z = jax.random.normal(key, (n,), dtype)
+    return t_min + (t_max - t_min) * jax.nn.sigmoid(logit_mean + logit_std * z)
 
 
 def dsm_loss(model_fn: Callable, schedule: Schedule, x0, key, *, prediction: str = "eps",
@@ -66,7 +89,9 @@ def dsm_loss(model_fn: Callable, schedule: Schedule, x0, key, *, prediction: str
       the weighting that makes the loss a bound on the negative log-likelihood (Song et al.
       2021b, "Maximum likelihood training of score-based diffusion models", Thm. 1);
     * ``"native"``: the MSE of the model's own output (``x0``: ``w = rho^2``; ``v``:
-      ``w = ((alpha^2 + sigma^2)/alpha)^2``; ``score``: ``w = 1/sigma^2``).
+      ``w = ((alpha^2 + sigma^2)/alpha)^2``; ``score``: ``w = 1/sigma^2``; ``velocity``:
+      ``w = (D/alpha)^2`` with ``D = alpha sigma' - sigma alpha'``, which is
+      :func:`flow_matching_loss` with uniform times).
 
     Args:
       model_fn: ``model_fn(x, t)`` (batched ``t``) predicting ``prediction``.
@@ -85,12 +110,53 @@ def dsm_loss(model_fn: Callable, schedule: Schedule, x0, key, *, prediction: str
     t_min = schedule.t_min if t_min is None else t_min
     t_max = schedule.t_max if t_max is None else t_max
     k_t, k_eps = jax.random.split(key)
-    b = x0.shape[0]
-    t = jax.random.uniform(k_t, (b,), x0.dtype, t_min, t_max)
+    t = sample_times(k_t, x0.shape[0], x0.dtype, t_min, t_max)
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     x_t = _bcast(schedule.alpha(t), x0) * x0 + _bcast(schedule.sigma(t), x0) * eps
     eps_hat = as_eps_fn(model_fn, schedule, prediction)(x_t, t)
     return jnp.mean(_weight(schedule, t, weighting, prediction) * _mean_sq(eps_hat - eps))
+
+
+def flow_matching_loss(model_fn: Callable, schedule: Schedule, x0, key, *,
+                       time_sampling: str = "uniform", logit_mean=0.0, logit_std=1.0,
+                       t_min=None, t_max=None):
+    r"""Conditional flow matching with the velocity target (Lipman et al. 2023, eq. 9 and 15;
+    Liu et al. 2023, eq. 1).
+
+    .. math::
+       L(\theta) = \mathbb E_{t, x_0, \epsilon}\ \tfrac1d\,\lVert u_\theta(x_t, t)
+       - (\alpha'_t x_0 + \sigma'_t \epsilon)\rVert^2,\qquad
+       x_t = \alpha_t x_0 + \sigma_t \epsilon,
+
+    whose minimiser is the probability-flow velocity ``E[alpha' x0 + sigma' eps | x_t]``
+    (sample it with ``prediction="velocity"``). On :func:`deis_jax.schedules.flow` with
+    ``shift=1`` the target is ``eps - x0``; with a shift ``s`` it is
+    ``sigma'_t (eps - x0)``, the velocity in the shifted time. Any schedule works: the target
+    is the time derivative of its interpolation.
+
+    Args:
+      model_fn: ``model_fn(x, t)`` (batched ``t``) predicting the velocity.
+      schedule: the schedule (usually ``schedules.flow()``).
+      x0: data batch ``(B, ...)``. key: PRNG key (times and noise).
+      time_sampling: one of :data:`TIME_SAMPLINGS` (see :func:`sample_times`).
+      logit_mean, logit_std: the logit-normal's ``m`` and ``s > 0`` (SD3: 0 and 1).
+      t_min, t_max: time range (default: the schedule's).
+
+    Returns:
+      The Monte-Carlo estimate of the loss over the batch (scalar).
+    """
+    check_choice("time_sampling", time_sampling, TIME_SAMPLINGS)
+    check_scalar("logit_mean", logit_mean)
+    check_scalar("logit_std", logit_std, lower=0.0, lower_open=True)
+    t_min = schedule.t_min if t_min is None else t_min
+    t_max = schedule.t_max if t_max is None else t_max
+    k_t, k_eps = jax.random.split(key)
+    t = sample_times(k_t, x0.shape[0], x0.dtype, t_min, t_max, time_sampling,
+                     logit_mean=logit_mean, logit_std=logit_std)
+    eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+    alpha, sigma, d_alpha, d_sigma = derivatives(schedule, t)
+    x_t = _bcast(alpha, x0) * x0 + _bcast(sigma, x0) * eps
+    return jnp.mean(_mean_sq(model_fn(x_t, t) - velocity_from(x0, eps, d_alpha, d_sigma)))
 
 
 def edm_loss(denoiser_fn: Callable, x0, key, *, p_mean=-1.2, p_std=1.2, sigma_data=0.5):
@@ -138,34 +204,52 @@ def ddpm_loss(model_fn: Callable, schedule: Schedule, x0, key):
     return jnp.mean(_mean_sq(model_fn(x_n, n.astype(x0.dtype)) - eps))
 
 
-def check_loss_options(loss: str, prediction: str, weighting: str) -> None:
+def default_prediction(loss: str) -> str:
+    """What the network of ``loss`` predicts by default: ``"velocity"`` for
+    ``"flow_matching"``, else ``"eps"``."""
+    return "velocity" if loss == "flow_matching" else "eps"
+
+
+def check_loss_options(loss: str, prediction: str, weighting: str,
+                       time_sampling: str = "uniform") -> None:
     """Valid names, and no setting the loss would ignore: ``prediction`` and ``weighting``
     apply to ``"dsm"`` only (``"edm"`` trains a preconditioned denoiser, sampled with
-    ``prediction="edm"``; ``"ddpm"`` an eps-model with the simple weighting), so any value but
-    their defaults (``"eps"``, ``"simple"``) with another loss is refused rather than
-    silently dropped."""
+    ``prediction="edm"``; ``"ddpm"`` an eps-model with the simple weighting;
+    ``"flow_matching"`` a velocity model, ``prediction="velocity"``), and ``time_sampling``
+    to ``"flow_matching"`` only, so any value but their defaults with another loss is
+    refused rather than silently dropped."""
     check_choice("loss", loss, LOSSES)
     check_choice("prediction", prediction, PREDICTIONS)
     check_choice("weighting", weighting, WEIGHTINGS)
+    check_choice("time_sampling", time_sampling, TIME_SAMPLINGS)
     if loss != "dsm":
-        for name, value, default in (("prediction", prediction, "eps"),
+        for name, value, default in (("prediction", prediction, default_prediction(loss)),
                                      ("weighting", weighting, "simple")):
             if value != default:
                 raise ValueError(f"{name}={value!r} applies to loss='dsm' only; loss={loss!r} "
                                  f"ignores it (leave {name}={default!r}, or use loss='dsm')")
+    if loss != "flow_matching" and time_sampling != "uniform":
+        raise ValueError(f"time_sampling={time_sampling!r} applies to loss='flow_matching' "
+                         f"only; loss={loss!r} samples its own times (leave "
+                         "time_sampling='uniform')")
 
 
-def make_loss(kind: str, schedule: Schedule, *, prediction: str = "eps",
-              weighting: str = "simple", sigma_data: float = 0.5) -> Callable:
+def make_loss(kind: str, schedule: Schedule, *, prediction: str | None = None,
+              weighting: str = "simple", sigma_data: float = 0.5,
+              time_sampling: str = "uniform") -> Callable:
     """Return ``loss(model_fn, x0, key)`` for a loss family.
 
     Args:
       kind: ``"dsm"`` (:func:`dsm_loss`), ``"edm"`` (:func:`edm_loss`; ``model_fn`` is the
-        raw network ``F(x_in, c_noise)``, preconditioned here) or ``"ddpm"`` (:func:`ddpm_loss`).
-      schedule, prediction, weighting: as in :func:`dsm_loss`.
+        raw network ``F(x_in, c_noise)``, preconditioned here), ``"ddpm"``
+        (:func:`ddpm_loss`) or ``"flow_matching"`` (:func:`flow_matching_loss`).
+      schedule, prediction, weighting: as in :func:`dsm_loss` (default prediction:
+        :func:`default_prediction`).
       sigma_data: EDM's data standard deviation.
+      time_sampling: as in :func:`flow_matching_loss`.
     """
-    check_loss_options(kind, prediction, weighting)
+    prediction = default_prediction(kind) if prediction is None else prediction
+    check_loss_options(kind, prediction, weighting, time_sampling)
 
     def loss(model_fn, x0, key):
         if kind == "dsm":
@@ -173,6 +257,8 @@ def make_loss(kind: str, schedule: Schedule, *, prediction: str = "eps",
                             weighting=weighting)
         if kind == "ddpm":
             return ddpm_loss(model_fn, schedule, x0, key)
+        if kind == "flow_matching":
+            return flow_matching_loss(model_fn, schedule, x0, key, time_sampling=time_sampling)
         return edm_loss(edm_precondition(model_fn, sigma_data), x0, key, sigma_data=sigma_data)
 
     return loss

@@ -6,6 +6,7 @@ from __future__ import annotations
 from deis_jax import schedules
 from deis_jax._checks import check_choice
 from deis_jax.training.data import Dataset
+from deis_jax.training.losses import default_prediction
 from deis_jax.training.spec import DiffusionSpec, schedule_to_dict
 
 __all__ = ["PRECISIONS", "SIZES", "default_batch_size", "default_spec"]
@@ -17,8 +18,10 @@ _PRECISION_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16"}
 
 
 def _default_loss(schedule_name: str) -> str:
-    """``"edm"`` for the EDM schedule, ``"ddpm"`` for ``vp_discrete``, else ``"dsm"``."""
-    return {"edm": "edm", "vp_discrete": "ddpm"}.get(schedule_name, "dsm")
+    """``"edm"`` for the EDM schedule, ``"ddpm"`` for ``vp_discrete``, ``"flow_matching"``
+    for ``flow``, else ``"dsm"``."""
+    return {"edm": "edm", "vp_discrete": "ddpm", "flow": "flow_matching"}.get(schedule_name,
+                                                                              "dsm")
 
 
 def default_batch_size(data: Dataset) -> int:
@@ -27,19 +30,22 @@ def default_batch_size(data: Dataset) -> int:
 
 
 def default_spec(data: Dataset, schedule_name: str = "vp_linear", *, loss: str | None = None,
-                 prediction: str = "eps", weighting: str = "simple",
-                 size: str = "small", precision: str = "float32") -> DiffusionSpec:
+                 prediction: str | None = None, weighting: str = "simple",
+                 time_sampling: str = "uniform", size: str = "small",
+                 precision: str = "float32") -> DiffusionSpec:
     """The built-in model for ``data`` with the default instance of a schedule family.
 
     Args:
       data: the dataset (its kind picks the network, its name and shape are recorded).
       schedule_name: a :data:`deis_jax.schedules.FAMILIES` name (see
         :func:`deis_jax.schedules.from_name`).
-      loss: default ``"edm"`` for the EDM schedule, ``"ddpm"`` for ``vp_discrete``, else
-        ``"dsm"``. The DDPM loss trains on integer steps, so its network embeds ``t``
-        unscaled; the others scale ``t`` by 1000.
-      prediction: what the network predicts under the ``"dsm"`` loss.
+      loss: default ``"edm"`` for the EDM schedule, ``"ddpm"`` for ``vp_discrete``,
+        ``"flow_matching"`` for ``flow``, else ``"dsm"``. The DDPM loss trains on integer
+        steps, so its network embeds ``t`` unscaled; the others scale ``t`` by 1000.
+      prediction: what the network predicts (default: ``"velocity"`` for
+        ``"flow_matching"``, else ``"eps"``).
       weighting: the ``"dsm"`` weighting.
+      time_sampling: the ``"flow_matching"`` time distribution (uniform, logit_normal).
       size: ``"small"`` (demo, tests) or ``"base"`` (benchmarks).
       precision: ``"float32"`` or ``"bfloat16"`` (alias ``"bf16"``): the network's compute
         dtype, recorded in the model config (``"dtype"``, only when not float32); parameters,
@@ -55,6 +61,7 @@ def default_spec(data: Dataset, schedule_name: str = "vp_linear", *, loss: str |
     check_choice("precision", precision, PRECISIONS + tuple(_PRECISION_ALIASES))
     schedule = schedules.from_name(schedule_name)
     loss = _default_loss(schedule_name) if loss is None else loss
+    prediction = default_prediction(loss) if prediction is None else prediction
     time_scale = 1.0 if loss == "ddpm" else 1000.0
     small = size == "small"
     if data.kind == "images":
@@ -67,6 +74,6 @@ def default_spec(data: Dataset, schedule_name: str = "vp_linear", *, loss: str |
         model["dtype"] = precision
     return DiffusionSpec(
         model=model, schedule=schedule_to_dict(schedule), loss=loss, prediction=prediction,
-        weighting=weighting, data={"name": data.name, "shape": list(data.shape),
-                                   "kind": data.kind},
+        weighting=weighting, time_sampling=time_sampling,
+        data={"name": data.name, "shape": list(data.shape), "kind": data.kind},
     )

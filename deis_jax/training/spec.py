@@ -58,9 +58,12 @@ class DiffusionSpec:
     Attributes:
       model: model config ``{"name": "mlp" | "unet", **attributes}``.
       schedule: :func:`schedule_to_dict` record.
-      loss: ``"dsm"``, ``"edm"`` or ``"ddpm"`` (see :mod:`deis_jax.training.losses`).
-      prediction: what the network predicts under ``"dsm"`` (eps, x0, score, v).
+      loss: ``"dsm"``, ``"edm"``, ``"ddpm"`` or ``"flow_matching"`` (see
+        :mod:`deis_jax.training.losses`).
+      prediction: what the network predicts (eps, x0, score, v, velocity under ``"dsm"``;
+        ``"velocity"`` under ``"flow_matching"``).
       weighting: the ``"dsm"`` weighting.
+      time_sampling: how ``"flow_matching"`` draws its times (uniform, logit_normal).
       sigma_data: EDM data standard deviation (``"edm"`` loss).
       data: dataset record ``{"name", "shape", "kind"}``.
     """
@@ -72,9 +75,10 @@ class DiffusionSpec:
     weighting: str = "simple"
     sigma_data: float = 0.5
     data: dict = dataclasses.field(default_factory=dict)
+    time_sampling: str = "uniform"
 
     def __post_init__(self):
-        check_loss_options(self.loss, self.prediction, self.weighting)
+        check_loss_options(self.loss, self.prediction, self.weighting, self.time_sampling)
         if self.loss == "ddpm" and self.schedule.get("name") != "vp_discrete":
             raise ValueError(f"loss='ddpm' needs a vp_discrete schedule, got {self.schedule}")
 

@@ -314,7 +314,8 @@ def fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig = TrainConfig(),
     stream = sys.stdout if stream is None else stream
     model = spec.build_model()
     loss_fn = make_loss(spec.loss, spec.build_schedule(), prediction=spec.prediction,
-                        weighting=spec.weighting, sigma_data=spec.sigma_data)
+                        weighting=spec.weighting, sigma_data=spec.sigma_data,
+                        time_sampling=spec.time_sampling)
     optimizer = make_optimizer(config)
     state = init_state(model, optimizer, data.train[:1], jax.random.key(config.seed))
     manager, prior_seconds, last_saved = None, 0.0, -1
@@ -440,7 +441,9 @@ def _differences(old, new, prefix: str = "") -> list[str]:
 def _check_resume(spec: DiffusionSpec, config: TrainConfig, ckpt_dir, meta: dict) -> None:
     """Refuse to resume a checkpoint of another spec, or of another value of a
     :data:`TRAJECTORY_FIELDS` setting, listing the differences (before any array is read)."""
-    diffs = _differences(_json(meta["spec"]), _json(spec.to_dict()), "spec.")
+    # Checkpoints written before flow matching have no time_sampling: theirs was uniform.
+    recorded_spec = {"time_sampling": "uniform", **meta["spec"]}
+    diffs = _differences(_json(recorded_spec), _json(spec.to_dict()), "spec.")
     if diffs:
         raise RefusedError(f"ckpt_dir='{ckpt_dir}' holds a run of a different "
                            f"model/schedule/loss ({'; '.join(diffs)}); use a new directory")
