@@ -12,6 +12,7 @@ Quick start::
 """
 
 from deis_jax import adaptive
+from deis_jax import inversion
 from deis_jax import likelihood
 from deis_jax import parameterization
 from deis_jax import quadrature
@@ -42,6 +43,7 @@ __all__ = [
     "check_grid",
     "get_solver",
     "adaptive",
+    "inversion",
     "likelihood",
     "log_likelihood",
     "parameterization",
