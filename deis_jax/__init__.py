@@ -12,6 +12,7 @@ Quick start::
 """
 
 from deis_jax import adaptive
+from deis_jax import guidance
 from deis_jax import inversion
 from deis_jax import likelihood
 from deis_jax import parameterization
@@ -43,6 +44,7 @@ __all__ = [
     "check_grid",
     "get_solver",
     "adaptive",
+    "guidance",
     "inversion",
     "likelihood",
     "log_likelihood",

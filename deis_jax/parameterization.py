@@ -33,6 +33,7 @@ __all__ = [
     "score_from_eps",
     "eps_from_v",
     "v_from_eps",
+    "prediction_from_eps",
     "edm_precondition",
     "discrete_time_model",
 ]
@@ -77,6 +78,20 @@ def v_from_eps(x, eps, alpha, sigma):
     """``v = alpha eps - sigma x0``."""
     x0 = x0_from_eps(x, eps, alpha, sigma)
     return _bcast(alpha, x) * eps - _bcast(sigma, x) * x0
+
+
+def prediction_from_eps(x, eps, alpha, sigma, prediction: str):
+    """The ``prediction`` (``"eps"``, ``"x0"``, ``"v"`` or ``"score"``) that corresponds to
+    ``eps`` at ``x``: the inverse of :func:`as_eps_fn`'s conversion (for a model wrapper that
+    corrects ``eps`` and hands back the model's own kind of output)."""
+    check_choice("prediction", prediction, ("eps", "x0", "v", "score"))
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return x0_from_eps(x, eps, alpha, sigma)
+    if prediction == "v":
+        return v_from_eps(x, eps, alpha, sigma)
+    return score_from_eps(eps, sigma)
 
 
 def edm_precondition(net_fn: Callable, sigma_data=0.5) -> Callable:

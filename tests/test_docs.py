@@ -11,7 +11,8 @@ MODULES = ["deis_jax.schedules", "deis_jax.grids", "deis_jax.sampling", "deis_ja
            "deis_jax.training.presets", "deis_jax.solvers.dpm_solver", "deis_jax.solvers.unipc",
            "deis_jax.solvers.edm_sde", "deis_jax.solvers.stochastic_ddim",
            "deis_jax.solvers.noise", "deis_jax.models.mlp", "deis_jax.models.unet",
-           "deis_jax.likelihood", "deis_jax.inversion"]
+           "deis_jax.likelihood", "deis_jax.inversion",
+           "deis_jax.guidance"]
 
 
 @pytest.mark.parametrize("name", MODULES)
