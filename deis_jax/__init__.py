@@ -12,6 +12,7 @@ Quick start::
 """
 
 from deis_jax import adaptive
+from deis_jax import conditioning
 from deis_jax import guidance
 from deis_jax import inversion
 from deis_jax import likelihood
@@ -44,6 +45,7 @@ __all__ = [
     "check_grid",
     "get_solver",
     "adaptive",
+    "conditioning",
     "guidance",
     "inversion",
     "likelihood",
