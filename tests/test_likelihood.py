@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from deis_jax import schedules, testing
-from deis_jax.likelihood import dequantize, log_likelihood
+from deis_jax.likelihood import dequantize, fixed_grid_log_likelihood, log_likelihood
 
 
 @functools.lru_cache(maxsize=None)
@@ -59,6 +59,17 @@ def test_hutchinson_is_unbiased():
         assert se > 1e-3, (probe, se)
         assert abs(float(jnp.mean(draws)) - exact) < 3 * se, (probe, float(jnp.mean(draws)),
                                                               exact, se)
+
+
+def test_fixed_grid_likelihood_is_the_change_of_variables_of_the_solver():
+    """tAB3 at NFE 40 on a log-SNR grid: within 0.01 nats per dimension of the exact density
+    (measured 1.4e-3; DDIM at NFE 40: 4.7e-2, converging at order 1)."""
+    sched, gmm, model, x = _data(2, 32)
+    out = fixed_grid_log_likelihood(model, sched, x, solver="tab3", nfe=40, grid="log_snr")
+    exact = gmm.marginal_logp(x, sched.t_min, sched)
+    assert float(jnp.mean(jnp.abs(out.logp - exact))) / 2 <= 0.01
+    assert out.nfe == 40
+    np.testing.assert_allclose(out.logp, out.prior_logp + out.log_det, rtol=1e-6)
 
 
 def test_params_are_data_and_jit_works():
