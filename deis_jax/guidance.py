@@ -116,6 +116,18 @@ def _split_args(args):
     return tuple(head), x, t
 
 
+def _labels(label, batch: int):
+    """``label`` (scalar or ``(batch,)``) as ``(batch,)``; a per-sample label needs the model
+    called on the whole batch (raised at trace time otherwise)."""
+    if label.ndim == 1 and label.shape[0] != batch:
+        raise ValueError(
+            f"label has shape {label.shape} (one per sample) but the model is called on a "
+            f"batch of {batch}: per-sample labels need the model called on the whole batch "
+            "(sample(), solve_ode(per_sample=False)); otherwise pass a scalar label, or "
+            "jax.vmap over (x, label) yourself")
+    return jnp.broadcast_to(label, (batch,))
+
+
 def _in_interval(t, interval, variable, schedule):
     if interval is None:
         return jnp.ones(t.shape, bool)
@@ -126,7 +138,7 @@ def _in_interval(t, interval, variable, schedule):
 def _cfg_call(model_fn, variable, null_label, *args, label, scale, interval, schedule):
     head, x, t = _split_args(args)
     batch = x.shape[0]
-    labels = jnp.concatenate([jnp.broadcast_to(label, (batch,)),
+    labels = jnp.concatenate([_labels(label, batch),
                               jnp.full((batch,), null_label, jnp.int32)])
     out = model_fn(*head, jnp.concatenate([x, x]), jnp.concatenate([t, t]), labels)
     cond, uncond = out[:batch], out[batch:]
@@ -144,7 +156,8 @@ def classifier_free(model_fn: Callable, label, scale, *, n_classes: int,
       model_fn: a conditional model ``model_fn(params, x, t, label)`` or ``model_fn(x, t,
         label)`` returning any of the predictions (eps, x0, v, score, EDM: the guided output
         is the same kind; see the module docstring for why).
-      label: the requested class, a scalar or ``(batch,)`` integers in ``[0, n_classes)``.
+      label: the requested class, a scalar or ``(batch,)`` integers in ``[0, n_classes)``
+        (per sample: only where the model sees the whole batch, as in ``sample``).
       scale: the guidance weight ``w`` (``0``: conditional; ``-1``: unconditional); a scalar,
         traced data (``jax.vmap`` over it compiles once).
       n_classes: number of classes.
@@ -202,7 +215,7 @@ def _classifier_call(model_fn, classifier_fn, prediction, *args, label, scale,
     head, x, t = _split_args(args)
     eps = as_eps_fn(lambda x, t: model_fn(*head, x, t), schedule, prediction)(x, t)
     alpha, sigma = schedule.alpha(t), schedule.sigma(t)
-    labels = jnp.broadcast_to(label, x.shape[:1])
+    labels = _labels(label, x.shape[0])
 
     def log_prob(x):  # samples are independent: the gradient of the sum is per sample
         logits = classifier_fn(classifier_params, x, t)

@@ -144,6 +144,12 @@ def test_cfg_bad_input(kwargs, error, match):
                         n_classes=K, **args)
 
 
+def test_per_sample_labels_need_the_whole_batch():
+    guided = classifier_free(cond_model, jnp.arange(8) % K, 1.0, n_classes=K)
+    with pytest.raises(ValueError, match=r"label has shape \(8,\) .* a batch of 1"):
+        guided(jnp.zeros((1, 2)), jnp.full((1,), 0.5))
+
+
 def test_classifier_guidance_bad_input():
     with pytest.raises(ValueError, match="got label=7"):
         classifier_guidance(GMM.eps_fn(SCHED), classifier, 7, 1.0, n_classes=K, schedule=SCHED)
