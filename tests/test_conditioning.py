@@ -116,3 +116,21 @@ def test_bad_mask(mask, match):
 def test_bad_measurement(matrix, axis, match):
     with pytest.raises(ValueError, match=match):
         measurement_hook(jax.random.key(0), jnp.zeros((4, 1)), matrix, SCHED, axis=axis)
+
+
+def test_colorization_and_a_broadcast_mask_on_images():
+    """NHWC data: the grey level ``(1, 1, 1)/sqrt(3)`` on the channel axis, and a
+    ``(H, W, 1)`` mask; both end exactly on the measurement and leave the rest free."""
+    model = lambda x, t: 0.5 * x  # noqa: E731 -- any eps-model; the measurement is exact
+    x_T = SCHED.prior_sample(jax.random.key(0), (2, 4, 4, 3))
+    img = jax.random.uniform(jax.random.key(1), (2, 4, 4, 3), minval=-1, maxval=1)
+    grey = jnp.ones((1, 3)) / np.sqrt(3)
+    x = measure(model, SCHED, x_T, jnp.tensordot(img, grey.T, axes=1), grey,
+                key=jax.random.key(2), solver="ddim", nfe=4)
+    np.testing.assert_allclose(jnp.tensordot(x, grey.T, axes=1),
+                               jnp.tensordot(img, grey.T, axes=1), atol=1e-5)
+    assert float(jnp.max(jnp.abs(x - img))) > 0.1  # the colour is generated, not copied
+    mask = jnp.zeros((4, 4, 1)).at[:2].set(1.0)
+    x = inpaint(model, SCHED, x_T, img, mask, key=jax.random.key(2), solver="ddim", nfe=4)
+    np.testing.assert_array_equal(x[:, :2], img[:, :2])
+    assert float(jnp.max(jnp.abs(x[:, 2:] - img[:, 2:]))) > 0.1
