@@ -42,10 +42,8 @@ STEPS = (10, 20, 40, 80, 160)
 def _data(d, n, seed=0):
     sched = schedules.vp_linear()
     gmm = testing.gaussian_mixture(d, 4, std=0.5, seed=seed)
-    x0, _ = gmm.sample(jax.random.key(seed), n)
-    z = jax.random.normal(jax.random.key(seed + 1), x0.shape, x0.dtype)
-    return sched, gmm, gmm.eps_fn(sched), sched.alpha(sched.t_min) * x0 + sched.sigma(
-        sched.t_min) * z
+    x = gmm.sample_marginal(jax.random.key(seed), n, sched.t_min, sched)
+    return sched, gmm, gmm.eps_fn(sched), x
 
 
 def likelihood_rows():

@@ -116,6 +116,14 @@ class GaussianMixture(NamedTuple):
         z = jax.random.normal(k2, (n, self.dim), self.means.dtype)
         return self.means[labels] + self.stds[labels] * z, labels
 
+    def sample_marginal(self, key, n: int, t, schedule: Schedule):
+        """Exact draws of ``p_t``: ``alpha_t x_0 + sigma_t z`` with ``x_0`` from :meth:`sample`
+        (e.g. at ``t_min``, the distribution a likelihood or an encoding starts from)."""
+        k1, k2 = jax.random.split(key)
+        x0, _ = self.sample(k1, n)
+        z = jax.random.normal(k2, x0.shape, x0.dtype)
+        return schedule.alpha(t) * x0 + schedule.sigma(t) * z
+
 
 def gaussian_mixture(dim: int, n_modes: int, *, std=0.5, scale=1.0, seed: int = 0,
                      dtype=None) -> GaussianMixture:
