@@ -9,6 +9,13 @@ Song et al. 2021a, Sec. 5.4 and eq. 14 read backwards; DEIS, DPM-Solver++ alike)
 a solver of global order ``p`` reconstructs with an error ``O(h^p)`` (each direction
 contributes one), which :func:`reconstruction_error` measures.
 
+The grid matters more for encoding than for sampling: a multistep solver's warm-up (its
+lower-order first steps) now runs at ``t_min``, where the default quadratic grid takes its
+largest steps in ``lambda``. Measured on a 2-d mixture (float64,
+``benchmarks/results/applications.md``): tAB3's encoding error stalls near ``5e-6`` from 80
+to 160 steps on the quadratic grid while its decoding keeps converging; on the log-SNR grid
+(``grid="log_snr"``) both converge at order 4--5.
+
 Latents of a VP model are (nearly) standard Gaussian vectors, which concentrate on the sphere
 of radius ``sqrt(d)``: a straight line between two of them passes through low-density
 points of smaller norm, so latents are interpolated on the great circle instead
