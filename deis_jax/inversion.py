@@ -14,7 +14,7 @@ lower-order first steps) now runs at ``t_min``, where the default quadratic grid
 largest steps in ``lambda``. Measured on a 2-d mixture (float64,
 ``benchmarks/results/applications.md``): tAB3's encoding error stalls near ``5e-6`` from 80
 to 160 steps on the quadratic grid while its decoding keeps converging; on the log-SNR grid
-(``grid="log_snr"``) both converge at order 4--5.
+(``grid="log_snr"``) both converge at about order 4 (80 -> 320 steps).
 
 Latents of a VP model are (nearly) standard Gaussian vectors, which concentrate on the sphere
 of radius ``sqrt(d)``: a straight line between two of them passes through low-density
