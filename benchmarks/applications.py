@@ -12,7 +12,8 @@ inversion round-trip error.
    against the exact divergence, for Rademacher and Gaussian probes, K = 1, 2, 4, 8, 16.
 3. *Inversion*: ``reconstruction_error`` (encode with the solver on the reversed grid, decode)
    on 64 draws of the d = 2 mixture for DDIM and tAB3, log-SNR and quadratic grids, 10-160
-   steps, float64; the slope of log2(error) per doubling of the steps.
+   steps, float64; the slope of log2(error) per doubling of the steps; and each direction
+   alone against the float64 ground truth of the ODE.
 
 Writes ``results/applications.md`` and ``results/applications.json``.
 
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deis_jax import schedules, testing, timesteps
-from deis_jax.inversion import reconstruction_error
+from deis_jax.inversion import decode, encode, reconstruction_error
 from deis_jax.likelihood import fixed_grid_log_likelihood, log_likelihood
 
 RESULTS = pathlib.Path(__file__).parent / "results"
@@ -104,17 +105,23 @@ def hutchinson_rows():
 
 
 def inversion_rows():
-    sched, _, model, x = _data(2, 64)
+    sched, gmm, model, x = _data(2, 64)
+    z_true, _ = testing.ode_ground_truth(gmm, sched, x, sched.t_min, sched.t_max)
     rows = []
     for solver in ("ddim", "tab3"):
         for grid in ("log_snr", "quadratic"):
-            errs = []
+            errs, enc, dec = [], [], []
             for n in STEPS:
-                _, err = reconstruction_error(model, sched, x, solver=solver,
-                                              ts=timesteps(sched, n, grid))
+                ts = timesteps(sched, n, grid)
+                _, err = reconstruction_error(model, sched, x, solver=solver, ts=ts)
                 errs.append(float(jnp.mean(err)))
+                enc.append(float(testing.rmse(encode(model, sched, x, solver=solver, ts=ts),
+                                              z_true)))
+                dec.append(float(testing.rmse(decode(model, sched, z_true, solver=solver,
+                                                     ts=ts), x)))
             slopes = [float(np.log2(a / b)) for a, b in zip(errs, errs[1:])]
-            rows.append(dict(solver=solver, grid=grid, errors=errs, slopes=slopes))
+            rows.append(dict(solver=solver, grid=grid, errors=errs, slopes=slopes,
+                             encode_errors=enc, decode_errors=dec))
             print(rows[-1], flush=True)
     return rows
 
@@ -157,6 +164,15 @@ def write(lik, fixed, hut, inv):
         lines.append(f"| {r['solver']} | {r['grid']} | "
                      + " | ".join(f"{e:.2e}" for e in r["errors"]) + " | "
                      + ", ".join(f"{s:.2f}" for s in r["slopes"]) + " |")
+    lines += ["", "Each direction alone against the float64 ground truth of the ODE "
+              "(`testing.ode_ground_truth`): encode x -> x_T, decode the exact x_T -> x "
+              "(RMSE).", "",
+              "| solver | grid | direction | " + " | ".join(f"{n} steps" for n in STEPS) + " |",
+              "|---|---|---|" + "---|" * len(STEPS)]
+    for r in inv:
+        for name in ("encode", "decode"):
+            lines.append(f"| {r['solver']} | {r['grid']} | {name} | "
+                         + " | ".join(f"{e:.2e}" for e in r[f"{name}_errors"]) + " |")
     (RESULTS / "applications.md").write_text("\n".join(lines) + "\n")
 
 

@@ -30,7 +30,7 @@ guiding ``eps``: the wrapper needs no conversion and keeps the model's ``predict
 Optionally guidance acts only inside an interval of noise levels (Kynkäänniemi et al. 2024):
 ``w`` is replaced by 0 (the conditional model) for ``t`` (or ``lambda``) outside it.
 
-**Classifier guidance** (Dhariwal & Nichol 2021, Alg. 1 and eq. 12; Song et al. 2021, eq. 49):
+**Classifier guidance** (Dhariwal & Nichol 2021, Alg. 2; Song et al. 2021, Sec. 5):
 with a noise-conditional classifier ``p_phi(y | x_t, t)``,
 
 .. math::
@@ -42,7 +42,8 @@ exact at ``s = 1`` for the exact posterior classifier. The classifier's gradient
 correction is not a weights-sum-to-one combination, so it is *not* the same in every space).
 
 References: J. Ho, T. Salimans, *Classifier-Free Diffusion Guidance*, 2021; P. Dhariwal,
-A. Nichol, *Diffusion Models Beat GANs on Image Synthesis*, NeurIPS 2021; T. Kynkäänniemi et al.,
+A. Nichol, *Diffusion Models Beat GANs on Image Synthesis*, NeurIPS 2021; Y. Song et al.,
+*Score-Based Generative Modeling through SDEs*, ICLR 2021; T. Kynkäänniemi et al.,
 *Applying Guidance in a Limited Interval Improves Sample and Distribution Quality*, NeurIPS
 2024.
 """

@@ -12,9 +12,10 @@ contributes one), which :func:`reconstruction_error` measures.
 The grid matters more for encoding than for sampling: a multistep solver's warm-up (its
 lower-order first steps) now runs at ``t_min``, where the default quadratic grid takes its
 largest steps in ``lambda``. Measured on a 2-d mixture (float64,
-``benchmarks/results/applications.md``): tAB3's encoding error stalls near ``5e-6`` from 80
-to 160 steps on the quadratic grid while its decoding keeps converging; on the log-SNR grid
-(``grid="log_snr"``) both converge at about order 4 (80 -> 320 steps).
+``benchmarks/results/applications.md``): tAB3's encoding error stalls at ``5.4e-6`` and
+``4.9e-6`` at 80 and 160 steps on the quadratic grid while its decoding keeps converging
+(``6.5e-6``, ``6.3e-7``); on the log-SNR grid (``grid="log_snr"``) encoding converges too
+(``4.8e-5``, ``2.4e-6``).
 
 Latents of a VP model are (nearly) standard Gaussian vectors, which concentrate on the sphere
 of radius ``sqrt(d)``: a straight line between two of them passes through low-density

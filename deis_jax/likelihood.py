@@ -2,7 +2,7 @@ r"""Exact log-likelihoods through the probability-flow ODE (instantaneous change
 
 Along a solution of the probability-flow ODE ``dx/dlambda = F(x, lambda)`` (written in the half
 log-SNR ``lambda``, :func:`deis_jax.adaptive.pf_ode_field`) the marginal densities obey
-(Chen et al. 2018, Thm. 1; Song et al. 2021, eq. 39)
+(Chen et al. 2018, Thm. 1; Song et al. 2021, App. D.2)
 
 .. math::
    \frac{d}{d\lambda}\log p_{\lambda}(x(\lambda)) = -\nabla\cdot F(x(\lambda), \lambda),
@@ -36,8 +36,11 @@ in nats and in bits per dimension; see :func:`log_likelihood` for dequantised di
 and the data-scaling offset.
 
 References: R. T. Q. Chen et al., *Neural ODEs*, NeurIPS 2018; W. Grathwohl et al., *FFJORD*,
-ICLR 2019; Y. Song et al., *Score-Based Generative Modeling through SDEs*, ICLR 2021, Sec. 4.3
-and App. D.2.
+ICLR 2019; L. Theis, A. van den Oord, M. Bethge, *A note on the evaluation of generative
+models*, ICLR 2016; J. Skilling, *The eigenvalues of mega-dimensional matrices*, 1989;
+M. F. Hutchinson, *A stochastic estimator of the trace of the influence matrix*, 1990;
+Y. Song et al., *Score-Based Generative Modeling through SDEs*, ICLR 2021, Sec. 4.3 and
+App. D.2.
 """
 
 from __future__ import annotations
@@ -229,8 +232,9 @@ def log_likelihood(
     **Dequantisation.** For data with ``n_bins`` levels per dimension (256 for 8-bit images, 17
     for scikit-learn's digits), dequantise first (:func:`dequantize`: ``y = (k + u)/n_bins``,
     ``u ~ U[0, 1)^d``) and pass ``n_bins``: the probability of the discrete value is then
-    bounded below as ``log P(k) >= E_u[log p_y(y)] - d log n_bins`` (Theis et al. 2016;
-    Ho et al. 2020, eq. 13 in the continuous form of Song et al. 2021), and ``logp``/``bpd``
+    bounded below as ``log P(k) >= E_u[log p_y(y)] - d log n_bins`` (Jensen's
+    inequality over the cell of volume ``n_bins^-d``; Theis, van den Oord & Bethge 2016; as
+    in Song et al. 2021, App. D.2), and ``logp``/``bpd``
     report this bound for one draw of ``u`` (average over draws for the expectation):
     ``bpd = -log p_y / (d ln 2) + log2(n_bins)``.
 
