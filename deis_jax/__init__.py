@@ -12,6 +12,10 @@ Quick start::
 """
 
 from deis_jax import adaptive
+from deis_jax import conditioning
+from deis_jax import guidance
+from deis_jax import inversion
+from deis_jax import likelihood
 from deis_jax import parameterization
 from deis_jax import quadrature
 from deis_jax import schedules
@@ -22,6 +26,7 @@ from deis_jax.adaptive import solve_ode
 from deis_jax.grids import GRID_KINDS
 from deis_jax.grids import check_grid
 from deis_jax.grids import timesteps
+from deis_jax.likelihood import log_likelihood
 from deis_jax.sampling import SampleOutput
 from deis_jax.sampling import sample
 from deis_jax.schedules import Schedule
@@ -40,6 +45,11 @@ __all__ = [
     "check_grid",
     "get_solver",
     "adaptive",
+    "conditioning",
+    "guidance",
+    "inversion",
+    "likelihood",
+    "log_likelihood",
     "parameterization",
     "quadrature",
     "register_solver",

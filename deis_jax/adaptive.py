@@ -68,9 +68,16 @@ class ODESolution(NamedTuple):
     success: Any
 
 
-def _vector_field(eps_fn: Callable, schedule: Schedule):
-    def field(lam, x, args):
-        del args
+def pf_ode_field(eps_fn: Callable, schedule: Schedule) -> Callable:
+    r"""The probability-flow ODE in half log-SNR, ``field(lam, x) = dx/dlambda``:
+    ``(d log alpha/d lambda) x - sigma eps(x, t(lambda))`` (module docstring).
+
+    The one place this vector field is written: :func:`solve_ode` integrates it, and
+    :func:`deis_jax.likelihood.log_likelihood` differentiates it for the divergence.
+    ``eps_fn(x, t)`` takes ``x: (batch, ...)`` and ``t: (batch,)``.
+    """
+
+    def field(lam, x):
         t = schedule.t_from_log_snr(lam)
         one = jnp.ones_like(t)
         _, dlog_alpha = jax.jvp(schedule.log_alpha, (t,), (one,))
@@ -81,39 +88,90 @@ def _vector_field(eps_fn: Callable, schedule: Schedule):
     return field
 
 
+def eps_model(model, model_data, params, prediction: str, model_dtype, schedule: Schedule,
+              x_spec) -> Callable:
+    """Inside a jitted solve: rebuild the user's model (:mod:`deis_jax._callables`), check its
+    output shape on ``x_spec`` (a ``(batch, ...)`` shape struct in the state dtype) and return
+    it as ``eps_fn(x, t)`` under the mixed-precision policy."""
+    model_fn = _callables.merge(model, model_data)
+    _callables.check_model(model_fn, params, jax.ShapeDtypeStruct(x_spec.shape, model_dtype),
+                           jax.ShapeDtypeStruct(x_spec.shape[:1], x_spec.dtype))
+    return as_eps_fn(
+        model_in_dtype(lambda x, t: _callables.call_model(model_fn, params, x, t), model_dtype),
+        schedule, prediction)
+
+
+def integrate(field: Callable, y0, lam0, lam1, solver: str, rtol, atol, max_steps: int):
+    """Integrate ``dy/dlambda = field(lam, y)`` (``y`` any pytree of arrays) from ``lam0`` to
+    ``lam1`` with diffrax's adaptive ``solver`` and a PID controller (RMS error norm over all
+    leaves). Returns ``(y(lam1), attempted steps (int32), success (bool))``."""
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda lam, y, args: field(lam, y)), _SOLVERS[solver](), lam0, lam1,
+        None, y0, stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps, throw=False,
+    )
+    ok = sol.result == diffrax.RESULTS.successful
+    return (jax.tree_util.tree_map(lambda leaf: leaf[-1], sol.ys),
+            sol.stats["num_steps"].astype(jnp.int32), ok)
+
+
+def nfe_for_steps(n_steps):
+    """Model calls of a diffrax Tsit5/Dopri5 solve with ``n_steps`` attempted steps."""
+    return _EVALS_AT_START + _EVALS_PER_STEP * n_steps
+
+
 @functools.partial(jax.jit, static_argnames=("model", "prediction", "solver", "per_sample",
                                                "max_steps", "model_dtype"))
 def _solve(model, prediction, solver, per_sample, max_steps, model_dtype, model_data, params,
            schedule, x_T, t_start, t_end, rtol, atol):
-    model_fn = _callables.merge(model, model_data)
-    _callables.check_model(model_fn, params, jax.ShapeDtypeStruct(x_T.shape, model_dtype),
-                           jax.ShapeDtypeStruct(x_T.shape[:1], x_T.dtype))
-    eps_fn = as_eps_fn(
-        model_in_dtype(lambda x, t: _callables.call_model(model_fn, params, x, t), model_dtype),
-        schedule, prediction)
+    field = pf_ode_field(eps_model(model, model_data, params, prediction, model_dtype,
+                                   schedule, x_T), schedule)
     lam0 = schedule.log_snr(t_start).astype(x_T.dtype)
     lam1 = schedule.log_snr(t_end).astype(x_T.dtype)
-    controller = diffrax.PIDController(rtol=rtol, atol=atol)
 
-    def solve(x0, field):
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(field), _SOLVERS[solver](), lam0, lam1, None, x0,
-            stepsize_controller=controller, max_steps=max_steps, throw=False,
-        )
-        n_steps = sol.stats["num_steps"].astype(jnp.int32)
-        ok = sol.result == diffrax.RESULTS.successful
-        return sol.ys[-1], n_steps, ok
+    def solve(x0, fld):
+        return integrate(fld, x0, lam0, lam1, solver, rtol, atol, max_steps)
 
-    if per_sample:
-        batched = _vector_field(eps_fn, schedule)
-
-        def field(lam, x, args):  # each vmapped solve holds one sample: a batch of 1
-            return batched(lam, x[None], args)[0]
-
-        x, n_steps, ok = jax.vmap(lambda x0: solve(x0, field))(x_T)
+    if per_sample:  # each vmapped solve holds one sample: a batch of 1
+        x, n_steps, ok = jax.vmap(
+            lambda x0: solve(x0, lambda lam, x: field(lam, x[None])[0]))(x_T)
     else:
-        x, n_steps, ok = solve(x_T, _vector_field(eps_fn, schedule))
-    return x, _EVALS_AT_START + _EVALS_PER_STEP * n_steps, n_steps, ok
+        x, n_steps, ok = solve(x_T, field)
+    return x, nfe_for_steps(n_steps), n_steps, ok
+
+
+def check_solve_args(name: str, model_fn, params, schedule, x, start, end, *, solver,
+                     per_sample, max_steps, prediction, rtol, atol, model_dtype):
+    """The eager checks of an adaptive solve (:func:`solve_ode`, the likelihood): returns
+    ``(x in the state dtype, model dtype, (start time, end time), max_steps)``.
+
+    ``start`` and ``end`` are ``(argument name, value or None, default)`` with the default
+    ``"t_min"`` or ``"t_max"`` (the schedule's); the times must lie in the schedule's range and
+    differ.
+    """
+    check_choice("solver", solver, ADAPTIVE_SOLVERS)
+    check_choice("per_sample", per_sample, (True, False))
+    max_steps = check_int("max_steps", max_steps, minimum=1)
+    check_choice("prediction", prediction, PREDICTIONS)
+    check_callable("model_fn", model_fn,
+                   "model_fn(x, t)" if params is None else "model_fn(params, x, t)")
+    check_schedule(schedule)
+    x = check_batch(name, x)
+    check_all_finite(name, x)
+    model_dtype = x.dtype if model_dtype is None else check_dtype("model_dtype", model_dtype)
+    x = x.astype(state_dtype(x.dtype))
+    check_tolerance("rtol", rtol, x.dtype)
+    check_tolerance("atol", atol, x.dtype)
+    tol = 8 * float(jnp.finfo(x.dtype).eps)
+    times = []
+    for arg, value, default in (start, end):
+        value = getattr(schedule, default) if value is None else check_scalar(arg, value)
+        check_time_in_range(schedule, arg, value, tol)
+        times.append(value)
+    if is_concrete(times) and float(times[0]) == float(times[1]):
+        raise ValueError(f"{start[0]} and {end[0]} must differ, got {start[0]}={times[0]!r}, "
+                         f"{end[0]}={times[1]!r}")
+    return x, model_dtype, tuple(times), max_steps
 
 
 def solve_ode(
@@ -173,27 +231,11 @@ def solve_ode(
       >>> sol.x.shape
       (16, 2)
     """
-    check_choice("solver", solver, ADAPTIVE_SOLVERS)
-    check_choice("per_sample", per_sample, (True, False))
-    max_steps = check_int("max_steps", max_steps, minimum=1)
-    check_choice("prediction", prediction, PREDICTIONS)
-    check_callable("model_fn", model_fn,
-                   "model_fn(x, t)" if params is None else "model_fn(params, x, t)")
-    check_schedule(schedule)
-    x_T = check_batch("x_T", x_T)
-    check_all_finite("x_T", x_T)
-    model_dtype = x_T.dtype if model_dtype is None else check_dtype("model_dtype", model_dtype)
-    x_T = x_T.astype(state_dtype(x_T.dtype))
-    check_tolerance("rtol", rtol, x_T.dtype)
-    check_tolerance("atol", atol, x_T.dtype)
-    t_start = schedule.t_max if t_start is None else check_scalar("t_start", t_start)
-    t_end = schedule.t_min if t_end is None else check_scalar("t_end", t_end)
-    tol = 8 * float(jnp.finfo(x_T.dtype).eps)
-    check_time_in_range(schedule, "t_start", t_start, tol)
-    check_time_in_range(schedule, "t_end", t_end, tol)
-    if is_concrete((t_start, t_end)) and float(t_start) == float(t_end):
-        raise ValueError(f"t_start and t_end must differ, got t_start={t_start!r}, "
-                         f"t_end={t_end!r}")
+    x_T, model_dtype, (t_start, t_end), max_steps = check_solve_args(
+        "x_T", model_fn, params, schedule, x_T, ("t_start", t_start, "t_max"),
+        ("t_end", t_end, "t_min"), solver=solver, per_sample=per_sample,
+        max_steps=max_steps, prediction=prediction, rtol=rtol, atol=atol,
+        model_dtype=model_dtype)
     dtype = x_T.dtype
     model_static, model_data = _callables.split(model_fn)
     x, nfe, n_steps, ok = _solve(

@@ -49,6 +49,7 @@ __all__ = [
     "x0_from_velocity",
     "as_velocity_fn",
     "flow_velocity_model",
+    "prediction_from_eps",
     "edm_precondition",
     "discrete_time_model",
 ]
@@ -175,6 +176,20 @@ def flow_velocity_model(model_fn: Callable, schedule: Schedule, *,
         return _bcast(d_sigma, x) * out
 
     return velocity
+
+
+def prediction_from_eps(x, eps, alpha, sigma, prediction: str):
+    """The ``prediction`` (``"eps"``, ``"x0"``, ``"v"`` or ``"score"``) that corresponds to
+    ``eps`` at ``x``: the inverse of :func:`as_eps_fn`'s conversion (for a model wrapper that
+    corrects ``eps`` and hands back the model's own kind of output)."""
+    check_choice("prediction", prediction, ("eps", "x0", "v", "score"))
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return x0_from_eps(x, eps, alpha, sigma)
+    if prediction == "v":
+        return v_from_eps(x, eps, alpha, sigma)
+    return score_from_eps(eps, sigma)
 
 
 def edm_precondition(net_fn: Callable, sigma_data=0.5) -> Callable:

@@ -96,6 +96,26 @@ class GaussianMixture(NamedTuple):
         """``velocity_fn(x, t)`` closure, the shape of a trained flow-matching model."""
         return lambda x, t: self.velocity(x, t, schedule)
 
+    def component_logits(self, x, t, schedule: Schedule):
+        """``log w_k + log N_k,t(x)``, shape ``(B, K)``: the logits of the exact
+        noise-conditional posterior ``p_t(component k | x)`` (a classifier whose classes are
+        the components)."""
+        t = jnp.broadcast_to(t, x.shape[:1])
+        lp, _, _ = self._component_logpdf(x, schedule.alpha(t), schedule.sigma(t))
+        return lp + jnp.log(self.weights)[None]
+
+    def conditional_eps(self, x, t, label, schedule: Schedule):
+        """Exact noise prediction of component ``label`` alone (``(B,)`` integers; the value
+        ``K`` selects the whole mixture): the class-conditional model whose classes are the
+        components, with ``K`` as the null label of classifier-free guidance."""
+        t = jnp.broadcast_to(t, x.shape[:1])
+        a, s = schedule.alpha(t)[:, None, None], schedule.sigma(t)[:, None, None]
+        var = a**2 * self.stds[None] ** 2 + s**2  # (B, K, d)
+        per = s * (x[:, None, :] - a * self.means[None]) / var  # eps of each component
+        k = self.weights.shape[0]
+        pick = jnp.take_along_axis(per, jnp.minimum(label, k - 1)[:, None, None], axis=1)[:, 0]
+        return jnp.where((label == k)[:, None], self.eps(x, t, schedule), pick)
+
     def log_prob(self, x):
         """Log-density of the data distribution at ``t = 0``."""
         return jax.nn.logsumexp(self._log_joint(x), axis=-1)
@@ -115,6 +135,14 @@ class GaussianMixture(NamedTuple):
         labels = jax.random.categorical(k1, jnp.log(self.weights), shape=(n,))
         z = jax.random.normal(k2, (n, self.dim), self.means.dtype)
         return self.means[labels] + self.stds[labels] * z, labels
+
+    def sample_marginal(self, key, n: int, t, schedule: Schedule):
+        """Exact draws of ``p_t``: ``alpha_t x_0 + sigma_t z`` with ``x_0`` from :meth:`sample`
+        (e.g. at ``t_min``, the distribution a likelihood or an encoding starts from)."""
+        k1, k2 = jax.random.split(key)
+        x0, _ = self.sample(k1, n)
+        z = jax.random.normal(k2, x0.shape, x0.dtype)
+        return schedule.alpha(t) * x0 + schedule.sigma(t) * z
 
 
 def gaussian_mixture(dim: int, n_modes: int, *, std=0.5, scale=1.0, seed: int = 0,
