@@ -122,7 +122,7 @@ def nan_sweep():
     return out
 
 
-def digits(steps: int, work: str):
+def digits(steps: int):
     from deis_jax.training import (TrainConfig, default_spec, digit_quality, fit,
                                    load_dataset)
 
@@ -134,7 +134,7 @@ def digits(steps: int, work: str):
         config = TrainConfig(steps=steps, batch_size=128, lr=2e-3, warmup_steps=100,
                              log_every=max(steps // 10, 1), ckpt_every=0)
         t0 = time.perf_counter()
-        result = fit(spec, data, config, ckpt_dir=f"{work}/digits_{precision}", progress="log")
+        result = fit(spec, data, config, progress="log")
         wall = time.perf_counter() - t0
         model_fn, prediction = spec.sampling_model()
         sched = spec.build_schedule()
@@ -143,16 +143,16 @@ def digits(steps: int, work: str):
         params = result.state.ema_params
         x = sample(model_fn, sched, x_T, params=params, solver="tab3", nfe=10,
                    prediction=prediction)
-        q = digit_quality(np.asarray(x), data)
+        q = digit_quality(np.asarray(x), data.test)
         out[precision] = {"steps_per_s": result.steps_per_s, "wall_s": wall,
-                          "frechet": q["frechet"], "recognised": q["recognised"]}
+                          "frechet": q.frechet, "recognised": q.recognised}
         if precision == "float32":
             bf_model = spec.build_model().clone(dtype=BF16)
             xb = sample(bf_model.apply, sched, x_T, params=params, solver="tab3", nfe=10,
                         prediction=prediction)
-            qb = digit_quality(np.asarray(xb), data)
+            qb = digit_quality(np.asarray(xb), data.test)
             out["float32_params_bf16_compute"] = {
-                "frechet": qb["frechet"], "recognised": qb["recognised"],
+                "frechet": qb.frechet, "recognised": qb.recognised,
                 "rmse_vs_float32_samples": float(testing.rmse(xb, x))}
         print(precision, out[precision], flush=True)
     return out
@@ -224,7 +224,7 @@ def main():
     work = pathlib.Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     steps = {"analytic": analytic, "nans": nan_sweep,
-             "digits": lambda: digits(args.digits_steps, args.work) if args.digits_steps else {}}
+             "digits": lambda: digits(args.digits_steps) if args.digits_steps else {}}
     for part in args.parts.split(","):
         (work / f"{part}.json").write_text(json.dumps(steps[part]()))
     kept = {part: json.loads((work / f"{part}.json").read_text())
