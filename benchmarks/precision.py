@@ -13,6 +13,8 @@
    parameters, optimizer state and loss) for the same steps and seed; Frechet distance and
    recognised rate of NFE-10 tAB3 samples; training throughput; and the float32-trained
    parameters sampled with the network computing in bfloat16.
+4. *U-Net*: a float32-trained digits U-Net sampled with float32 and bfloat16 compute by the
+   four solvers at NFE 10 and 20, against a tight adaptive solve.
 
 Writes ``results/precision.md`` and ``results/precision.json``.
 
@@ -158,10 +160,41 @@ def digits(steps: int):
     return out
 
 
-def write(rows, nans, dig):
+def unet(steps: int):
+    """The digits U-Net trained in float32, sampled with float32 and bfloat16 compute (float32
+    parameters) by every solver at NFE 10 and 20; RMSE against a tight adaptive solve
+    (float32, rtol = atol = 1e-6) of the float32-compute network from the same ``x_T``."""
+    from deis_jax.adaptive import solve_ode
+    from deis_jax.training import TrainConfig, default_spec, fit, load_dataset
+
+    data = load_dataset("digits")
+    spec = default_spec(data)
+    config = TrainConfig(steps=steps, batch_size=128, lr=2e-3, warmup_steps=100,
+                         log_every=steps, ckpt_every=0)
+    params = fit(spec, data, config, progress="none").state.ema_params
+    model = spec.build_model()
+    sched = spec.build_schedule()
+    x_T = sched.prior_sample(jax.random.key(11), (500, *data.shape))
+    ref = solve_ode(model.apply, sched, x_T, params=params, rtol=1e-6, atol=1e-6).x
+    rows = []
+    for solver in SOLVERS:
+        for nfe in NFES:
+            n, grid = grid_for(solver, nfe)
+            run = dict(params=params, solver=solver, nfe=n, grid=grid)
+            e32 = float(testing.rmse(sample(model.apply, sched, x_T, **run), ref))
+            ebf = float(testing.rmse(sample(model.clone(dtype=BF16).apply, sched, x_T, **run),
+                                     ref))
+            rows.append({"solver": solver, "nfe": n, "grid": grid, "rmse_f32": e32,
+                         "rmse_bf16": ebf, "ratio": ebf / e32})
+            print(f"unet {solver} nfe {n}: f32 {e32:.3e} bf16 {ebf:.3e} ratio {ebf / e32:.3f}",
+                  flush=True)
+    return rows
+
+
+def write(rows, nans, dig, net=()):
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "precision.json").write_text(json.dumps(
-        {"analytic": rows, "nan_sweep": nans, "digits": dig}, indent=1))
+        {"analytic": rows, "nan_sweep": nans, "digits": dig, "unet": list(net)}, indent=1))
     lines = ["# Mixed precision (bfloat16 model, float32 solver state and time)", "",
              "Produced by `python benchmarks/precision.py`. RMSE against the float64 ground "
              "truth from the same `x_T` (VP-linear, 1,000 samples; log-SNR grid, EDM grid for "
@@ -211,6 +244,15 @@ def write(rows, nans, dig):
                   f"bfloat16: Frechet {mixed['frechet']:.3f}, recognised "
                   f"{mixed['recognised']:.1%}, RMSE to the float32-compute samples "
                   f"{mixed['rmse_vs_float32_samples']:.2e}."]
+    if net:
+        lines += ["", "## Digits U-Net (float32 parameters) computing in bfloat16, 500 samples",
+                  "", "Small U-Net trained 1,000 steps in float32; RMSE against a tight "
+                  "adaptive solve (float32, rtol = atol = 1e-6) of the float32-compute network "
+                  "from the same `x_T`.", "",
+                  "| solver | NFE | RMSE float32 compute | RMSE bf16 compute | ratio |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['solver']} | {r['nfe']} | {r['rmse_f32']:.3e} | "
+                  f"{r['rmse_bf16']:.3e} | {r['ratio']:.3f} |" for r in net]
     (RESULTS / "precision.md").write_text("\n".join(lines) + "\n")
 
 
@@ -218,19 +260,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--digits-steps", type=int, default=2000)
     parser.add_argument("--work", default="/tmp/deis_jax_precision")
-    parser.add_argument("--parts", default="analytic,nans,digits",
-                        help="comma-separated parts to (re)compute: analytic, nans, digits")
+    parser.add_argument("--parts", default="analytic,nans,digits,unet",
+                        help="comma-separated parts to (re)compute: analytic, nans, digits, "
+                             "unet ('' rewrites the tables from the kept parts)")
     args = parser.parse_args()
     work = pathlib.Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     steps = {"analytic": analytic, "nans": nan_sweep,
-             "digits": lambda: digits(args.digits_steps) if args.digits_steps else {}}
-    for part in args.parts.split(","):
+             "digits": lambda: digits(args.digits_steps) if args.digits_steps else {},
+             "unet": lambda: unet(args.digits_steps // 2) if args.digits_steps else []}
+    for part in filter(None, args.parts.split(",")):
         (work / f"{part}.json").write_text(json.dumps(steps[part]()))
     kept = {part: json.loads((work / f"{part}.json").read_text())
             for part in steps if (work / f"{part}.json").exists()}
     if "analytic" in kept and "nans" in kept:
-        write(kept["analytic"], kept["nans"], kept.get("digits", {}))
+        write(kept["analytic"], kept["nans"], kept.get("digits", {}), kept.get("unet", []))
 
 
 if __name__ == "__main__":
