@@ -24,6 +24,7 @@ import numpy as np
 from deis_jax import _callables
 from deis_jax._checks import (
     check_all_finite, check_batch, check_callable, check_choice, check_key, is_concrete)
+from deis_jax.grid_files import check_grid_for
 from deis_jax.grids import GRID_KINDS, check_grid, timesteps
 from deis_jax.parameterization import PREDICTIONS, as_eps_fn, as_velocity_fn, as_x0_fn
 from deis_jax.precision import check_dtype, model_in_dtype, state_dtype
@@ -179,7 +180,9 @@ def sample(
       solver: a registry name (see :func:`deis_jax.solver_names`) or a ``Solver``.
       ts: time grid of shape ``(N+1,)``: decreasing to sample, increasing to encode data
         into noise (deterministic solvers only: a stochastic solver refuses an increasing
-        grid). May be traced (learned grids).
+        grid). May be traced (learned grids). A grid read by
+        :func:`deis_jax.grid_files.load_grid` is checked against this call's schedule,
+        solver and number of steps.
       nfe: alternatively, the number of model evaluations; the grid is then
         ``timesteps(schedule, solver.steps_for_nfe(nfe), grid)`` (and DPM-Solver-fast picks
         its order mix from ``nfe``).
@@ -243,6 +246,7 @@ def sample(
     elif nfe is not None:
         raise ValueError("pass only one of ts= and nfe=")
     else:
+        check_grid_for(ts, schedule, solver)
         ts = check_grid(schedule, ts)
         ts = ts.astype(state_dtype(ts.dtype))
         n_steps = ts.shape[0] - 1

@@ -38,6 +38,7 @@ import optax
 
 from deis_jax._checks import (
     all_finite, check_choice, check_int, check_scalar, check_type)
+from deis_jax._progress import PROGRESS, Progress
 from deis_jax.training.checkpoint import (
     RefusedError, checkpoint_dir, checkpoint_manager, latest_step, restore_checkpoint,
     save_checkpoint)
@@ -61,7 +62,6 @@ __all__ = [
     "make_train_step",
 ]
 
-PROGRESS = ("auto", "bar", "log", "none")
 TRAJECTORY_FIELDS = ("batch_size", "lr", "weight_decay", "clip_norm", "ema_decay", "seed")
 """``TrainConfig`` fields that shape every update: a resumed run must use the recorded ones."""
 SCHEDULE_FIELDS = ("steps", "warmup_steps")
@@ -225,39 +225,6 @@ def make_eval_loss(model, loss_fn: Callable) -> Callable:
     return eval_loss
 
 
-class _Progress:
-    """tqdm bar on a terminal, plain log lines otherwise."""
-
-    def __init__(self, mode: str, total: int, initial: int, stream):
-        if mode == "auto":
-            mode = "bar" if getattr(stream, "isatty", lambda: False)() else "log"
-        self.mode, self.stream = mode, stream
-        self.bar = None
-        if mode == "bar":
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, file=stream, unit="step",
-                            dynamic_ncols=True)
-
-    def update(self, step: int, total: int, fields: dict[str, float], n: int):
-        text = " ".join(f"{k}={v:.4g}" for k, v in fields.items())
-        if self.bar is not None:
-            self.bar.update(n)
-            self.bar.set_postfix_str(text, refresh=False)
-        elif self.mode == "log":
-            print(f"step {step}/{total} {text}", file=self.stream, flush=True)
-
-    def write(self, line: str):
-        if self.bar is not None:
-            self.bar.write(line)
-        elif self.mode == "log":
-            print(line, file=self.stream, flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
 class FitResult(NamedTuple):
     """Output of :func:`fit`: final state, history of logged metrics, steps/s, wall time."""
 
@@ -359,7 +326,7 @@ def fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig = TrainConfig(),
         return out
 
     start = int(state.step)
-    bar = _Progress(progress, until, start, stream)
+    bar = Progress(progress, until, start, stream)
     history, t_first, n_timed = [], None, 0
     t_start = time.perf_counter()
     last_log = start

@@ -1,0 +1,484 @@
+r"""Learned time grids: the sampling steps optimised by differentiating through the sampler.
+
+The whole sampler -- coefficient tables built from the grid at trace time, then one
+``lax.scan`` -- is a differentiable function of the grid, so for a given model, solver and NFE
+the grid can be fitted by gradient descent to reproduce a high-accuracy *teacher* solve of the
+probability-flow ODE from the same noise (the idea of Watson et al. 2022 and LD3, Tong et al.
+2025; DEIS, Zhang & Chen 2023, Sec. 5 shows how much the time discretisation matters).
+
+**Parameterisation.** With :math:`\lambda = \log(\alpha_t/\sigma_t)` (log-SNR) and logits
+:math:`z \in \mathbb{R}^N`,
+
+.. math::
+   \lambda_i = \lambda(t_{\max}) + \bigl(\lambda(t_{\min}) - \lambda(t_{\max})\bigr)
+   \sum_{j < i} \operatorname{softmax}(z)_j, \qquad t_i = t(\lambda_i),
+
+so every grid the optimiser can reach starts at ``t_max``, ends at ``t_min`` and is strictly
+decreasing: the increments in ``lambda`` are positive and sum to the whole interval
+(:func:`grid_from_logits`; :func:`logits_from_grid` is its inverse, up to the softmax's
+shift).
+
+**Objective.** :math:`L(z) = \operatorname{mean}\bigl(\Phi_z(x_T) - x_0^{\rm teacher}
+(x_T)\bigr)^2` over a calibration batch of noises, where :math:`\Phi_z` is the jitted solver
+on the grid of ``z`` and the teacher is an adaptive solve at tight tolerance (or a high-NFE
+solve of ours) from the same noise. Minimised with optax (Adam by default), with early
+stopping on a separate validation batch: the returned grid is the one with the lowest
+validation RMSE seen, never worse than the initial grid on that batch. Measure it on a third,
+held-out batch: a small calibration set overfits (the validation set stops that, not cures
+it).
+
+:func:`sweep_grid_family` is the cheap baseline and initialiser: the error of a one-parameter
+family of grids (EDM exponents, powers of ``t``, SD3 shifts) over many values in one compiled
+``jax.vmap`` call.
+
+References: D. Watson et al., *Learning Fast Samplers for Diffusion Models by Differentiating
+Through Sample Quality*, ICLR 2022; V. Tong et al., *Learning to Discretize Denoising Diffusion
+ODEs*, ICLR 2025; Q. Zhang, Y. Chen, *Fast Sampling of Diffusion Models with Exponential
+Integrator*, ICLR 2023; A. Sabour et al., *Align Your Steps*, ICML 2024.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from deis_jax._checks import (
+    check_all_finite, check_batch, check_callable, check_choice, check_int, check_scalar)
+from deis_jax._progress import PROGRESS, Progress
+from deis_jax.adaptive import solve_ode
+from deis_jax.grid_files import TimeGrid, schedule_record
+from deis_jax.grids import GRID_KINDS, check_grid, timesteps
+from deis_jax.sampling import sample
+from deis_jax.schedules import Schedule, check_schedule
+from deis_jax.solvers.base import Solver
+from deis_jax.solvers.registry import get_solver
+
+__all__ = ["FAMILY_DEFAULTS", "GridSweep", "LearnedGrid", "grid_from_logits",
+           "logits_from_grid", "optimize_timesteps", "sweep_grid_family", "teacher_samples"]
+
+FAMILY_DEFAULTS = {
+    "edm": np.geomspace(1.0, 32.0, 32),
+    "power": np.geomspace(1.0, 8.0, 32),
+    "shifted": np.geomspace(0.25, 8.0, 32),
+}
+"""Grid families :func:`sweep_grid_family` sweeps (the keyword of :func:`deis_jax.timesteps`
+they set: ``rho``, ``power``, ``shift``) and the 32 values it tries by default."""
+_FAMILY_ARG = {"edm": "rho", "power": "power", "shifted": "shift"}
+
+
+# --------------------------------------------------------------------------- parameterisation
+
+
+def _range(schedule: Schedule, t_min, t_max) -> tuple[float, float]:
+    t_min = schedule.t_min if t_min is None else t_min
+    t_max = schedule.t_max if t_max is None else t_max
+    with jax.ensure_compile_time_eval():  # eager checks, even inside a jitted caller
+        timesteps(schedule, 1, "uniform", t_min=t_min, t_max=t_max)  # checks the range
+        lam = np.asarray(schedule.log_snr(jnp.asarray([t_max, t_min])), np.float64)
+    if not np.all(np.isfinite(lam)):
+        raise ValueError(f"a learned grid lives in log-SNR, which must be finite at both ends: "
+                         f"log_snr(t_max={t_max!r}) = {lam[0]!r}, log_snr(t_min={t_min!r}) = "
+                         f"{lam[1]!r} on the {schedule.name} schedule (use t_min > 0)")
+    return float(t_min), float(t_max)
+
+
+def grid_from_logits(schedule: Schedule, logits, *, t_min=None, t_max=None):
+    """The grid of ``N = len(logits)`` steps from ``t_max`` to ``t_min`` whose log-SNR
+    increments are ``softmax(logits)`` of the whole interval (module docstring).
+    Differentiable in ``logits`` and in the schedule's parameters; pinned end points."""
+    t_min, t_max = _range(schedule, t_min, t_max)
+    logits = jnp.asarray(logits)
+    lam0, lam1 = schedule.log_snr(t_max), schedule.log_snr(t_min)
+    frac = jnp.concatenate([jnp.zeros(1, logits.dtype), jnp.cumsum(jax.nn.softmax(logits))])
+    ts = schedule.t_from_log_snr(lam0 + (lam1 - lam0) * frac)
+    return ts.at[0].set(t_max).at[-1].set(t_min)
+
+
+def logits_from_grid(schedule: Schedule, ts):
+    """Logits whose :func:`grid_from_logits` is ``ts`` (a decreasing grid): the log of its
+    log-SNR increments."""
+    ts = check_grid(schedule, ts)
+    return jnp.log(jnp.diff(schedule.log_snr(ts)))
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+def teacher_samples(model_fn: Callable, schedule: Schedule, x_T, *, params=None,
+                    prediction: str = "eps", teacher="adaptive", tol: float = 1e-5,
+                    t_min=None, t_max=None, batch_size: int = 1024):
+    """High-accuracy solutions from ``x_T`` at ``t_max`` to ``t_min``, in batches.
+
+    Args:
+      teacher: ``"adaptive"`` (:func:`deis_jax.adaptive.solve_ode`, Tsit5 at
+        ``rtol = atol = tol``) or ``(solver, nfe)``: one of our solvers on a log-SNR grid.
+      batch_size: solved this many at a time (memory).
+
+    Returns:
+      ``(x_0, description)``: an array like ``x_T`` and a string naming the teacher (and the
+      model calls the adaptive solve took).
+    """
+    t_min, t_max = _range(schedule, t_min, t_max)
+    x_T = check_batch("x_T", x_T)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    if teacher == "adaptive":
+        check_scalar("tol", tol, lower=0.0, lower_open=True)
+        run = lambda x: solve_ode(model_fn, schedule, x, params=params, prediction=prediction,
+                                  rtol=tol, atol=tol, t_start=t_max, t_end=t_min)
+        parts = [run(x_T[i:i + batch_size]) for i in range(0, x_T.shape[0], batch_size)]
+        nfe = max(int(p.nfe) for p in parts)
+        return (jnp.concatenate([p.x for p in parts]),
+                f"adaptive Tsit5 rtol=atol={tol:g} (NFE up to {nfe})")
+    if not (isinstance(teacher, tuple) and len(teacher) == 2):
+        raise ValueError(f"teacher must be 'adaptive', a (solver, nfe) pair or a pair of "
+                         f"arrays, got teacher={teacher!r}")
+    name, nfe = teacher
+    solver = get_solver(name)
+    ts = timesteps(schedule, solver.steps_for_nfe(nfe), "log_snr", t_min=t_min, t_max=t_max)
+    parts = [sample(model_fn, schedule, x_T[i:i + batch_size], params=params, solver=solver,
+                    ts=ts, prediction=prediction)
+             for i in range(0, x_T.shape[0], batch_size)]
+    return jnp.concatenate(parts), f"{solver.name} at NFE {nfe} on the log-SNR grid"
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+class GridSweep(NamedTuple):
+    """Output of :func:`sweep_grid_family`.
+
+    Attributes:
+      family: the grid kind swept.
+      values: the parameter values tried, ``(K,)``.
+      rmse: the RMSE against the teacher at each value, ``(K,)`` (inf where the grid was not
+        usable, e.g. not strictly decreasing in float32).
+      best_value: the value with the lowest RMSE.
+      ts: the grid of ``best_value``.
+    """
+
+    family: str
+    values: np.ndarray
+    rmse: np.ndarray
+    best_value: float
+    ts: jnp.ndarray
+
+
+def _rmse(out, target):
+    return jnp.sqrt(jnp.mean(jnp.square(out - target)))
+
+
+def _resolve(solver, nfe: int) -> tuple[Solver, int]:
+    solver = get_solver(solver)
+    if solver.stochastic:
+        raise ValueError(f"solver {solver.name!r} is stochastic: grids are learned for the "
+                         "deterministic solvers (its samples do not follow a teacher's "
+                         "trajectory)")
+    nfe = check_int("nfe", nfe, minimum=1)
+    if solver.for_nfe is not None:
+        solver = solver.for_nfe(solver, nfe)
+    return solver, solver.steps_for_nfe(nfe)
+
+
+def sweep_grid_family(model_fn: Callable, schedule: Schedule, x_T, x_0, *, solver, nfe: int,
+                      family: str = "edm", values=None, params=None, prediction: str = "eps",
+                      t_min=None, t_max=None) -> GridSweep:
+    """The error of every grid of a one-parameter family, in one compiled ``jax.vmap`` call.
+
+    Args:
+      x_T, x_0: noises and their teacher solutions (:func:`teacher_samples`).
+      solver, nfe: the solver and its number of model calls.
+      family: ``"edm"`` (the exponent ``rho``), ``"power"`` (``t^(1/power)`` uniform) or
+        ``"shifted"`` (SD3 shift); see :data:`FAMILY_DEFAULTS`.
+      values: the parameter values (default :data:`FAMILY_DEFAULTS` ``[family]``).
+
+    Returns:
+      A :class:`GridSweep`.
+    """
+    check_schedule(schedule)
+    check_choice("family", family, tuple(FAMILY_DEFAULTS))
+    solver, n_steps = _resolve(solver, nfe)
+    t_min, t_max = _range(schedule, t_min, t_max)
+    x_T, x_0 = _check_pair("x_T", x_T, "x_0", x_0)
+    values = FAMILY_DEFAULTS[family] if values is None else np.asarray(values, np.float64)
+    if values.ndim != 1 or values.size < 1 or not np.all(np.isfinite(values) & (values > 0)):
+        raise ValueError(f"values must be a non-empty 1-d array of finite numbers > 0, got "
+                         f"values={values}")
+
+    def grid(v):
+        return timesteps(schedule, n_steps, family, t_min=t_min, t_max=t_max,
+                         **{_FAMILY_ARG[family]: v})
+
+    def err(v, x, y, p):
+        ts = grid(v)
+        out = sample(model_fn, schedule, x, params=p, solver=solver, ts=ts,
+                     prediction=prediction, check_finite=False)
+        ok = jnp.all(jnp.diff(ts) < 0)
+        return jnp.where(ok, _rmse(out, y), jnp.inf)
+
+    rmse = np.asarray(jax.jit(jax.vmap(err, in_axes=(0, None, None, None)))(
+        jnp.asarray(values, x_T.dtype), x_T, x_0, params), np.float64)
+    rmse = np.where(np.isfinite(rmse), rmse, np.inf)
+    if not np.any(np.isfinite(rmse)):
+        raise FloatingPointError(f"every grid of the {family!r} family gave a non-finite "
+                                 f"error with solver {solver.name!r} at NFE {nfe}")
+    best = float(values[int(np.argmin(rmse))])
+    return GridSweep(family, values, rmse, best, grid(best))
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+class LearnedGrid(NamedTuple):
+    """Output of :func:`optimize_timesteps`.
+
+    Attributes:
+      ts: the learned grid, a :class:`~deis_jax.grid_files.TimeGrid` whose ``metadata`` says
+        what it was made for (save it with :func:`deis_jax.grid_files.save_grid`).
+      validation_rmse: its RMSE against the teacher on the validation noise.
+      init_validation_rmse: the initial grid's.
+      best_step: the optimisation step that gave ``ts`` (0: the initial grid).
+      steps_run: steps taken before early stopping (or ``steps``).
+      history: ``[{"step", "calibration_rmse", "validation_rmse"}, ...]`` at every
+        evaluation.
+      seconds: optimisation wall time (compilation included).
+      teacher_seconds: wall time of the teacher solves.
+    """
+
+    ts: TimeGrid
+    validation_rmse: float
+    init_validation_rmse: float
+    best_step: int
+    steps_run: int
+    history: list
+    seconds: float
+    teacher_seconds: float
+
+
+def _check_pair(name_a, a, name_b, b):
+    a, b = check_batch(name_a, a), check_batch(name_b, b)
+    check_all_finite(name_a, a)
+    check_all_finite(name_b, b)
+    if a.shape != b.shape:
+        raise ValueError(f"{name_b} must have the shape of {name_a} {a.shape}, got {b.shape}")
+    return a, b
+
+
+def _teachers(teacher, model_fn, schedule, x_cal, x_val, kwargs):
+    if (isinstance(teacher, tuple) and len(teacher) == 2
+            and all(hasattr(v, "shape") for v in teacher)):
+        y_cal, y_val = teacher
+        return (_check_pair("x_T_calibration", x_cal, "teacher[0]", y_cal)[1],
+                _check_pair("x_T_validation", x_val, "teacher[1]", y_val)[1],
+                "given arrays")
+    y_cal, text = teacher_samples(model_fn, schedule, x_cal, teacher=teacher, **kwargs)
+    y_val, _ = teacher_samples(model_fn, schedule, x_val, teacher=teacher, **kwargs)
+    return y_cal, y_val, text
+
+
+def _initial_grid(init_grid, model_fn, schedule, solver, nfe, n_steps, x, y, kwargs):
+    t_min, t_max = kwargs["t_min"], kwargs["t_max"]
+    if isinstance(init_grid, str):
+        if init_grid == "sweep":
+            sweep = sweep_grid_family(model_fn, schedule, x, y, solver=solver, nfe=nfe,
+                                      **kwargs)
+            return sweep.ts, f"edm grid, rho={sweep.best_value:.3g} (best of a sweep)"
+        check_choice("init_grid", init_grid, GRID_KINDS + ("sweep",))
+        return timesteps(schedule, n_steps, init_grid, t_min=t_min, t_max=t_max), init_grid
+    ts = check_grid(schedule, init_grid, name="init_grid")
+    v = np.asarray(ts, np.float64)
+    if v.shape[0] != n_steps + 1 or not np.isclose(v[0], t_max, rtol=1e-6) or not np.isclose(
+            v[-1], t_min, rtol=1e-6) or not np.all(np.diff(v) < 0):
+        raise ValueError(f"init_grid must be {n_steps + 1} decreasing times from t_max={t_max} "
+                         f"to t_min={t_min} ({solver.name} at NFE {nfe} takes {n_steps} "
+                         f"steps), got init_grid={v}")
+    return ts, "given array"
+
+
+def optimize_timesteps(
+    model_fn: Callable,
+    schedule: Schedule,
+    *,
+    solver,
+    nfe: int,
+    x_T_calibration,
+    x_T_validation,
+    params=None,
+    prediction: str = "eps",
+    teacher="adaptive",
+    teacher_tol: float = 1e-5,
+    init_grid="log_snr",
+    steps: int = 300,
+    optimizer: optax.GradientTransformation | None = None,
+    learning_rate: float = 3e-2,
+    batch_size: int | None = None,
+    eval_every: int = 10,
+    patience: int = 10,
+    key=None,
+    t_min=None,
+    t_max=None,
+    model: dict | None = None,
+    progress: str = "auto",
+    stream=None,
+) -> LearnedGrid:
+    """Fit the time grid of ``solver`` at ``nfe`` model calls to a teacher (module docstring).
+
+    Args:
+      model_fn, params, prediction: the model, as for :func:`deis_jax.sample`.
+      schedule: its noise schedule.
+      solver: a deterministic solver (name or :class:`~deis_jax.solvers.Solver`).
+      nfe: number of model calls of the learned grid.
+      x_T_calibration: noises the grid is fitted on, ``(B, ...)`` (thousands: a few hundred
+        overfit).
+      x_T_validation: other noises, for early stopping.
+      teacher: ``"adaptive"`` (Tsit5 at ``rtol = atol = teacher_tol``), ``(solver, nfe)``
+        (ours, log-SNR grid) or ``(x_0_calibration, x_0_validation)`` computed beforehand.
+      init_grid: a grid kind of :data:`deis_jax.GRID_KINDS`, ``"sweep"`` (the best EDM
+        exponent of :func:`sweep_grid_family` on the calibration noise) or an array.
+      steps: at most this many optimiser steps.
+      optimizer: an optax transformation of the logits (default Adam at ``learning_rate``).
+      batch_size: calibration noises per step (default: all of them, full-batch).
+      eval_every, patience: validation RMSE every ``eval_every`` steps; stop after
+        ``patience`` evaluations without improvement.
+      key: PRNG key for the mini-batches (needed with ``batch_size``).
+      t_min, t_max: the grid's end times (default: the schedule's).
+      model: JSON-serialisable identity of the model (checkpoint, step), kept in the
+        metadata.
+      progress: ``"auto"``, ``"bar"``, ``"log"`` or ``"none"``; ``stream`` (default stdout).
+
+    Returns:
+      A :class:`LearnedGrid`.
+
+    Raises:
+      ValueError, TypeError: a bad argument (a stochastic solver, noises of different shapes,
+        an unreachable NFE, a log-SNR that is infinite at an end of the grid), before any
+        work; a model that does not accept the noise's shape fails when traced.
+      FloatingPointError: the gradient became non-finite; names the step.
+
+    Example:
+      >>> import jax
+      >>> from deis_jax import schedules, testing
+      >>> from deis_jax.learned_grids import optimize_timesteps
+      >>> sched = schedules.vp_linear()
+      >>> eps = testing.ring_mixture(4, std=0.1).eps_fn(sched)
+      >>> k1, k2 = jax.random.split(jax.random.key(0))
+      >>> res = optimize_timesteps(eps, sched, solver="tab3", nfe=5, steps=20,
+      ...     x_T_calibration=sched.prior_sample(k1, (256, 2)),
+      ...     x_T_validation=sched.prior_sample(k2, (256, 2)), progress="none")
+      >>> res.validation_rmse <= res.init_validation_rmse
+      True
+    """
+    check_callable("model_fn", model_fn,
+                   "model_fn(x, t)" if params is None else "model_fn(params, x, t)")
+    check_schedule(schedule)
+    solver, n_steps = _resolve(solver, nfe)
+    if n_steps < max(solver.min_steps, 2):
+        raise ValueError(f"a grid of {n_steps} step(s) has nothing to learn: {solver.name} at "
+                         f"NFE {nfe} takes {n_steps}")
+    t_min, t_max = _range(schedule, t_min, t_max)
+    x_cal, x_val = check_batch("x_T_calibration", x_T_calibration), check_batch(
+        "x_T_validation", x_T_validation)
+    check_all_finite("x_T_calibration", x_cal)
+    check_all_finite("x_T_validation", x_val)
+    if x_cal.shape[1:] != x_val.shape[1:] or x_cal.dtype != x_val.dtype:
+        raise ValueError(f"x_T_validation {x_val.shape} {x_val.dtype} must match "
+                         f"x_T_calibration {x_cal.shape} {x_cal.dtype} after the batch axis")
+    steps = check_int("steps", steps, minimum=1)
+    eval_every = check_int("eval_every", eval_every, minimum=1)
+    patience = check_int("patience", patience, minimum=1)
+    check_choice("progress", progress, PROGRESS)
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        if batch_size > x_cal.shape[0]:
+            raise ValueError(f"batch_size={batch_size} exceeds the {x_cal.shape[0]} "
+                             "calibration noises")
+        if key is None:
+            raise ValueError("batch_size needs a PRNG key= to draw the mini-batches")
+    if optimizer is None:
+        optimizer = optax.adam(check_scalar("learning_rate", learning_rate, lower=0.0,
+                                            lower_open=True))
+    kwargs = dict(params=params, prediction=prediction, t_min=t_min, t_max=t_max)
+
+    t0 = time.perf_counter()
+    y_cal, y_val, teacher_text = _teachers(teacher, model_fn, schedule, x_cal, x_val,
+                                           dict(kwargs, tol=teacher_tol))
+    teacher_seconds = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ts0, init_text = _initial_grid(init_grid, model_fn, schedule, solver, nfe, n_steps, x_cal,
+                                   y_cal, kwargs)
+
+    def to_grid(z):
+        return grid_from_logits(schedule, z, t_min=t_min, t_max=t_max)
+
+    def rmse(z, x, y, p):
+        out = sample(model_fn, schedule, x, params=p, solver=solver, ts=to_grid(z),
+                     prediction=prediction, check_finite=False)
+        return _rmse(out, y)
+
+    @jax.jit
+    def update(z, opt_state, p, x, y, k):
+        if batch_size is not None:
+            idx = jax.random.choice(k, x.shape[0], (batch_size,), replace=False)
+            x, y = x[idx], y[idx]
+        loss, grad = jax.value_and_grad(lambda z: jnp.square(rmse(z, x, y, p)))(z)
+        ok = jnp.all(jnp.isfinite(grad)) & jnp.isfinite(loss)
+        upd, new_state = optimizer.update(grad, opt_state, z)
+        new_z = optax.apply_updates(z, upd)
+        keep = lambda new, old: jnp.where(ok, new, old)
+        return (keep(new_z, z), jax.tree_util.tree_map(keep, new_state, opt_state),
+                jnp.sqrt(loss), ok)
+
+    validate = jax.jit(rmse)
+    z = logits_from_grid(schedule, ts0).astype(x_cal.dtype)
+    opt_state = optimizer.init(z)
+    best_z, best = z, float(validate(z, x_val, y_val, params))
+    if not np.isfinite(best):
+        raise FloatingPointError(f"the initial grid ({init_text}) gives a non-finite "
+                                 f"validation error with solver {solver.name!r}: {ts0}")
+    init_val, best_step, stale = best, 0, 0
+    history = [{"step": 0, "calibration_rmse": float(validate(z, x_cal, y_cal, params)),
+                "validation_rmse": best}]
+    keys = jax.random.split(key if key is not None else jax.random.key(0), steps)
+    bar = Progress(progress, steps, 0, sys.stdout if stream is None else stream)
+    step = 0
+    try:
+        for step in range(1, steps + 1):
+            z, opt_state, loss, ok = update(z, opt_state, params, x_cal, y_cal, keys[step - 1])
+            if not bool(ok):
+                raise FloatingPointError(
+                    f"the gradient of the grid's calibration loss is non-finite at "
+                    f"optimisation step {step} (solver {solver.name!r}, NFE {nfe}; grid "
+                    f"before the step: {np.asarray(to_grid(z))}); the last finite grid is "
+                    "not returned: lower the learning rate or start from another init_grid")
+            if step % eval_every == 0 or step == steps:
+                val = float(validate(z, x_val, y_val, params))
+                history.append({"step": step, "calibration_rmse": float(loss),
+                                "validation_rmse": val})
+                bar.update(step, steps, {"rmse": float(loss), "val": val}, eval_every)
+                if val < best:
+                    best_z, best, best_step, stale = z, val, step, 0
+                else:
+                    stale += 1
+                    if stale >= patience:
+                        break
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    ts = np.asarray(to_grid(best_z), np.float64)
+    meta = {"solver": solver.name, "nfe": int(nfe), "n_steps": n_steps,
+            "schedule": schedule_record(schedule), "validation_rmse": best,
+            "init_validation_rmse": init_val, "init_grid": init_text, "teacher": teacher_text,
+            "calibration_size": int(x_cal.shape[0]),
+            "validation_size": int(x_val.shape[0]), "best_step": best_step,
+            "steps_run": step, "model": model,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds")}
+    return LearnedGrid(TimeGrid(ts, meta), best, init_val, best_step, step, history, seconds,
+                       teacher_seconds)
