@@ -1,10 +1,12 @@
-"""The ``deis-jax`` command line: ``train``, ``sample``, ``demo`` and ``bench``.
+"""The ``deis-jax`` command line: ``train``, ``sample``, ``tune-grid``, ``demo`` and ``bench``.
 
 Argument parsing over :mod:`deis_jax.training`, :mod:`deis_jax.evaluate`,
 :mod:`deis_jax.plots` and :mod:`deis_jax.demo`::
 
     deis-jax train --data checkerboard --steps 3000 --out runs/cb
     deis-jax sample --ckpt runs/cb --solver tab3 --nfe 10 --n 2000 --out cb.png
+    deis-jax tune-grid --ckpt runs/cb --solver tab3 --nfe 5 --out grid.json
+    deis-jax sample --ckpt runs/cb --grid grid.json --out cb5.png
     deis-jax demo                      # train, sample with 4 solvers, write ./demo_out
     deis-jax bench                     # run benchmarks/accuracy.py
 
@@ -24,13 +26,16 @@ import sys
 import warnings
 from typing import Sequence
 
+import jax
 import numpy as np
 
-from deis_jax import GRID_KINDS, evaluate, plots, schedules, solver_names, training
+from deis_jax import GRID_KINDS, evaluate, get_solver, plots, schedules, solver_names, training
 from deis_jax._checks import check_writable_dir, check_writable_file
+from deis_jax._progress import PROGRESS
 from deis_jax.demo import run_demo
+from deis_jax.grid_files import load_grid, save_grid
+from deis_jax.learned_grids import optimize_timesteps
 from deis_jax.parameterization import PREDICTIONS
-from deis_jax.training.trainer import PROGRESS
 
 __all__ = ["main", "build_parser"]
 
@@ -99,8 +104,24 @@ def cmd_sample(args) -> int:
     for path in {stem + ".npz", args.out}:
         check_writable_file("--out", path)
     model = training.load_model(args.ckpt)
+    grid = "quadratic" if args.grid is None else args.grid
+    if grid not in GRID_KINDS:
+        if not grid.endswith(".json"):
+            raise CliError(f"--grid must be a grid kind {list(GRID_KINDS)} or a grid file "
+                           f"(.json, from deis-jax tune-grid), got grid={grid!r}")
+        path = grid
+        grid = load_grid(path)
+        made = grid.metadata
+        args.solver = made["solver"] if args.solver is None else args.solver
+        args.nfe = made["nfe"] if args.nfe is None else args.nfe
+        source = made.get("model") or {}
+        if source.get("step") not in (None, model.step):
+            warnings.warn(f"{path} was tuned on step {source.get('step')} of "
+                          f"{source.get('ckpt')}; sampling step {model.step} of {args.ckpt}")
+    args.solver = "tab3" if args.solver is None else args.solver
+    args.nfe = 10 if args.nfe is None else args.nfe
     x = evaluate.draw_samples(model, args.n, solver=args.solver, nfe=args.nfe,
-                              seed=args.seed, grid=args.grid)
+                              seed=args.seed, grid=grid)
     np.savez(stem + ".npz", samples=x, solver=args.solver, nfe=args.nfe, seed=args.seed,
              step=model.step)
     written = [stem + ".npz"]
@@ -110,6 +131,32 @@ def cmd_sample(args) -> int:
         written.append(args.out)
     print(f"{args.n} samples ({args.solver}, NFE {args.nfe}, step {model.step}) -> "
           + ", ".join(written))
+    return 0
+
+
+def cmd_tune_grid(args) -> int:
+    check_writable_file("--out", args.out)
+    if not args.out.endswith(".json"):
+        raise CliError(f"--out must end in .json, got out={args.out!r}")
+    model = training.load_model(args.ckpt)
+    key = jax.random.fold_in(jax.random.key(args.seed), 1)  # not the noise `sample` draws
+    k_cal, k_val, k_batch = jax.random.split(key, 3)
+    shape = tuple(model.spec.data["shape"])
+    result = optimize_timesteps(
+        model.model_fn, model.schedule, params=model.params, prediction=model.prediction,
+        solver=args.solver, nfe=args.nfe,
+        x_T_calibration=model.schedule.prior_sample(k_cal, (args.n_calibration, *shape)),
+        x_T_validation=model.schedule.prior_sample(k_val, (args.n_validation, *shape)),
+        teacher_tol=args.teacher_tol, init_grid=args.init, steps=args.steps,
+        learning_rate=args.lr, batch_size=args.batch_size,
+        key=None if args.batch_size is None else k_batch,
+        model={"ckpt": os.path.abspath(args.ckpt), "step": model.step},
+        progress=args.progress)
+    save_grid(args.out, result.ts, schedule=model.schedule)
+    print(f"{args.solver} at NFE {args.nfe}: validation RMSE {result.init_validation_rmse:.4g} "
+          f"({args.init} grid) -> {result.validation_rmse:.4g} (learned, step "
+          f"{result.best_step}/{result.steps_run}) in {result.seconds:.1f}s + "
+          f"{result.teacher_seconds:.1f}s teacher; grid -> {args.out}")
     return 0
 
 
@@ -185,14 +232,42 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Sample a checkpoint; writes .npz (and a PNG grid or "
                        "scatter plot when --out ends in .png).")
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--solver", default="tab3", choices=solver_names())
-    p.add_argument("--nfe", type=_int_at_least(1), default=10)
-    p.add_argument("--grid", default="quadratic", choices=GRID_KINDS,
-                   help="time grid (log_snr suits vp_cosine and EDM better)")
+    p.add_argument("--solver", default=None, choices=solver_names(),
+                   help="default tab3, or the --grid file's solver")
+    p.add_argument("--nfe", type=_int_at_least(1), default=None,
+                   help="default 10, or the --grid file's NFE")
+    p.add_argument("--grid", default=None,
+                   help=f"time grid: a kind {{{','.join(GRID_KINDS)}}} (default quadratic; "
+                   "log_snr suits vp_cosine and EDM better) or a learned grid file (.json, "
+                   "from tune-grid: sets --solver and --nfe, and is checked against them and "
+                   "the schedule)")
     p.add_argument("--n", type=_int_at_least(1), default=64)
     p.add_argument("--out", default="samples.png")
     p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("tune-grid", help="learn the time grid of a solver for a checkpoint",
+                       description="Fit the sampling grid of --solver at --nfe to an "
+                       "adaptive high-accuracy solve from the same noise (gradient descent "
+                       "through the sampler, early stopping on validation noise); writes a "
+                       "JSON grid file for `deis-jax sample --grid FILE`.")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--solver", default="tab3",
+                   choices=[n for n in solver_names() if not get_solver(n).stochastic])
+    p.add_argument("--nfe", type=_int_at_least(2), required=True)
+    p.add_argument("--out", required=True, help="the grid file (.json)")
+    p.add_argument("--init", default="log_snr", choices=GRID_KINDS + ("sweep",),
+                   help="initial grid (sweep: the best EDM exponent of 32)")
+    p.add_argument("--steps", type=_int_at_least(1), default=300)
+    p.add_argument("--lr", type=_positive_float, default=3e-2)
+    p.add_argument("--n-calibration", type=_int_at_least(2), default=2048)
+    p.add_argument("--n-validation", type=_int_at_least(2), default=512)
+    p.add_argument("--batch-size", type=_int_at_least(1), default=None,
+                   help="calibration noises per step (default all)")
+    p.add_argument("--teacher-tol", type=_positive_float, default=1e-5)
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
+    p.add_argument("--progress", default="auto", choices=PROGRESS)
+    p.set_defaults(func=cmd_tune_grid)
 
     p = sub.add_parser("demo", help="train small models and compare samplers at NFE 10",
                        description="Train on 2-d checkerboard (and 8x8 digits if time "

@@ -54,7 +54,7 @@ def _prior(model: LoadedModel, n: int, seed: int):
 
 
 def draw_samples(model: LoadedModel, n: int, *, solver: str, nfe: int, seed: int = 0,
-                 grid: str = "quadratic") -> np.ndarray:
+                 grid="quadratic") -> np.ndarray:
     """``n`` samples of ``model`` with ``solver`` at ``nfe`` model calls.
 
     Args:
@@ -63,14 +63,24 @@ def draw_samples(model: LoadedModel, n: int, *, solver: str, nfe: int, seed: int
       solver: a registry name (see :func:`deis_jax.solver_names`).
       nfe: model evaluations.
       seed: determines ``x_T`` (shared with :func:`reference_samples`) and the solver noise.
-      grid: time-grid kind (see :data:`deis_jax.GRID_KINDS`).
+      grid: time-grid kind (see :data:`deis_jax.GRID_KINDS`), or the grid itself (e.g. a
+        learned one from :func:`deis_jax.grid_files.load_grid`, checked against ``solver``
+        and the schedule), which must give ``solver`` exactly ``nfe`` model calls.
 
     Returns:
       float32 array ``(n, *shape)``.
     """
     x_T, key = _prior(model, n, seed)
+    if isinstance(grid, str):
+        where = dict(nfe=nfe, grid=grid)
+    else:
+        calls = get_solver(solver).nfe_for_steps(len(grid) - 1)
+        if calls != nfe:
+            raise ValueError(f"a grid of {len(grid) - 1} steps gives {solver!r} {calls} model "
+                             f"calls, not nfe={nfe}")
+        where = dict(ts=grid)
     x = sample(model.model_fn, model.schedule, x_T, params=model.params, solver=solver,
-               nfe=nfe, grid=grid, prediction=model.prediction, key=key)
+               prediction=model.prediction, key=key, **where)
     return np.asarray(x, np.float32)
 
 

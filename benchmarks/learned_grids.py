@@ -1,0 +1,325 @@
+"""Learned time grids against the best fixed grids, on held-out noise.
+
+1. *Mixtures*: the 2-d ring of 8 sharp Gaussians (std 0.05) and the 64-d 10-mode mixture of
+   ``benchmarks/accuracy.py``, under VP-linear and VE, exact scores. For tAB3-DEIS, iPNDM,
+   UniPC-3 and DPM-Solver++(3M) at NFE 5, 6, 8, 10, 12, 15, 20: the held-out RMSE against the
+   float64 ground truth (``testing.ode_ground_truth``, rtol 1e-9) of the quadratic, log-SNR and
+   EDM (rho = 7) grids, of the best of 32 EDM exponents (``sweep_grid_family``, one vmapped
+   call, chosen on the calibration noise) and of the learned grid
+   (``optimize_timesteps``, started from the fixed grid with the lowest validation error, Adam
+   at 3e-2, at most 300 steps, early stopping after 6 validations without progress). Noises: 4,096
+   calibration, 1,024 validation, 4,096 held out, all different; the teacher is the float64
+   ground truth; sampling runs in float32. For the 64-d mixture also the mode flips (samples
+   ending nearest another component than their ground truth) and the flip-free RMSE; there
+   only tAB3 and DPM-Solver++(3M) at NFE 5, 8, 12, 20, with mini-batches of 512 (cost).
+2. *Transfer*: grids learned on the ring used on another 2-d mixture (6 modes, std 0.1,
+   random means) under the same schedule, against that mixture's fixed and own learned grids.
+   (Grids applied to new noise: every number of part 1 is on held-out noise.)
+3. *Digits*: the small U-Net trained 2,000 steps (checkpoints at 1,000 and 2,000); tAB3 and
+   DPM-Solver++(3M) at NFE 5 and 6; teacher: adaptive Tsit5 at tol 1e-5 from 1,024
+   calibration and 256 validation noises (mini-batches of 256); Frechet distance and
+   recognised rate (shipped classifier) of 1,000 held-out samples, learned against fixed
+   grids; and the grid learned on the step-1,000 checkpoint applied to step 2,000.
+
+Writes ``results/learned_grids.md``, ``.json`` and ``.png``. Parts are kept in ``--work``::
+
+    python benchmarks/learned_grids.py                        # everything (~1 h, 2 cores)
+    python benchmarks/learned_grids.py --parts mixtures       # one part
+    python benchmarks/learned_grids.py --parts ''             # rewrite from the kept parts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deis_jax import sample, schedules, testing, timesteps
+from deis_jax.learned_grids import optimize_timesteps, sweep_grid_family
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+SOLVERS = ("tab3", "ipndm", "unipc3", "dpmpp_3m")
+NFES = (5, 6, 8, 10, 12, 15, 20)
+# The 64-d mixture costs ~30x the ring per optimiser step (2 s per full-batch step on 2 busy
+# cores): two solvers, four NFEs and mini-batches of 512 keep the part under half an hour.
+SOLVERS_64, NFES_64, BATCH_64 = ("tab3", "dpmpp_3m"), (5, 8, 12, 20), 512
+FIXED = ("quadratic", "log_snr", "edm")
+SIZES = {"calibration": 4096, "validation": 1024, "held_out": 4096}
+OPT = dict(steps=300, eval_every=10, patience=6, learning_rate=3e-2)
+SCHEDULES = {"vp_linear": schedules.vp_linear, "ve": schedules.ve}
+
+
+def problems():
+    return {"ring2d": testing.ring_mixture(8, std=0.05),
+            "gmm64": testing.gaussian_mixture(64, 10, std=0.3, scale=1.0, seed=1),
+            "other2d": testing.gaussian_mixture(2, 6, std=0.1, scale=1.0, seed=3)}
+
+
+def noises(gmm, sched, seed=0):
+    """Calibration, validation and held-out noises with their float64 ground truth (cast to
+    float32)."""
+    out = {}
+    keys = jax.random.split(jax.random.key(seed), len(SIZES))
+    for key, (name, n) in zip(keys, SIZES.items()):
+        with jax.enable_x64(True):
+            gmm64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), gmm)
+            sched64 = SCHEDULES[sched.name]()
+            x = sched64.prior_sample(key, (n, gmm.dim))
+            gt, _ = testing.ode_ground_truth(gmm64, sched64, x, sched64.t_max, sched64.t_min,
+                                             rtol=1e-9, atol=1e-9)
+            gt = np.asarray(gt, np.float32)
+        out[name] = (jnp.asarray(np.asarray(x, np.float32)), jnp.asarray(gt))
+    return out
+
+
+def measure(gmm, eps, sched, solver, ts, x, gt):
+    out = sample(eps, sched, x, solver=solver, ts=ts)
+    row = {"rmse": float(testing.rmse(out, gt))}
+    if gmm.dim > 2:
+        flips = np.asarray(testing.mode_flips(gmm, out, gt))
+        row["flips"] = int(flips.sum())
+        row["flip_free_rmse"] = float(testing.rmse(out[~flips], gt[~flips]))
+    return row
+
+
+def learn_cell(gmm, sched, data, solver, nfe, batch_size=None):
+    """Fixed grids, the sweep and the learned grid for one (solver, NFE)."""
+    eps = gmm.eps_fn(sched)
+    (xc, yc), (xv, yv), (xh, yh) = data["calibration"], data["validation"], data["held_out"]
+    n_steps = nfe  # all four solvers take one model call per step
+    grids = {k: timesteps(sched, n_steps, k) for k in FIXED}
+    sweep = sweep_grid_family(eps, sched, xc, yc, solver=solver, nfe=nfe)
+    grids["sweep"] = sweep.ts
+    val = {k: float(testing.rmse(sample(eps, sched, xv, solver=solver, ts=ts), yv))
+           for k, ts in grids.items()}
+    start = min(val, key=val.get)
+    res = optimize_timesteps(eps, sched, solver=solver, nfe=nfe, x_T_calibration=xc,
+                             x_T_validation=xv, teacher=(yc, yv), init_grid=grids[start],
+                             batch_size=batch_size, key=jax.random.key(nfe),
+                             progress="none", **OPT)
+    row = {"solver": solver, "nfe": nfe, "sweep_rho": sweep.best_value, "init": start,
+           "seconds": res.seconds, "best_step": res.best_step, "steps_run": res.steps_run,
+           "ts": [float(t) for t in np.asarray(res.ts)]}
+    for k, ts in {**grids, "learned": res.ts}.items():
+        row[k] = measure(gmm, eps, sched, solver, ts, xh, yh)
+    fixed_best = min(row[k]["rmse"] for k in (*FIXED, "sweep"))
+    row["gain"] = fixed_best / row["learned"]["rmse"]
+    print(f"{solver} nfe {nfe}: fixed best {fixed_best:.3e} learned "
+          f"{row['learned']['rmse']:.3e} ({row['gain']:.2f}x) in {res.seconds:.1f}s "
+          f"(step {res.best_step}/{res.steps_run})", flush=True)
+    return row
+
+
+def mixtures():
+    out = {}
+    for pname in ("ring2d", "gmm64"):
+        gmm = problems()[pname]
+        for sname, make in SCHEDULES.items():
+            sched = make()
+            t0 = time.perf_counter()
+            data = noises(gmm, sched)
+            gt_s = time.perf_counter() - t0
+            print(f"{pname} {sname}: ground truth {gt_s:.0f}s", flush=True)
+            big = gmm.dim > 2
+            cells = [(s, n) for s in (SOLVERS_64 if big else SOLVERS)
+                     for n in (NFES_64 if big else NFES)]
+            out[f"{pname}/{sname}"] = {"ground_truth_s": gt_s, "rows": [
+                learn_cell(gmm, sched, data, s, n, BATCH_64 if big else None)
+                for s, n in cells]}
+            (pathlib.Path("/tmp") / "learned_grids_partial.json").write_text(json.dumps(out))
+            jax.clear_caches()
+    return out
+
+
+def transfer(kept):
+    """Grids learned on the ring (part 1) used on another 2-d mixture."""
+    other = problems()["other2d"]
+    out = []
+    for sname, make in SCHEDULES.items():
+        sched = make()
+        data = noises(other, sched, seed=5)
+        eps = other.eps_fn(sched)
+        xh, yh = data["held_out"]
+        for row in kept[f"ring2d/{sname}"]["rows"]:
+            if row["solver"] not in ("tab3", "dpmpp_3m") or row["nfe"] not in (5, 8, 10):
+                continue
+            solver, nfe = row["solver"], row["nfe"]
+            own = learn_cell(other, sched, data, solver, nfe)
+            ring_grid = jnp.asarray(row["ts"], jnp.float32)
+            out.append({"schedule": sname, "solver": solver, "nfe": nfe,
+                        "fixed_best": min(own[k]["rmse"] for k in (*FIXED, "sweep")),
+                        "own_learned": own["learned"]["rmse"],
+                        "ring_learned": measure(other, eps, sched, solver, ring_grid, xh,
+                                                yh)["rmse"]})
+            print("transfer", out[-1], flush=True)
+        jax.clear_caches()
+    return out
+
+
+def digits(steps: int, work: pathlib.Path):
+    from deis_jax.training import (TrainConfig, default_spec, digit_quality, fit,
+                                   load_dataset, load_model)
+
+    data = load_dataset("digits")
+    ckpt = work / "digits_ckpt"
+    config = TrainConfig(steps=steps, batch_size=128, lr=2e-3, warmup_steps=100,
+                         log_every=max(steps // 10, 1), ckpt_every=steps // 2, keep=3)
+    t0 = time.perf_counter()
+    fit(default_spec(data), data, config, ckpt_dir=str(ckpt), progress="log")
+    train_s = time.perf_counter() - t0
+    models = {s: load_model(str(ckpt), step=s) for s in (steps // 2, steps)}
+    final = models[steps]
+    sched, shape = final.schedule, tuple(data.shape)
+    kc, kv, kh = jax.random.split(jax.random.key(21), 3)
+    xc = sched.prior_sample(kc, (1024, *shape))
+    xv = sched.prior_sample(kv, (256, *shape))
+    xh = sched.prior_sample(kh, (1000, *shape))
+    out = {"train_steps": steps, "train_s": train_s, "rows": []}
+    for solver in ("tab3", "dpmpp_3m"):
+        for nfe in (5, 6):
+            learned = {}
+            for step, m in models.items():
+                res = optimize_timesteps(
+                    m.model_fn, sched, params=m.params, prediction=m.prediction,
+                    solver=solver, nfe=nfe, x_T_calibration=xc, x_T_validation=xv,
+                    batch_size=256, key=jax.random.key(3), init_grid="log_snr",
+                    progress="log", model={"step": step}, steps=200, eval_every=10,
+                    patience=6)
+                learned[step] = res
+            res = learned[steps]
+            grids = {k: timesteps(sched, nfe, k) for k in FIXED}
+            grids["learned"] = res.ts
+            grids[f"learned at step {steps // 2}"] = learned[steps // 2].ts
+            row = {"solver": solver, "nfe": nfe, "seconds": res.seconds,
+                   "teacher_seconds": res.teacher_seconds,
+                   "validation_rmse": res.validation_rmse,
+                   "init_validation_rmse": res.init_validation_rmse}
+            for k, ts in grids.items():
+                x = sample(final.model_fn, sched, xh, params=final.params, solver=solver,
+                           ts=jnp.asarray(np.asarray(ts), jnp.float32),
+                           prediction=final.prediction)
+                q = digit_quality(np.asarray(x), data.test)
+                row[k] = {"frechet": q.frechet, "recognised": q.recognised}
+            print("digits", row, flush=True)
+            out["rows"].append(row)
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(v):
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def plot(mix):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(mix), figsize=(4.2 * len(mix), 3.6), squeeze=False)
+    for ax, (name, part) in zip(axes[0], mix.items()):
+        for i, solver in enumerate(SOLVERS):
+            rows = [r for r in part["rows"] if r["solver"] == solver]
+            nfe = [r["nfe"] for r in rows]
+            best = [min(r[k]["rmse"] for k in (*FIXED, "sweep")) for r in rows]
+            ax.loglog(nfe, best, "--", color=f"C{i}", alpha=0.7)
+            ax.loglog(nfe, [r["learned"]["rmse"] for r in rows], "o-", color=f"C{i}",
+                      label=solver)
+        ax.set_title(name)
+        ax.set_xlabel("NFE")
+        ax.set_xticks(NFES, [str(n) for n in NFES])
+    axes[0][0].set_ylabel("held-out RMSE (solid: learned, dashed: best fixed)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "learned_grids.png", dpi=110)
+
+
+def write(kept):
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "learned_grids.json").write_text(json.dumps(kept, indent=1))
+    lines = ["# Learned time grids", "",
+             "Produced by `python benchmarks/learned_grids.py` (see its docstring for the "
+             "set-up). Held-out RMSE against the float64 ground truth; `best fixed` is the "
+             "lowest of the quadratic, log-SNR, EDM (rho 7) and swept-EDM grids on the same "
+             "held-out noise; `gain` = best fixed / learned. Seconds: optimisation wall time "
+             "including compilation, on 2 CPU cores shared with other jobs.", ""]
+    mix = kept.get("mixtures", {})
+    for name, part in mix.items():
+        flips = name.startswith("gmm64")
+        lines += [f"## {name} (ground truth {part['ground_truth_s']:.0f}s)", ""]
+        head = ["solver", "NFE", "quadratic", "log-SNR", "EDM 7", "sweep (rho)", "learned",
+                "gain", "init", "seconds"]
+        if flips:
+            head += ["flips fixed-best / learned (of 4096)", "flip-free RMSE best / learned"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in part["rows"]:
+            cells = [r["solver"], r["nfe"], r["quadratic"]["rmse"], r["log_snr"]["rmse"],
+                     r["edm"]["rmse"], f"{r['sweep']['rmse']:.3g} ({r['sweep_rho']:.3g})",
+                     r["learned"]["rmse"], f"{r['gain']:.2f}", r["init"],
+                     f"{r['seconds']:.0f}"]
+            if flips:
+                best = min((*FIXED, "sweep"), key=lambda k: r[k]["rmse"])
+                fewest = min(r[k]["flips"] for k in (*FIXED, "sweep"))
+                cells += [f"{r[best]['flips']} (fewest fixed {fewest}) / "
+                          f"{r['learned']['flips']}",
+                          f"{r[best]['flip_free_rmse']:.3g} / "
+                          f"{r['learned']['flip_free_rmse']:.3g}"]
+            lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+        lines.append("")
+    if "transfer" in kept:
+        lines += ["## Transfer: grids learned on the ring, used on another 2-d mixture", "",
+                  "| schedule | solver | NFE | best fixed | own learned | ring's learned |",
+                  "|---|---|---|---|---|---|"]
+        for r in kept["transfer"]:
+            lines.append(f"| {r['schedule']} | {r['solver']} | {r['nfe']} | "
+                         f"{r['fixed_best']:.3g} | {r['own_learned']:.3g} | "
+                         f"{r['ring_learned']:.3g} |")
+        lines.append("")
+    if kept.get("digits"):
+        d = kept["digits"]
+        lines += [f"## Digits (U-Net, {d['train_steps']} steps, trained in "
+                  f"{d['train_s']:.0f}s)", "",
+                  "Frechet distance in the shipped classifier's features / recognised rate of "
+                  "1,000 held-out samples.", ""]
+        keys = [k for k in d["rows"][0] if isinstance(d["rows"][0][k], dict)]
+        lines += ["| solver | NFE | " + " | ".join(keys) + " | teacher s | optimisation s |",
+                  "|---|---|" + "---|" * (len(keys) + 2)]
+        for r in d["rows"]:
+            lines.append(f"| {r['solver']} | {r['nfe']} | " + " | ".join(
+                f"{r[k]['frechet']:.3g} / {100 * r[k]['recognised']:.1f}%" for k in keys)
+                + f" | {r['teacher_seconds']:.0f} | {r['seconds']:.0f} |")
+        lines.append("")
+    if mix:
+        plot(mix)
+        lines += ["![learned grids](learned_grids.png)", ""]
+    (RESULTS / "learned_grids.md").write_text("\n".join(lines))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="/tmp/deis_jax_learned_grids")
+    parser.add_argument("--parts", default="mixtures,transfer,digits")
+    parser.add_argument("--digits-steps", type=int, default=2000)
+    args = parser.parse_args()
+    work = pathlib.Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+
+    def kept():
+        return {p.stem: json.loads(p.read_text()) for p in work.glob("*.json")}
+
+    steps = {"mixtures": mixtures, "transfer": lambda: transfer(kept()["mixtures"]),
+             "digits": lambda: digits(args.digits_steps, work)}
+    for part in filter(None, args.parts.split(",")):
+        (work / f"{part}.json").write_text(json.dumps(steps[part]()))
+    write(kept())
+
+
+if __name__ == "__main__":
+    main()
