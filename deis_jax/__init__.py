@@ -13,8 +13,10 @@ Quick start::
 
 from deis_jax import adaptive
 from deis_jax import conditioning
+from deis_jax import grid_files
 from deis_jax import guidance
 from deis_jax import inversion
+from deis_jax import learned_grids
 from deis_jax import likelihood
 from deis_jax import parameterization
 from deis_jax import quadrature
@@ -26,6 +28,9 @@ from deis_jax.adaptive import solve_ode
 from deis_jax.grids import GRID_KINDS
 from deis_jax.grids import check_grid
 from deis_jax.grids import timesteps
+from deis_jax.grid_files import load_grid
+from deis_jax.grid_files import save_grid
+from deis_jax.learned_grids import optimize_timesteps
 from deis_jax.likelihood import log_likelihood
 from deis_jax.sampling import SampleOutput
 from deis_jax.sampling import sample
@@ -46,14 +51,19 @@ __all__ = [
     "get_solver",
     "adaptive",
     "conditioning",
+    "grid_files",
     "guidance",
     "inversion",
+    "learned_grids",
+    "load_grid",
     "likelihood",
     "log_likelihood",
+    "optimize_timesteps",
     "parameterization",
     "quadrature",
     "register_solver",
     "sample",
+    "save_grid",
     "schedules",
     "solve_ode",
     "solver_names",
