@@ -33,12 +33,23 @@ class Dataset(NamedTuple):
       test: ``(n_test, *shape)`` held-out data (evaluation, quality metrics).
       kind: ``"points"`` (vectors: scatter plots, energy distance) or ``"images"`` (NHWC in
         ``[-1, 1]``: image grids, Frechet distance).
+      train_labels, test_labels: integer class labels ``(n_train,)`` and ``(n_test,)`` in
+        ``[0, n_classes)`` (conditional training), or None for unlabelled data.
     """
 
     name: str
     train: np.ndarray
     test: np.ndarray
     kind: str
+    train_labels: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
+
+    @property
+    def n_classes(self) -> int | None:
+        """Number of classes (``1 +`` the largest label), None for unlabelled data."""
+        if self.train_labels is None:
+            return None
+        return int(max(self.train_labels.max(), self.test_labels.max())) + 1
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -127,8 +138,9 @@ def load_dataset(name: str, *, n_train: int = 50_000, n_test: int = 5_000,
     """Load a built-in dataset by name (no downloads).
 
     Args:
-      name: one of :data:`DATASETS`: a 2-d toy set or ``"digits"`` (scikit-learn's 1,797 8x8
-        digit images scaled to ``[-1, 1]``, NHWC with one channel).
+      name: one of :data:`DATASETS`: a 2-d toy set (unlabelled) or ``"digits"``
+        (scikit-learn's 1,797 8x8 digit images scaled to ``[-1, 1]``, NHWC with one channel,
+        with their labels 0-9).
       n_train, n_test: sizes of the toy sets (ignored for digits).
       test_fraction: held-out fraction of the digits.
       seed: generation / split seed.
@@ -138,7 +150,9 @@ def load_dataset(name: str, *, n_train: int = 50_000, n_test: int = 5_000,
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction=}")
         train, test = _digits(test_fraction, seed)
-        return Dataset(name, train, test, "images")
+        y_train, y_test = digit_labels(test_fraction, seed)
+        return Dataset(name, train, test, "images", y_train.astype(np.int32),
+                       y_test.astype(np.int32))
     train = toy_2d(name, n_train, seed)
     test = toy_2d(name, n_test, seed + 1)
     return Dataset(name, train, test, "points")
@@ -186,6 +200,26 @@ def get_batch(data: np.ndarray, step: int, batch_size: int, seed: int = 0) -> np
     return data[batch_indices(data.shape[0], step, batch_size, seed)]
 
 
+def _check_labels(data: Dataset) -> None:
+    """Both label arrays or neither; integers ``(n,)`` matching their split, non-negative."""
+    if (data.train_labels is None) != (data.test_labels is None):
+        raise ValueError("data needs both train_labels and test_labels, or neither")
+    if data.train_labels is None:
+        return
+    for part in ("train", "test"):
+        y = getattr(data, f"{part}_labels")
+        check_type(f"data.{part}_labels", y, np.ndarray, "a numpy array of integers")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise TypeError(f"data.{part}_labels must hold integers, got dtype {y.dtype}")
+        n = getattr(data, part).shape[0]
+        if y.shape != (n,):
+            raise ValueError(f"data.{part}_labels must have shape ({n},), one label per "
+                             f"row of data.{part}, got shape {y.shape}")
+        if y.size and int(y.min()) < 0:
+            raise ValueError(f"data.{part}_labels must be >= 0, got {int(y.min())} at row "
+                             f"{int(np.argmin(y))}")
+
+
 def check_dataset(data: Dataset, shape=None) -> None:
     """Refuse a dataset a run cannot use, naming the first bad row: ``train`` and ``test``
     must be floating-point arrays ``(n >= 1, *shape)`` of the same sample shape, every entry
@@ -212,6 +246,7 @@ def check_dataset(data: Dataset, shape=None) -> None:
     if data.test.shape[1:] != data.train.shape[1:]:
         raise ValueError(f"data.test samples have shape {data.test.shape[1:]}, data.train "
                          f"samples {data.train.shape[1:]}")
+    _check_labels(data)
     if shape is not None and tuple(shape) != data.shape:
         raise ValueError(f"the data's sample shape {data.shape} is not the shape "
                          f"{tuple(shape)} the spec records (spec.data['shape'])")
