@@ -26,8 +26,8 @@ def model_from_config(config: dict[str, Any]):
     """Build a model from ``{"name": ..., **attributes}`` (e.g. read from a checkpoint).
 
     ``"num_classes"`` (an int) makes the network class-conditional (``apply(params, x, t,
-    label)``); ``"dtype"`` and ``"param_dtype"`` are dtype names (``"bfloat16"``: mixed precision, see
-    :mod:`deis_jax.precision`).
+    label)``); ``"dtype"`` and ``"param_dtype"`` are dtype names (``"bfloat16"``: mixed
+    precision, see :mod:`deis_jax.precision`).
 
     Example:
       >>> model_from_config({"name": "mlp", "hidden": 64}).hidden

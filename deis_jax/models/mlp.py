@@ -27,6 +27,9 @@ class MLPScore(Precision):
         label)`` with ``label`` in ``[0, C]`` (``C``, or no label, is the null label: the
         unconditional prediction); the label's embedding is added to the time embedding
         (:func:`~deis_jax.models.embedding.label_conditioned`). None: unconditional.
+      out_features: output size (None: the input's dimension, a score network; the number
+        of classes for the logits of a noise-conditional classifier,
+        :mod:`deis_jax.training.classifier`).
       dtype: compute dtype of the dense layers (``None``: the input's; ``jnp.bfloat16`` for
         mixed precision). The time embedding and the layer norms compute in float32 at
         least; the output is in the compute dtype.
@@ -49,6 +52,7 @@ class MLPScore(Precision):
     emb_dim: int = 64
     time_scale: float = 1000.0
     num_classes: int | None = None
+    out_features: int | None = None
 
     @nn.compact
     def __call__(self, x, t, label=None):
@@ -61,4 +65,5 @@ class MLPScore(Precision):
             z = nn.LayerNorm(dtype=norm_dtype(z), param_dtype=self.param_dtype)(z)
             z = dense(self, self.hidden)(nn.silu(z))
             h = h + z
-        return dense(self, x.shape[-1], kernel_init=nn.initializers.zeros)(nn.silu(h))
+        out = x.shape[-1] if self.out_features is None else self.out_features
+        return dense(self, out, kernel_init=nn.initializers.zeros)(nn.silu(h))

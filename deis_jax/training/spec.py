@@ -117,8 +117,8 @@ class DiffusionSpec:
 
         ``model_fn(params, x, t)`` (for a class-conditional model also ``model_fn(params, x,
         t, label)``, the form :func:`deis_jax.guidance.classifier_free` takes; without a
-        label it is the unconditional prediction, the null label's) is the network's ``apply`` (a bound method of a Flax module,
-        which compares by value), or a ``functools.partial`` of a module-level function with
+        label it is the unconditional prediction, the null label's) is the network's
+        ``apply`` (a bound method of a Flax module, which compares by value), or a ``functools.partial`` of a module-level function with
         the module and the loss's static constants (EDM preconditioning, DDPM step index).
         Rebuilding it -- a new :func:`~deis_jax.training.load_model`, every evaluation during
         training -- therefore reuses the compiled sampler.
