@@ -20,7 +20,7 @@ def _two_gaussians(n=4096, seed=0):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
     x = MEANS[y] + STD * rng.standard_normal((n, 2))
-    return array_dataset(x, x[:64])._replace(train_labels=y, test_labels=y[:64])
+    return array_dataset(x, x[:64], labels=y, test_labels=y[:64])
 
 
 def _exact_posterior(schedule, x, t):

@@ -119,6 +119,11 @@ def test_digits_carry_their_labels_and_unlabelled_data_is_refused():
     with pytest.raises(ValueError, match=r"train_labels must have shape \(14,\)"):
         fit(_cond_spec(), bad._replace(train_labels=np.zeros(3, int)), TrainConfig(steps=1),
             progress="none")
+    with pytest.raises(ValueError, match=r"labels must have shape \(16,\)"):
+        array_dataset(np.zeros((16, 2)), labels=np.zeros(3, int))
+    with pytest.raises(TypeError, match="test_labels must hold integers"):
+        array_dataset(np.zeros((16, 2)), np.zeros((4, 2)), labels=np.zeros(16, int),
+                      test_labels=np.zeros(4))
 
 
 def _two_class_points(n=512):
@@ -126,11 +131,10 @@ def _two_class_points(n=512):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, n)
     x = np.stack([4.0 * y - 2.0, np.zeros(n)], 1) + 0.1 * rng.standard_normal((n, 2))
-    data = array_dataset(x, test_fraction=0.25)
-    # array_dataset permutes with the same generator seed: relabel through the same order.
-    perm = np.random.default_rng(0).permutation(n)
-    n_test = int(round(0.25 * n))
-    return data._replace(train_labels=y[perm[n_test:]], test_labels=y[perm[:n_test]])
+    data = array_dataset(x, labels=y, test_fraction=0.25)
+    # The held-out rows keep their labels.
+    np.testing.assert_array_equal(data.test_labels, (data.test[:, 0] > 0).astype(int))
+    return data
 
 
 def test_conditional_training_checkpoint_and_guided_sampling(tmp_path):

@@ -81,8 +81,8 @@ def train_noisy_classifier(data: Dataset, schedule: Schedule, *, steps: int = 20
       >>> from deis_jax import schedules
       >>> from deis_jax.training import array_dataset
       >>> x = np.r_[np.full((8, 2), -1.0), np.full((8, 2), 1.0)]
-      >>> data = array_dataset(x, x)._replace(train_labels=np.r_[[0] * 8, [1] * 8],
-      ...                                      test_labels=np.r_[[0] * 8, [1] * 8])
+      >>> y = np.r_[[0] * 8, [1] * 8]
+      >>> data = array_dataset(x, x, labels=y, test_labels=y)
       >>> clf = train_noisy_classifier(data, schedules.vp_linear(), steps=5, hidden=8)
       >>> clf.classifier_fn(clf.params, x, np.full(16, 0.5, np.float32)).shape
       (16, 2)

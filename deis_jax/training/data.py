@@ -158,26 +158,43 @@ def load_dataset(name: str, *, n_train: int = 50_000, n_test: int = 5_000,
     return Dataset(name, train, test, "points")
 
 
-def array_dataset(train, test=None, *, name: str = "custom", test_fraction: float = 0.1,
-                  seed: int = 0) -> Dataset:
+def array_dataset(train, test=None, *, labels=None, test_labels=None, name: str = "custom",
+                  test_fraction: float = 0.1, seed: int = 0) -> Dataset:
     """Wrap a user's array ``(n, *shape)`` (vectors, or NHWC images in ``[-1, 1]``).
 
-    Without ``test`` a random ``test_fraction`` is held out. Arrays of rank 4 are treated as
-    images, anything else as points.
+    Without ``test`` a random ``test_fraction`` is held out (with its ``labels``). Arrays of
+    rank 4 are treated as images, anything else as points. ``labels`` (integers ``(n,)``,
+    one per row of ``train``; and ``test_labels`` with an explicit ``test``) make the data
+    usable for class-conditional training.
     """
     train = _as_float32("train", train)
     if train.ndim < 2 or train.shape[0] < 2:
         raise ValueError(f"train must have shape (n >= 2, ...), got shape {train.shape}")
+    if (test is None) and test_labels is not None:
+        raise ValueError("test_labels needs test: without it the held-out labels are split "
+                         "from labels")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != train.shape[:1]:
+            raise ValueError(f"labels must have shape ({train.shape[0]},), one per row of "
+                             f"train, got shape {labels.shape}")
+        if test is not None and test_labels is None:
+            raise ValueError("labels with an explicit test need test_labels too")
     if test is None:
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction=}")
         perm = np.random.default_rng(seed).permutation(train.shape[0])
         n_test = max(1, int(round(test_fraction * train.shape[0])))
         train, test = train[perm[n_test:]], train[perm[:n_test]]
+        if labels is not None:
+            labels, test_labels = labels[perm[n_test:]], labels[perm[:n_test]]
     test = _as_float32("test", test)
     if test.shape[1:] != train.shape[1:]:
         raise ValueError(f"test samples have shape {test.shape[1:]}, train {train.shape[1:]}")
-    return Dataset(name, train, test, "images" if train.ndim == 4 else "points")
+    data = Dataset(name, train, test, "images" if train.ndim == 4 else "points", labels,
+                   None if test_labels is None else np.asarray(test_labels))
+    _check_labels(data)
+    return data
 
 
 def _as_float32(name: str, values) -> np.ndarray:
@@ -223,7 +240,8 @@ def _check_labels(data: Dataset) -> None:
 def check_dataset(data: Dataset, shape=None) -> None:
     """Refuse a dataset a run cannot use, naming the first bad row: ``train`` and ``test``
     must be floating-point arrays ``(n >= 1, *shape)`` of the same sample shape, every entry
-    finite, and the sample shape equal to ``shape`` when given (the one a spec records).
+    finite, and the sample shape equal to ``shape`` when given (the one a spec records);
+    labels, if any, non-negative integers, one per row, for both splits.
 
     A non-finite row would make the loss NaN at the first step that draws it; found here, it
     costs no training.
