@@ -14,9 +14,9 @@ from deis_jax.evaluate import draw_samples, guided_model
 from deis_jax.models import MLPScore, UNet, model_from_config
 from deis_jax.training import (
     DiffusionSpec, LoadedModel, TrainConfig, array_dataset, default_spec, fit, load_dataset,
-    load_model, schedule_to_dict)
+    load_model, make_loss, schedule_to_dict)
 from deis_jax.training.losses import drop_labels
-from deis_jax.training.trainer import _check_resume
+from deis_jax.training.trainer import _check_resume, _objective
 
 
 def _randomize(params, key):
@@ -76,6 +76,23 @@ def test_drop_labels_rate_and_kept_labels():
     assert abs(dropped.mean() - p) < 4 * np.sqrt(p * (1 - p) / n)
     np.testing.assert_array_equal(np.asarray(out)[~dropped], np.asarray(labels)[~dropped])
     np.testing.assert_array_equal(drop_labels(jax.random.key(0), labels, 0.0, 10), labels)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5])
+def test_label_dropout_trains_the_null_label(p):
+    """The null label's embedding row gets a gradient exactly when labels are dropped; the
+    rows of the classes in the batch get one either way, the others none."""
+    model = MLPScore(hidden=16, depth=1, num_classes=4)
+    x0 = jax.random.normal(jax.random.key(0), (64, 2))
+    labels = jnp.arange(64) % 2  # classes 0 and 1 only
+    params = _randomize(model.init(jax.random.key(1), x0[:1], jnp.zeros((1,))),
+                        jax.random.key(3))  # the zero output layer would stop every gradient
+    objective = _objective(model, make_loss("dsm", schedules.vp_linear()), p)
+    grads = jax.grad(objective)(params, (x0, labels), jax.random.key(2))
+    row_norms = np.abs(np.asarray(grads["params"]["label_embedding"]["embedding"])).sum(1)
+    assert row_norms[0] > 0 and row_norms[1] > 0
+    np.testing.assert_array_equal(row_norms[2:4], 0.0)
+    assert (row_norms[4] > 0) == (p > 0)
 
 
 def _cond_spec(**kwargs):

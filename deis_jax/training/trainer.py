@@ -156,8 +156,10 @@ def _network(model, params, label=None) -> Callable:
     accumulated in float32 under mixed precision. A class-conditional network sees
     ``label`` (one per row of ``x``)."""
 
+    extra = () if label is None else (label,)  # any (x, t) network, or a conditional one
+
     def fn(x, t):
-        return model.apply(params, x, t, label).astype(x.dtype)
+        return model.apply(params, x, t, *extra).astype(x.dtype)
 
     return fn
 
