@@ -7,6 +7,8 @@ Argument parsing over :mod:`deis_jax.training`, :mod:`deis_jax.evaluate`,
     deis-jax sample --ckpt runs/cb --solver tab3 --nfe 10 --n 2000 --out cb.png
     deis-jax tune-grid --ckpt runs/cb --solver tab3 --nfe 5 --out grid.json
     deis-jax sample --ckpt runs/cb --grid grid.json --out cb5.png
+    deis-jax train --data digits --conditional --steps 5000 --out runs/cd
+    deis-jax sample --ckpt runs/cd --label 3 --guidance 2.0 --out threes.png
     deis-jax demo                      # train, sample with 4 solvers, write ./demo_out
     deis-jax bench                     # run benchmarks/accuracy.py
 
@@ -67,17 +69,32 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 # ---------------------------------------------------------------------------- commands
 
 
 def cmd_train(args) -> int:
-    training.checkpoint_dir(check_writable_dir("--out", args.out), create=True)
-    start = training.latest_step(args.out)
+    check_writable_dir("--out", args.out)
     data = training.load_dataset(args.data)
+    if args.conditional and data.n_classes is None:
+        raise CliError(f"--conditional needs a labelled dataset, and --data {args.data} has "
+                       "no labels (labelled: digits)")
     spec = training.default_spec(data, args.schedule, loss=args.loss,
                                  prediction=args.prediction, weighting=args.weighting,
                                  time_sampling=args.time_sampling, size=args.size,
-                                 precision=args.precision)
+                                 precision=args.precision, conditional=args.conditional,
+                                 label_dropout=args.label_dropout)
+    training.checkpoint_dir(args.out, create=True)
+    start = training.latest_step(args.out)
     config = training.TrainConfig(
         steps=args.steps, lr=args.lr, warmup_steps=min(100, args.steps // 10), seed=args.seed,
         batch_size=(training.default_batch_size(data) if args.batch_size is None
@@ -120,17 +137,20 @@ def cmd_sample(args) -> int:
                           f"{source.get('ckpt')}; sampling step {model.step} of {args.ckpt}")
     args.solver = "tab3" if args.solver is None else args.solver
     args.nfe = 10 if args.nfe is None else args.nfe
+    guidance = 0.0 if args.guidance is None else args.guidance
     x = evaluate.draw_samples(model, args.n, solver=args.solver, nfe=args.nfe,
-                              seed=args.seed, grid=grid)
+                              seed=args.seed, grid=grid, label=args.label,
+                              guidance=guidance)
+    extra = {} if args.label is None else {"label": args.label, "guidance": guidance}
     np.savez(stem + ".npz", samples=x, solver=args.solver, nfe=args.nfe, seed=args.seed,
-             step=model.step)
+             step=model.step, **extra)
     written = [stem + ".npz"]
+    what = f"{args.solver}, NFE {args.nfe}" + (
+        f", label {args.label}, guidance {guidance:g}" if args.label is not None else "")
     if ext == ".png":
-        title = f"{model.spec.data.get('name', '')}: {args.solver}, NFE {args.nfe}"
-        plots.save_samples(args.out, x, title)
+        plots.save_samples(args.out, x, f"{model.spec.data.get('name', '')}: {what}")
         written.append(args.out)
-    print(f"{args.n} samples ({args.solver}, NFE {args.nfe}, step {model.step}) -> "
-          + ", ".join(written))
+    print(f"{args.n} samples ({what}, step {model.step}) -> " + ", ".join(written))
     return 0
 
 
@@ -226,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=_int_at_least(1), default=1,
                    help="data-parallel over this many devices")
     p.add_argument("--progress", default="auto", choices=PROGRESS)
+    p.add_argument("--conditional", action="store_true",
+                   help="class-conditional model (labelled data: digits), trained with label "
+                   "dropout so it also gives the unconditional prediction; sample it with "
+                   "--label and --guidance")
+    p.add_argument("--label-dropout", type=_probability, default=0.1,
+                   help="probability of training on the null label (--conditional)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="sample a trained checkpoint",
@@ -244,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_int_at_least(1), default=64)
     p.add_argument("--out", default="samples.png")
     p.add_argument("--seed", type=_int_at_least(0), default=0)
+    p.add_argument("--label", type=_int_at_least(0), default=None,
+                   help="class of a --conditional checkpoint (digits: 0-9)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance weight w with --label: (1 + w) eps(x, t, "
+                   "label) - w eps(x, t, null); 0 (default) samples the conditional model")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("tune-grid", help="learn the time grid of a solver for a checkpoint",

@@ -26,8 +26,9 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from deis_jax._checks import check_choice, check_int
+from deis_jax._checks import check_choice, check_int, check_scalar
 from deis_jax.adaptive import solve_ode
+from deis_jax.guidance import classifier_free
 from deis_jax.sampling import sample
 from deis_jax.solvers import get_solver
 from deis_jax.training import (
@@ -36,6 +37,7 @@ from deis_jax.training import (
 __all__ = [
     "draw_samples",
     "evaluate_solvers",
+    "guided_model",
     "quality_table",
     "reference_samples",
     "sample_quality_eval",
@@ -53,23 +55,48 @@ def _prior(model: LoadedModel, n: int, seed: int):
     return model.schedule.prior_sample(key_prior, shape), key_solver
 
 
+def guided_model(model: LoadedModel, label=None, guidance=0.0) -> Callable:
+    """``model.model_fn`` (the unconditional prediction) without a ``label``; with one, the
+    class-conditional model under classifier-free guidance of weight ``guidance``
+    (:func:`deis_jax.guidance.classifier_free`: ``(1 + w) eps(x, t, y) - w eps(x, t,
+    null)``; ``0`` is the plain conditional model).
+
+    Raises:
+      ValueError: a ``label`` for an unconditional model, a label outside ``[0,
+        num_classes)``, a non-finite ``guidance``, or a ``guidance`` without a ``label``.
+    """
+    guidance = check_scalar("guidance", guidance)
+    if label is None:
+        if guidance != 0.0:
+            raise ValueError(f"guidance={guidance!r} needs a label to guide towards")
+        return model.model_fn
+    if model.spec.num_classes is None:
+        raise ValueError(f"label={label!r} given, but the model is unconditional (trained "
+                         "without labels); train one with conditional=True (deis-jax train "
+                         "--conditional)")
+    return classifier_free(model.model_fn, label, guidance, n_classes=model.spec.num_classes)
+
+
 def draw_samples(model: LoadedModel, n: int, *, solver: str, nfe: int, seed: int = 0,
-                 grid="quadratic") -> np.ndarray:
+                 grid="quadratic", label=None, guidance=0.0) -> np.ndarray:
     """``n`` samples of ``model`` with ``solver`` at ``nfe`` model calls.
 
     Args:
       model: the trained model.
       n: number of samples.
       solver: a registry name (see :func:`deis_jax.solver_names`).
-      nfe: model evaluations.
+      nfe: model evaluations (with a ``label``, each is one call on the doubled batch).
       seed: determines ``x_T`` (shared with :func:`reference_samples`) and the solver noise.
       grid: time-grid kind (see :data:`deis_jax.GRID_KINDS`), or the grid itself (e.g. a
         learned one from :func:`deis_jax.grid_files.load_grid`, checked against ``solver``
         and the schedule), which must give ``solver`` exactly ``nfe`` model calls.
+      label, guidance: the class and the classifier-free guidance weight of a
+        class-conditional model (:func:`guided_model`); no label: unconditional samples.
 
     Returns:
       float32 array ``(n, *shape)``.
     """
+    model_fn = guided_model(model, label, guidance)
     x_T, key = _prior(model, n, seed)
     if isinstance(grid, str):
         where = dict(nfe=nfe, grid=grid)
@@ -79,7 +106,7 @@ def draw_samples(model: LoadedModel, n: int, *, solver: str, nfe: int, seed: int
             raise ValueError(f"a grid of {len(grid) - 1} steps gives {solver!r} {calls} model "
                              f"calls, not nfe={nfe}")
         where = dict(ts=grid)
-    x = sample(model.model_fn, model.schedule, x_T, params=model.params, solver=solver,
+    x = sample(model_fn, model.schedule, x_T, params=model.params, solver=solver,
                prediction=model.prediction, key=key, **where)
     return np.asarray(x, np.float32)
 

@@ -203,3 +203,48 @@ def test_resume_below_or_at_the_checkpoint_step_says_so(ckpt, capsys):
     assert f"already holds step {at} = --steps: nothing to train" in capsys.readouterr().out
     assert main([*common, "--steps", str(at + 5), "--lr", "1e-3"]) == 2
     _one_error_line(capsys.readouterr().err, "lr: 0.002 in the checkpoint, 0.001 now")
+
+
+def test_conditional_train_and_guided_sample(ckpt, tmp_path, capsys):
+    """``train --conditional`` records the classes and the label dropout; ``sample --label
+    --guidance`` runs classifier-free guidance and records both; bad uses exit 2 naming the
+    argument."""
+    from deis_jax import training
+
+    out = tmp_path / "cond"
+    assert main(["train", "--data", "digits", "--conditional", "--label-dropout", "0.2",
+                 "--steps", "3", "--batch-size", "16", "--out", str(out),
+                 "--progress", "none"]) == 0
+    spec = training.load_model(out).spec
+    assert spec.model["num_classes"] == 10 and spec.label_dropout == 0.2
+    common = ["sample", "--ckpt", str(out), "--solver", "ddim", "--nfe", "3", "--n", "4"]
+    assert main([*common, "--label", "3", "--guidance", "2.0",
+                 "--out", str(tmp_path / "g.npz")]) == 0
+    assert "label 3, guidance 2" in capsys.readouterr().out
+    assert main([*common, "--label", "3", "--out", str(tmp_path / "c.npz")]) == 0
+    assert main([*common, "--out", str(tmp_path / "u.npz")]) == 0
+    with np.load(tmp_path / "g.npz") as g, np.load(tmp_path / "c.npz") as c, \
+            np.load(tmp_path / "u.npz") as u:
+        assert int(g["label"]) == 3 and float(g["guidance"]) == 2.0 and "label" not in u
+        assert np.all(np.isfinite(g["samples"]))
+        # Same x_T: guidance, the label and no label each change the samples.
+        assert np.abs(g["samples"] - c["samples"]).max() > 1e-6
+        assert np.abs(c["samples"] - u["samples"]).max() > 1e-6
+    capsys.readouterr()
+    for argv, message in (
+            ([*common, "--label", "10"], "label must lie in [0, n_classes) = [0, 10), got "
+                                         "label=10"),
+            ([*common, "--label", "1", "--guidance", "nan"], "guidance"),
+            ([*common, "--guidance", "2"], "guidance=2.0 needs a label"),
+            (["sample", "--ckpt", str(ckpt), "--label", "1", "--n", "4", "--nfe", "3"],
+             "the model is unconditional"),
+            (["train", "--data", "checkerboard", "--conditional", "--steps", "3",
+              "--out", str(tmp_path / "cb")], "--data checkerboard has no labels")):
+        assert main([*argv, "--out", str(tmp_path / "bad.npz")] if argv[0] == "sample"
+                    else argv) == 2
+        _one_error_line(capsys.readouterr().err, message)
+    assert not (tmp_path / "bad.npz").exists() and not os.listdir(tmp_path / "cb")
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "digits", "--conditional", "--label-dropout", "1",
+              "--steps", "3", "--out", str(tmp_path / "x")])
+    assert "must be in [0, 1)" in capsys.readouterr().err

@@ -66,7 +66,8 @@ def test_model_from_config():
     # A misspelt key used to fail in the dataclass constructor, not listing the valid ones.
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['hiden'\] in the 'mlp' model "
                                          r"config; valid keys: \['depth', 'dtype', 'emb_dim', "
-                                         r"'hidden', 'param_dtype', 'time_scale'\]"):
+                                         r"'hidden', 'num_classes', 'out_features', 'param_dtype', "
+                                         r"'time_scale'\]"):
         model_from_config({"name": "mlp", "hiden": 3})
 
 

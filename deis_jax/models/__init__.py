@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from deis_jax._checks import check_choice
+from deis_jax._checks import check_choice, check_int
 from deis_jax.models.embedding import SinusoidalEmbedding
 from deis_jax.models.mlp import MLPScore
 from deis_jax.models.unet import UNet
@@ -25,8 +25,9 @@ MODELS = {"mlp": MLPScore, "unet": UNet}
 def model_from_config(config: dict[str, Any]):
     """Build a model from ``{"name": ..., **attributes}`` (e.g. read from a checkpoint).
 
-    ``"dtype"`` and ``"param_dtype"`` are dtype names (``"bfloat16"``: mixed precision, see
-    :mod:`deis_jax.precision`).
+    ``"num_classes"`` (an int) makes the network class-conditional (``apply(params, x, t,
+    label)``); ``"dtype"`` and ``"param_dtype"`` are dtype names (``"bfloat16"``: mixed
+    precision, see :mod:`deis_jax.precision`).
 
     Example:
       >>> model_from_config({"name": "mlp", "hidden": 64}).hidden
@@ -43,6 +44,9 @@ def model_from_config(config: dict[str, Any]):
                          f"valid keys: {sorted(valid)}")
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()
               if k != "name"}
+    if kwargs.get("num_classes") is not None:
+        kwargs["num_classes"] = check_int("model config num_classes", kwargs["num_classes"],
+                                          minimum=1)
     for key in ("dtype", "param_dtype"):
         if key in kwargs:
             kwargs[key] = check_dtype(f"model config {key}", kwargs[key])

@@ -1,4 +1,4 @@
-"""Sinusoidal time embedding shared by the score networks."""
+"""Time and class-label embeddings shared by the score networks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-__all__ = ["SinusoidalEmbedding", "time_features"]
+__all__ = ["SinusoidalEmbedding", "label_conditioned", "time_features"]
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -44,3 +44,39 @@ def time_features(embedding: SinusoidalEmbedding, x, t):
     network's compute dtype: ``sin(1000 t)`` in bfloat16 would lose the time entirely (8
     significant bits hold t = 0.10377 as 0.10400)."""
     return embedding(t.astype(jnp.promote_types(x.dtype, jnp.float32)))
+
+
+def label_conditioned(emb, label, num_classes: int | None, param_dtype):
+    r"""The conditioning vector of a class-conditional network: the time embedding plus a
+    learned embedding of the label (the ``y``-embedding added to the time embedding of
+    class-conditional DDPMs; Dhariwal & Nichol 2021, Sec. 3; Ho & Salimans 2021, Sec. 3):
+
+    .. math::
+       e(t, y) = e(t) + E_y,\qquad E \in \mathbb R^{(C + 1) \times D},
+
+    with ``C = num_classes`` and row ``C`` the *null label*: a network trained with label
+    dropout (:class:`~deis_jax.training.DiffusionSpec` ``label_dropout``) gives its
+    unconditional prediction there, as classifier-free guidance
+    (:func:`deis_jax.guidance.classifier_free`, ``null_label = n_classes``) asks.
+
+    Called inside a network's compact ``__call__``; it creates the ``nn.Embed`` only when
+    ``num_classes`` is set, so an unconditional network keeps its parameters (and old
+    checkpoints still load).
+
+    Args:
+      emb: the time embedding ``(batch, D)``.
+      label: integer labels ``(batch,)`` in ``[0, num_classes]``, or None: the null label
+        (the unconditional prediction of a conditional network).
+      num_classes: ``C``, or None for an unconditional network (which refuses a label).
+      param_dtype: dtype of the embedding table.
+    """
+    if num_classes is None:
+        if label is not None:
+            raise ValueError("this network is unconditional (num_classes=None) and takes no "
+                             "label; build it with num_classes=C to condition on C classes")
+        return emb
+    if label is None:
+        label = jnp.full(emb.shape[:1], num_classes, jnp.int32)
+    table = nn.Embed(num_classes + 1, emb.shape[-1], param_dtype=param_dtype,
+                     name="label_embedding")
+    return emb + table(jnp.asarray(label, jnp.int32)).astype(emb.dtype)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from deis_jax.models.embedding import SinusoidalEmbedding, time_features
+from deis_jax.models.embedding import (
+    SinusoidalEmbedding, label_conditioned, time_features)
 from deis_jax.models.layers import Precision, dense, norm_dtype
 
 __all__ = ["MLPScore"]
@@ -22,6 +23,13 @@ class MLPScore(Precision):
       depth: number of residual blocks.
       emb_dim: size of the time embedding.
       time_scale: multiplier of ``t`` in the embedding (see :class:`SinusoidalEmbedding`).
+      num_classes: ``C`` for a class-conditional network, called ``apply(params, x, t,
+        label)`` with ``label`` in ``[0, C]`` (``C``, or no label, is the null label: the
+        unconditional prediction); the label's embedding is added to the time embedding
+        (:func:`~deis_jax.models.embedding.label_conditioned`). None: unconditional.
+      out_features: output size (None: the input's dimension, a score network; the number
+        of classes for the logits of a noise-conditional classifier,
+        :mod:`deis_jax.training.classifier`).
       dtype: compute dtype of the dense layers (``None``: the input's; ``jnp.bfloat16`` for
         mixed precision). The time embedding and the layer norms compute in float32 at
         least; the output is in the compute dtype.
@@ -43,15 +51,19 @@ class MLPScore(Precision):
     depth: int = 3
     emb_dim: int = 64
     time_scale: float = 1000.0
+    num_classes: int | None = None
+    out_features: int | None = None
 
     @nn.compact
-    def __call__(self, x, t):
+    def __call__(self, x, t, label=None):
         emb = time_features(SinusoidalEmbedding(self.emb_dim, self.time_scale), x, t)
         emb = dense(self, self.hidden)(nn.silu(dense(self, self.hidden)(emb)))
+        emb = label_conditioned(emb, label, self.num_classes, self.param_dtype)
         h = dense(self, self.hidden)(x)
         for _ in range(self.depth):
             z = dense(self, self.hidden)(nn.silu(h)) + emb
             z = nn.LayerNorm(dtype=norm_dtype(z), param_dtype=self.param_dtype)(z)
             z = dense(self, self.hidden)(nn.silu(z))
             h = h + z
-        return dense(self, x.shape[-1], kernel_init=nn.initializers.zeros)(nn.silu(h))
+        out = x.shape[-1] if self.out_features is None else self.out_features
+        return dense(self, out, kernel_init=nn.initializers.zeros)(nn.silu(h))

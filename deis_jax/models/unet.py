@@ -9,7 +9,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from deis_jax.models.embedding import SinusoidalEmbedding, time_features
+from deis_jax.models.embedding import (
+    SinusoidalEmbedding, label_conditioned, time_features)
 from deis_jax.models.layers import Precision, conv, dense, norm_dtype
 
 __all__ = ["UNet"]
@@ -66,6 +67,10 @@ class UNet(Precision):
       attention: self-attention at the lowest resolution.
       emb_dim: size of the time embedding.
       time_scale: multiplier of ``t`` in the embedding.
+      num_classes: ``C`` for a class-conditional network, called ``apply(params, x, t,
+        label)`` with ``label`` in ``[0, C]`` (``C``, or no label, is the null label: the
+        unconditional prediction); the label's embedding is added to the time embedding.
+        None: unconditional.
       dtype: compute dtype of the convolutions, dense and attention layers (``None``: the
         input's; ``jnp.bfloat16`` for mixed precision). The time embedding, the group norms
         and the attention softmax compute in float32 at least; the output is in the compute
@@ -85,12 +90,14 @@ class UNet(Precision):
     attention: bool = True
     emb_dim: int = 128
     time_scale: float = 1000.0
+    num_classes: int | None = None
 
     @nn.compact
-    def __call__(self, x, t):
+    def __call__(self, x, t, label=None):
         precision = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         emb = time_features(SinusoidalEmbedding(self.emb_dim, self.time_scale), x, t)
         emb = dense(self, self.emb_dim)(nn.silu(dense(self, self.emb_dim)(emb)))
+        emb = label_conditioned(emb, label, self.num_classes, self.param_dtype)
         h = conv(self, self.channels[0], (3, 3))(x)
         skips = []
         for level, ch in enumerate(self.channels):

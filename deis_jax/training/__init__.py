@@ -10,6 +10,8 @@ from deis_jax.training.checkpoint import latest_step
 from deis_jax.training.checkpoint import load_model
 from deis_jax.training.checkpoint import restore_checkpoint
 from deis_jax.training.checkpoint import save_checkpoint
+from deis_jax.training.classifier import NoisyClassifier
+from deis_jax.training.classifier import train_noisy_classifier
 from deis_jax.training.data import DATASETS
 from deis_jax.training.data import Dataset
 from deis_jax.training.data import array_dataset
@@ -23,6 +25,7 @@ from deis_jax.training.losses import TIME_SAMPLINGS
 from deis_jax.training.losses import WEIGHTINGS
 from deis_jax.training.losses import check_loss_options
 from deis_jax.training.losses import ddpm_loss
+from deis_jax.training.losses import drop_labels
 from deis_jax.training.losses import dsm_loss
 from deis_jax.training.losses import edm_loss
 from deis_jax.training.losses import flow_matching_loss
@@ -67,6 +70,7 @@ __all__ = [
     "DiffusionSpec",
     "FitResult",
     "LoadedModel",
+    "NoisyClassifier",
     "RefusedError",
     "TrainConfig",
     "TrainState",
@@ -77,6 +81,7 @@ __all__ = [
     "checkpoint_dir",
     "checkpoint_manager",
     "ddpm_loss",
+    "drop_labels",
     "default_batch_size",
     "default_spec",
     "digit_classifier",
@@ -106,4 +111,5 @@ __all__ = [
     "shard_batch",
     "sliced_wasserstein",
     "toy_2d",
+    "train_noisy_classifier",
 ]

@@ -33,12 +33,23 @@ class Dataset(NamedTuple):
       test: ``(n_test, *shape)`` held-out data (evaluation, quality metrics).
       kind: ``"points"`` (vectors: scatter plots, energy distance) or ``"images"`` (NHWC in
         ``[-1, 1]``: image grids, Frechet distance).
+      train_labels, test_labels: integer class labels ``(n_train,)`` and ``(n_test,)`` in
+        ``[0, n_classes)`` (conditional training), or None for unlabelled data.
     """
 
     name: str
     train: np.ndarray
     test: np.ndarray
     kind: str
+    train_labels: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
+
+    @property
+    def n_classes(self) -> int | None:
+        """Number of classes (``1 +`` the largest label), None for unlabelled data."""
+        if self.train_labels is None:
+            return None
+        return int(max(self.train_labels.max(), self.test_labels.max())) + 1
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -127,8 +138,9 @@ def load_dataset(name: str, *, n_train: int = 50_000, n_test: int = 5_000,
     """Load a built-in dataset by name (no downloads).
 
     Args:
-      name: one of :data:`DATASETS`: a 2-d toy set or ``"digits"`` (scikit-learn's 1,797 8x8
-        digit images scaled to ``[-1, 1]``, NHWC with one channel).
+      name: one of :data:`DATASETS`: a 2-d toy set (unlabelled) or ``"digits"``
+        (scikit-learn's 1,797 8x8 digit images scaled to ``[-1, 1]``, NHWC with one channel,
+        with their labels 0-9).
       n_train, n_test: sizes of the toy sets (ignored for digits).
       test_fraction: held-out fraction of the digits.
       seed: generation / split seed.
@@ -138,32 +150,51 @@ def load_dataset(name: str, *, n_train: int = 50_000, n_test: int = 5_000,
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction=}")
         train, test = _digits(test_fraction, seed)
-        return Dataset(name, train, test, "images")
+        y_train, y_test = digit_labels(test_fraction, seed)
+        return Dataset(name, train, test, "images", y_train.astype(np.int32),
+                       y_test.astype(np.int32))
     train = toy_2d(name, n_train, seed)
     test = toy_2d(name, n_test, seed + 1)
     return Dataset(name, train, test, "points")
 
 
-def array_dataset(train, test=None, *, name: str = "custom", test_fraction: float = 0.1,
-                  seed: int = 0) -> Dataset:
+def array_dataset(train, test=None, *, labels=None, test_labels=None, name: str = "custom",
+                  test_fraction: float = 0.1, seed: int = 0) -> Dataset:
     """Wrap a user's array ``(n, *shape)`` (vectors, or NHWC images in ``[-1, 1]``).
 
-    Without ``test`` a random ``test_fraction`` is held out. Arrays of rank 4 are treated as
-    images, anything else as points.
+    Without ``test`` a random ``test_fraction`` is held out (with its ``labels``). Arrays of
+    rank 4 are treated as images, anything else as points. ``labels`` (integers ``(n,)``,
+    one per row of ``train``; and ``test_labels`` with an explicit ``test``) make the data
+    usable for class-conditional training.
     """
     train = _as_float32("train", train)
     if train.ndim < 2 or train.shape[0] < 2:
         raise ValueError(f"train must have shape (n >= 2, ...), got shape {train.shape}")
+    if (test is None) and test_labels is not None:
+        raise ValueError("test_labels needs test: without it the held-out labels are split "
+                         "from labels")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != train.shape[:1]:
+            raise ValueError(f"labels must have shape ({train.shape[0]},), one per row of "
+                             f"train, got shape {labels.shape}")
+        if test is not None and test_labels is None:
+            raise ValueError("labels with an explicit test need test_labels too")
     if test is None:
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction=}")
         perm = np.random.default_rng(seed).permutation(train.shape[0])
         n_test = max(1, int(round(test_fraction * train.shape[0])))
         train, test = train[perm[n_test:]], train[perm[:n_test]]
+        if labels is not None:
+            labels, test_labels = labels[perm[n_test:]], labels[perm[:n_test]]
     test = _as_float32("test", test)
     if test.shape[1:] != train.shape[1:]:
         raise ValueError(f"test samples have shape {test.shape[1:]}, train {train.shape[1:]}")
-    return Dataset(name, train, test, "images" if train.ndim == 4 else "points")
+    data = Dataset(name, train, test, "images" if train.ndim == 4 else "points", labels,
+                   None if test_labels is None else np.asarray(test_labels))
+    _check_labels(data)
+    return data
 
 
 def _as_float32(name: str, values) -> np.ndarray:
@@ -186,10 +217,31 @@ def get_batch(data: np.ndarray, step: int, batch_size: int, seed: int = 0) -> np
     return data[batch_indices(data.shape[0], step, batch_size, seed)]
 
 
+def _check_labels(data: Dataset) -> None:
+    """Both label arrays or neither; integers ``(n,)`` matching their split, non-negative."""
+    if (data.train_labels is None) != (data.test_labels is None):
+        raise ValueError("data needs both train_labels and test_labels, or neither")
+    if data.train_labels is None:
+        return
+    for part in ("train", "test"):
+        y = getattr(data, f"{part}_labels")
+        check_type(f"data.{part}_labels", y, np.ndarray, "a numpy array of integers")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise TypeError(f"data.{part}_labels must hold integers, got dtype {y.dtype}")
+        n = getattr(data, part).shape[0]
+        if y.shape != (n,):
+            raise ValueError(f"data.{part}_labels must have shape ({n},), one label per "
+                             f"row of data.{part}, got shape {y.shape}")
+        if y.size and int(y.min()) < 0:
+            raise ValueError(f"data.{part}_labels must be >= 0, got {int(y.min())} at row "
+                             f"{int(np.argmin(y))}")
+
+
 def check_dataset(data: Dataset, shape=None) -> None:
     """Refuse a dataset a run cannot use, naming the first bad row: ``train`` and ``test``
     must be floating-point arrays ``(n >= 1, *shape)`` of the same sample shape, every entry
-    finite, and the sample shape equal to ``shape`` when given (the one a spec records).
+    finite, and the sample shape equal to ``shape`` when given (the one a spec records);
+    labels, if any, non-negative integers, one per row, for both splits.
 
     A non-finite row would make the loss NaN at the first step that draws it; found here, it
     costs no training.
@@ -212,6 +264,7 @@ def check_dataset(data: Dataset, shape=None) -> None:
     if data.test.shape[1:] != data.train.shape[1:]:
         raise ValueError(f"data.test samples have shape {data.test.shape[1:]}, data.train "
                          f"samples {data.train.shape[1:]}")
+    _check_labels(data)
     if shape is not None and tuple(shape) != data.shape:
         raise ValueError(f"the data's sample shape {data.shape} is not the shape "
                          f"{tuple(shape)} the spec records (spec.data['shape'])")

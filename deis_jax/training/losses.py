@@ -28,7 +28,8 @@ from deis_jax.parameterization import (
     PREDICTIONS, as_eps_fn, derivatives, edm_precondition, velocity_det, velocity_from)
 from deis_jax.schedules import Schedule
 
-__all__ = ["LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "check_loss_options", "dsm_loss",
+__all__ = ["LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "check_loss_options", "drop_labels",
+           "dsm_loss",
            "edm_loss", "ddpm_loss", "flow_matching_loss", "sample_times", "default_prediction",
            "make_loss"]
 
@@ -202,6 +203,21 @@ def ddpm_loss(model_fn: Callable, schedule: Schedule, x0, key):
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     x_n = _bcast(alpha, x0) * x0 + _bcast(sigma, x0) * eps
     return jnp.mean(_mean_sq(model_fn(x_n, n.astype(x0.dtype)) - eps))
+
+
+def drop_labels(key, labels, p, null_label: int):
+    r"""Label dropout for classifier-free guidance (Ho & Salimans 2021, Alg. 1): each label is
+    replaced by ``null_label`` independently with probability ``p``,
+
+    .. math::
+       \tilde y_i = \begin{cases} \varnothing & u_i < p \\ y_i & \text{else}\end{cases},
+       \qquad u_i \sim U[0, 1),
+
+    so the loss trains ``eps(x, t, y)`` on a fraction ``1 - p`` of the batch and the
+    unconditional ``eps(x, t, null)`` on the rest, with one network.
+    """
+    drop = jax.random.uniform(key, labels.shape) < p
+    return jnp.where(drop, null_label, labels).astype(jnp.int32)
 
 
 def default_prediction(loss: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import numpy as np
 
-from deis_jax._checks import check_choice, check_type
+from deis_jax._checks import check_choice, check_scalar, check_type
 from deis_jax.models import model_from_config
 from deis_jax.parameterization import discrete_time_model, edm_precondition
 from deis_jax.schedules import FAMILIES, Schedule, check_range
@@ -66,6 +66,10 @@ class DiffusionSpec:
       time_sampling: how ``"flow_matching"`` draws its times (uniform, logit_normal).
       sigma_data: EDM data standard deviation (``"edm"`` loss).
       data: dataset record ``{"name", "shape", "kind"}``.
+      label_dropout: probability ``p`` with which training replaces a label by the null label
+        (classifier-free guidance's joint training, Ho & Salimans 2021, Alg. 1), so the one
+        network gives the conditional and the unconditional prediction; in ``[0, 1)``, and
+        0 for an unconditional model (no ``"num_classes"`` in ``model``).
     """
 
     model: dict
@@ -76,9 +80,16 @@ class DiffusionSpec:
     sigma_data: float = 0.5
     data: dict = dataclasses.field(default_factory=dict)
     time_sampling: str = "uniform"
+    label_dropout: float = 0.0
 
     def __post_init__(self):
         check_loss_options(self.loss, self.prediction, self.weighting, self.time_sampling)
+        object.__setattr__(self, "label_dropout", float(check_scalar(
+            "label_dropout", self.label_dropout, lower=0.0, upper=1.0, upper_open=True)))
+        if self.label_dropout and self.num_classes is None:
+            raise ValueError(f"label_dropout={self.label_dropout} needs a class-conditional "
+                             "model (num_classes in the model config); an unconditional "
+                             "model has no labels to drop")
         if self.loss == "ddpm" and self.schedule.get("name") != "vp_discrete":
             raise ValueError(f"loss='ddpm' needs a vp_discrete schedule, got {self.schedule}")
 
@@ -90,6 +101,11 @@ class DiffusionSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in record.items() if k in names})
 
+    @property
+    def num_classes(self) -> int | None:
+        """The model's number of classes (None: unconditional)."""
+        return self.model.get("num_classes")
+
     def build_model(self):
         return model_from_config(self.model)
 
@@ -99,8 +115,10 @@ class DiffusionSpec:
     def sampling_model(self) -> tuple[Callable, str]:
         """``(model_fn, prediction)`` for ``deis_jax.sample(..., params=params)``.
 
-        ``model_fn(params, x, t)`` is the network's ``apply`` (a bound method of a Flax module,
-        which compares by value), or a ``functools.partial`` of a module-level function with
+        ``model_fn(params, x, t)`` (for a class-conditional model also ``model_fn(params, x,
+        t, label)``, the form :func:`deis_jax.guidance.classifier_free` takes; without a
+        label it is the unconditional prediction, the null label's) is the network's
+        ``apply`` (a bound method of a Flax module, which compares by value), or a ``functools.partial`` of a module-level function with
         the module and the loss's static constants (EDM preconditioning, DDPM step index).
         Rebuilding it -- a new :func:`~deis_jax.training.load_model`, every evaluation during
         training -- therefore reuses the compiled sampler.
@@ -120,11 +138,13 @@ class DiffusionSpec:
         return model.apply, self.prediction
 
 
-def _edm_denoiser(model, sigma_data: float, params, y, rho):
+def _edm_denoiser(model, sigma_data: float, params, y, rho, label=None):
     """The EDM denoiser ``D(y; rho)`` of the raw network ``model`` (``edm_precondition``)."""
-    return edm_precondition(functools.partial(model.apply, params), sigma_data)(y, rho)
+    net = functools.partial(model.apply, params, label=label)
+    return edm_precondition(net, sigma_data)(y, rho)
 
 
-def _discrete_time_net(model, n_train: int, params, x, t):
+def _discrete_time_net(model, n_train: int, params, x, t, label=None):
     """``model`` trained on DDPM steps ``0..n_train-1``, queried at continuous ``t``."""
-    return discrete_time_model(functools.partial(model.apply, params), n_train)(x, t)
+    net = functools.partial(model.apply, params, label=label)
+    return discrete_time_model(net, n_train)(x, t)

@@ -42,8 +42,8 @@ from deis_jax._progress import PROGRESS, Progress
 from deis_jax.training.checkpoint import (
     RefusedError, checkpoint_dir, checkpoint_manager, latest_step, restore_checkpoint,
     save_checkpoint)
-from deis_jax.training.data import Dataset, batch_indices, check_dataset, get_batch
-from deis_jax.training.losses import make_loss
+from deis_jax.training.data import Dataset, batch_indices, check_dataset
+from deis_jax.training.losses import drop_labels, make_loss
 from deis_jax.training.sharding import replicate, shard_batch
 from deis_jax.training.spec import DiffusionSpec
 
@@ -150,24 +150,44 @@ def init_state(model, optimizer: optax.GradientTransformation, example, key) -> 
     return TrainState(params, optimizer.init(params), params, jnp.int32(0), k_train)
 
 
-def _network(model, params) -> Callable:
+def _network(model, params, label=None) -> Callable:
     """The network as the loss sees it: ``(x, t) -> prediction`` in the dtype of the data
     ``x`` (float32), whatever the network's compute dtype, so the loss and its gradient are
-    accumulated in float32 under mixed precision."""
+    accumulated in float32 under mixed precision. A class-conditional network sees
+    ``label`` (one per row of ``x``)."""
+
+    extra = () if label is None else (label,)  # any (x, t) network, or a conditional one
 
     def fn(x, t):
-        return model.apply(params, x, t).astype(x.dtype)
+        return model.apply(params, x, t, *extra).astype(x.dtype)
 
     return fn
 
 
-def _step_fn(model, loss_fn: Callable, optimizer: optax.GradientTransformation,
-             ema_decay: float) -> Callable:
-    """The unguarded step ``(state, batch) -> (new state, metrics)``; ``metrics["finite"]``
-    says whether the loss, the gradient norm and the new parameters are all finite."""
+def _objective(model, loss_fn: Callable, label_dropout: float = 0.0) -> Callable:
+    """``objective(params, batch, key) -> loss``. ``batch`` is the data ``x0``, or ``(x0,
+    labels)`` for a class-conditional ``model`` (``model.num_classes`` set), whose labels are
+    replaced by the null label with probability ``label_dropout`` (:func:`drop_labels`, with
+    a key folded from ``key``: the loss's own draws are those of an unconditional run)."""
+    num_classes = getattr(model, "num_classes", None)
 
     def objective(params, batch, key):
-        return loss_fn(_network(model, params), batch, key)
+        if num_classes is None:
+            return loss_fn(_network(model, params), batch, key)
+        x0, labels = batch
+        if label_dropout:
+            labels = drop_labels(jax.random.fold_in(key, 1), labels, label_dropout,
+                                 num_classes)
+        return loss_fn(_network(model, params, labels), x0, key)
+
+    return objective
+
+
+def _step_fn(model, loss_fn: Callable, optimizer: optax.GradientTransformation,
+             ema_decay: float, label_dropout: float = 0.0) -> Callable:
+    """The unguarded step ``(state, batch) -> (new state, metrics)``; ``metrics["finite"]``
+    says whether the loss, the gradient norm and the new parameters are all finite."""
+    objective = _objective(model, loss_fn, label_dropout)
 
     def step_fn(state: TrainState, batch):
         key, sub = jax.random.split(state.key)
@@ -192,7 +212,7 @@ def _keep_if(ok, new, old):
 
 
 def make_train_step(model, loss_fn: Callable, optimizer: optax.GradientTransformation, *,
-                    ema_decay: float = 0.999) -> Callable:
+                    ema_decay: float = 0.999, label_dropout: float = 0.0) -> Callable:
     """Return jitted ``train_step(state, batch) -> (state, metrics)``.
 
     Args:
@@ -200,12 +220,14 @@ def make_train_step(model, loss_fn: Callable, optimizer: optax.GradientTransform
       loss_fn: ``loss_fn(model_fn, x0, key) -> scalar`` (see :func:`losses.make_loss`).
       optimizer: an optax transformation (see :func:`make_optimizer`).
       ema_decay: maximal EMA decay.
+      label_dropout: for a class-conditional ``model`` (``batch = (x0, labels)``), the
+        probability of replacing a label by the null label (:func:`losses.drop_labels`).
 
     ``metrics`` holds ``loss``, ``grad_norm`` (before clipping) and ``finite``: whether the
     loss, the gradient norm and the updated parameters are all finite. A step where they are
     not returns the input state unchanged (see the module docstring).
     """
-    step_fn = _step_fn(model, loss_fn, optimizer, ema_decay)
+    step_fn = _step_fn(model, loss_fn, optimizer, ema_decay, label_dropout)
 
     @jax.jit
     def train_step(state: TrainState, batch):
@@ -216,13 +238,9 @@ def make_train_step(model, loss_fn: Callable, optimizer: optax.GradientTransform
 
 
 def make_eval_loss(model, loss_fn: Callable) -> Callable:
-    """Jitted ``eval_loss(params, batch, key) -> scalar`` (no update)."""
-
-    @jax.jit
-    def eval_loss(params, batch, key):
-        return loss_fn(_network(model, params), batch, key)
-
-    return eval_loss
+    """Jitted ``eval_loss(params, batch, key) -> scalar`` (no update; the labels of a
+    class-conditional model's ``(x0, labels)`` batch are kept)."""
+    return jax.jit(_objective(model, loss_fn))
 
 
 class FitResult(NamedTuple):
@@ -276,6 +294,7 @@ def fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig = TrainConfig(),
     if max_seconds is not None:
         max_seconds = check_scalar("max_seconds", max_seconds, lower=0.0, allow_inf=True)
     check_dataset(data, spec.data.get("shape"))
+    _check_conditional(spec, data)
     if ckpt_dir is not None:
         checkpoint_dir(ckpt_dir, create=True)
     stream = sys.stdout if stream is None else stream
@@ -303,7 +322,7 @@ def fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig = TrainConfig(),
         manager = checkpoint_manager(ckpt_dir, keep=config.keep)
     if mesh is not None:
         state = replicate(state, mesh)
-    step_fn = _step_fn(model, loss_fn, optimizer, config.ema_decay)
+    step_fn = _step_fn(model, loss_fn, optimizer, config.ema_decay, spec.label_dropout)
 
     @jax.jit
     def train_step(state, batch, halted):
@@ -315,7 +334,7 @@ def fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig = TrainConfig(),
         return _keep_if(running & metrics["finite"], new, state), metrics, halted
 
     eval_loss = make_eval_loss(model, loss_fn)
-    test_batch = data.test[: min(len(data.test), 2048)]
+    test_batch = _rows(data, "test", np.arange(min(len(data.test), 2048)), spec.num_classes)
     config_record = dataclasses.asdict(config)
 
     def evaluate(state):
@@ -332,7 +351,8 @@ def fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig = TrainConfig(),
     last_log = start
     halted = jnp.int32(-1)
     for step in range(start, until):
-        batch = get_batch(data.train, step, config.batch_size, config.seed)
+        batch = _rows(data, "train", batch_indices(len(data.train), step, config.batch_size,
+                                                   config.seed), spec.num_classes)
         if mesh is not None:
             batch = shard_batch(batch, mesh)
         state, metrics, halted = train_step(state, batch, halted)
@@ -387,6 +407,26 @@ def fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig = TrainConfig(),
     return FitResult(state, history, rate, seconds)
 
 
+def _check_conditional(spec: DiffusionSpec, data: Dataset) -> None:
+    """A class-conditional spec needs labelled data with labels below its ``num_classes``."""
+    if spec.num_classes is None:
+        return
+    if data.train_labels is None:
+        raise ValueError(f"the model is class-conditional (num_classes={spec.num_classes}) "
+                         f"but the dataset {data.name!r} has no labels; train it "
+                         "unconditionally, or use labelled data (e.g. 'digits')")
+    if data.n_classes > spec.num_classes:
+        raise ValueError(f"the data has labels up to {data.n_classes - 1}, outside the "
+                         f"model's [0, num_classes) = [0, {spec.num_classes})")
+
+
+def _rows(data: Dataset, part: str, rows, num_classes):
+    """The batch of ``rows`` of ``data.<part>``: the data, or ``(data, labels)`` for a
+    class-conditional model."""
+    x = getattr(data, part)[rows]
+    return x if num_classes is None else (x, getattr(data, f"{part}_labels")[rows])
+
+
 def _json(record):
     """``record`` as it reads back from JSON (tuples become lists), for exact comparisons."""
     return json.loads(json.dumps(record))
@@ -408,8 +448,11 @@ def _differences(old, new, prefix: str = "") -> list[str]:
 def _check_resume(spec: DiffusionSpec, config: TrainConfig, ckpt_dir, meta: dict) -> None:
     """Refuse to resume a checkpoint of another spec, or of another value of a
     :data:`TRAJECTORY_FIELDS` setting, listing the differences (before any array is read)."""
-    # Checkpoints written before flow matching have no time_sampling: theirs was uniform.
-    recorded_spec = {"time_sampling": "uniform", **meta["spec"]}
+    # Checkpoints written before a spec field existed lack it: theirs had its default
+    # (time_sampling before flow matching was uniform, label_dropout before labels was 0).
+    defaults = {f.name: f.default for f in dataclasses.fields(DiffusionSpec)
+                if f.default is not dataclasses.MISSING}
+    recorded_spec = {**defaults, **meta["spec"]}
     diffs = _differences(_json(recorded_spec), _json(spec.to_dict()), "spec.")
     if diffs:
         raise RefusedError(f"ckpt_dir='{ckpt_dir}' holds a run of a different "
