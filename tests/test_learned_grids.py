@@ -127,6 +127,10 @@ def test_bad_input(noise):
         optimize_timesteps(EPS, SCHED, solver="tab3", nfe=5, batch_size=16, **common)
     with pytest.raises(ValueError, match="log-SNR"):
         optimize_timesteps(EPS, SCHED, solver="tab3", nfe=5, t_min=0.0, **common)
+    x3 = jnp.zeros((8, 3))  # noise of the wrong shape for the 2-d model
+    with pytest.raises(ValueError, match="does x_T have the shape the model expects"):
+        optimize_timesteps(EPS, SCHED, solver="tab3", nfe=5, x_T_calibration=x3,
+                           x_T_validation=x3, teacher=(x3, x3), progress="none")
     with pytest.raises(ValueError, match="unknown init_grid"):
         optimize_timesteps(EPS, SCHED, solver="tab3", nfe=5, init_grid="cubic", **common)
 
