@@ -59,6 +59,7 @@ from deis_jax.sampling import sample
 from deis_jax.schedules import Schedule, check_schedule
 from deis_jax.solvers.base import Solver
 from deis_jax.solvers.registry import get_solver
+from deis_jax.testing import rmse
 
 __all__ = ["FAMILY_DEFAULTS", "GridSweep", "LearnedGrid", "grid_from_logits",
            "logits_from_grid", "optimize_timesteps", "sweep_grid_family", "teacher_samples"]
@@ -170,8 +171,12 @@ class GridSweep(NamedTuple):
     ts: jnp.ndarray
 
 
-def _rmse(out, target):
-    return jnp.sqrt(jnp.mean(jnp.square(out - target)))
+def _grid_rmse(model_fn, schedule, solver, prediction, ts, x, y, params):
+    """RMSE of ``solver`` on the grid ``ts`` from ``x`` against the teacher's ``y``: the one
+    objective of the sweep and the optimiser (traced in ``ts``; no eager finiteness check)."""
+    out = sample(model_fn, schedule, x, params=params, solver=solver, ts=ts,
+                 prediction=prediction, check_finite=False)
+    return rmse(out, y)
 
 
 def _resolve(solver, nfe: int) -> tuple[Solver, int]:
@@ -217,10 +222,9 @@ def sweep_grid_family(model_fn: Callable, schedule: Schedule, x_T, x_0, *, solve
 
     def err(v, x, y, p):
         ts = grid(v)
-        out = sample(model_fn, schedule, x, params=p, solver=solver, ts=ts,
-                     prediction=prediction, check_finite=False)
         ok = jnp.all(jnp.diff(ts) < 0)
-        return jnp.where(ok, _rmse(out, y), jnp.inf)
+        return jnp.where(ok, _grid_rmse(model_fn, schedule, solver, prediction, ts, x, y, p),
+                         jnp.inf)
 
     rmse = np.asarray(jax.jit(jax.vmap(err, in_axes=(0, None, None, None)))(
         jnp.asarray(values, x_T.dtype), x_T, x_0, params), np.float64)
@@ -417,17 +421,15 @@ def optimize_timesteps(
     def to_grid(z):
         return grid_from_logits(schedule, z, t_min=t_min, t_max=t_max)
 
-    def rmse(z, x, y, p):
-        out = sample(model_fn, schedule, x, params=p, solver=solver, ts=to_grid(z),
-                     prediction=prediction, check_finite=False)
-        return _rmse(out, y)
+    def objective(z, x, y, p):
+        return _grid_rmse(model_fn, schedule, solver, prediction, to_grid(z), x, y, p)
 
     @jax.jit
     def update(z, opt_state, p, x, y, k):
         if batch_size is not None:
             idx = jax.random.choice(k, x.shape[0], (batch_size,), replace=False)
             x, y = x[idx], y[idx]
-        loss, grad = jax.value_and_grad(lambda z: jnp.square(rmse(z, x, y, p)))(z)
+        loss, grad = jax.value_and_grad(lambda z: jnp.square(objective(z, x, y, p)))(z)
         ok = jnp.all(jnp.isfinite(grad)) & jnp.isfinite(loss)
         upd, new_state = optimizer.update(grad, opt_state, z)
         new_z = optax.apply_updates(z, upd)
@@ -435,7 +437,7 @@ def optimize_timesteps(
         return (keep(new_z, z), jax.tree_util.tree_map(keep, new_state, opt_state),
                 jnp.sqrt(loss), ok)
 
-    validate = jax.jit(rmse)
+    validate = jax.jit(objective)
     z = logits_from_grid(schedule, ts0).astype(x_cal.dtype)
     opt_state = optimizer.init(z)
     best_z, best = z, float(validate(z, x_val, y_val, params))
