@@ -950,8 +950,7 @@ def cli_cases(tmp):
     cli_case("sample --out an existing directory",
              ["sample", "--ckpt", _cli_ckpt(tmp), "--n", "8", "--nfe", "4", "--out",
               _mkdir(tmp / "outdir.png")], ("out",))
-    cli_case("demo --out a regular file", ["demo", "--out", f, "--steps-2d", "2",
-                                           "--steps-digits", "0", "--n", "16",
+    cli_case("demo --out a regular file", ["demo", "--out", f, "--quick",
                                            "--progress", "none"], ("out",))
     for i, (extra, tok) in enumerate([(["--loss", "edm", "--prediction", "x0"], "prediction"),
                        (["--loss", "ddpm", "--schedule", "vp_discrete", "--weighting",

@@ -9,7 +9,7 @@ Argument parsing over :mod:`deis_jax.training`, :mod:`deis_jax.evaluate`,
     deis-jax sample --ckpt runs/cb --grid grid.json --out cb5.png
     deis-jax train --data digits --conditional --steps 5000 --out runs/cd
     deis-jax sample --ckpt runs/cd --label 3 --guidance 2.0 --out threes.png
-    deis-jax demo                      # train, sample with 4 solvers, write ./demo_out
+    deis-jax demo                      # shipped models x 5 solvers, train one, ./demo_out
     deis-jax bench                     # run benchmarks/accuracy.py
 
 Every subcommand has ``--help``. Errors a user can cause (unknown dataset or solver, bad
@@ -82,8 +82,10 @@ def _probability(text: str) -> float:
 # ---------------------------------------------------------------------------- commands
 
 
-def cmd_train(args) -> int:
-    check_writable_dir("--out", args.out)
+def train_plan(args) -> tuple[training.Dataset, training.DiffusionSpec, training.TrainConfig]:
+    """The dataset, model spec and training config that ``deis-jax train`` builds from its
+    parsed arguments (also how :mod:`deis_jax.pretrained` checks an asset against its
+    recipe)."""
     data = training.load_dataset(args.data)
     if args.conditional and data.n_classes is None:
         raise CliError(f"--conditional needs a labelled dataset, and --data {args.data} has "
@@ -93,14 +95,20 @@ def cmd_train(args) -> int:
                                  time_sampling=args.time_sampling, size=args.size,
                                  precision=args.precision, conditional=args.conditional,
                                  label_dropout=args.label_dropout)
-    training.checkpoint_dir(args.out, create=True)
-    start = training.latest_step(args.out)
     config = training.TrainConfig(
         steps=args.steps, lr=args.lr, warmup_steps=min(100, args.steps // 10), seed=args.seed,
         batch_size=(training.default_batch_size(data) if args.batch_size is None
                     else args.batch_size),
         log_every=args.log_every, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
         keep=args.keep)
+    return data, spec, config
+
+
+def cmd_train(args) -> int:
+    check_writable_dir("--out", args.out)
+    data, spec, config = train_plan(args)
+    training.checkpoint_dir(args.out, create=True)
+    start = training.latest_step(args.out)
     mesh = training.make_mesh(args.devices) if args.devices > 1 else None
     eval_fn = evaluate.sample_quality_eval(spec, data) if args.eval_every else None
     result = training.fit(spec, data, config, ckpt_dir=args.out, mesh=mesh, eval_fn=eval_fn,
@@ -182,8 +190,12 @@ def cmd_tune_grid(args) -> int:
 
 def cmd_demo(args) -> int:
     check_writable_dir("--out", args.out)
-    report = run_demo(args.out, steps_2d=args.steps_2d, steps_digits=args.steps_digits,
-                      n=args.n, nfe=args.nfe, budget_s=args.budget, progress=args.progress)
+    settings = dict(nfes=(10,), n_digits=64, n_points=500, train_steps=200) if args.quick else {}
+    if args.nfe:
+        settings["nfes"] = tuple(args.nfe)
+    if args.train_steps is not None:
+        settings["train_steps"] = args.train_steps
+    report = run_demo(args.out, progress=args.progress, **settings)
     print(report)
     return 0
 
@@ -300,18 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", default="auto", choices=PROGRESS)
     p.set_defaults(func=cmd_tune_grid)
 
-    p = sub.add_parser("demo", help="train small models and compare samplers at NFE 10",
-                       description="Train on 2-d checkerboard (and 8x8 digits if time "
-                       "allows), sample with ddim / tab3 / dpmpp_3m / unipc3, write a figure "
-                       "and a quality table.")
+    p = sub.add_parser("demo", help="sample the shipped models with five solvers, train one",
+                       description="Sample the shipped digits and checkerboard models with "
+                       "ddim / tab3 / ipndm / dpmpp_3m / unipc3 at NFE 5 and 10 against the "
+                       "adaptive reference, train a small checkerboard model from scratch "
+                       "(about a minute), write figures and a quality table.")
     p.add_argument("--out", default="demo_out")
-    p.add_argument("--steps-2d", type=_int_at_least(1), default=3000)
-    p.add_argument("--steps-digits", type=_int_at_least(0), default=2000,
-                   help="0 skips the digits")
-    p.add_argument("--n", type=_int_at_least(2), default=2000, help="samples per sampler")
-    p.add_argument("--nfe", type=_int_at_least(1), default=10)
-    p.add_argument("--budget", type=_positive_float, default=240.0,
-                   help="seconds; digits training stops early to stay within it")
+    p.add_argument("--nfe", type=_int_at_least(3), nargs="+", default=None,
+                   help="NFEs to compare (default 5 10; --quick: 10)")
+    p.add_argument("--train-steps", type=_int_at_least(1), default=None,
+                   help="steps of the model trained from scratch (default 8000; --quick: 200)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run in well under a minute: fewer samples, NFE 10 only, 200 "
+                   "training steps (the quality bars are not expected to hold)")
     p.add_argument("--progress", default="auto", choices=PROGRESS)
     p.set_defaults(func=cmd_demo)
 

@@ -21,18 +21,19 @@ Example::
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
 
 from deis_jax._checks import check_choice, check_int, check_scalar
 from deis_jax.adaptive import solve_ode
+from deis_jax.grids import GRID_KINDS
 from deis_jax.guidance import classifier_free
 from deis_jax.sampling import sample
 from deis_jax.solvers import get_solver
 from deis_jax.training import (
-    Dataset, DiffusionSpec, LoadedModel, digit_quality, energy_distance)
+    Dataset, DiffusionSpec, LoadedModel, digit_quality, energy_distance, in_squares)
 
 __all__ = [
     "draw_samples",
@@ -137,56 +138,71 @@ def score_samples(x, data: Dataset) -> tuple[float, float | None]:
     """Score samples against ``data.test``.
 
     Returns:
-      ``(metric, recognised)``: for images the Frechet distance in the digit classifier's
-      features and the fraction it recognises; for points the energy distance and ``None``.
+      ``(metric, fraction)``: for images the Frechet distance in the digit classifier's
+      features and the fraction it recognises; for points the energy distance and, for the
+      checkerboard, the fraction inside its squares (:func:`~deis_jax.training.in_squares`),
+      else ``None``.
     """
     _check_scorable(data)
     if data.kind == "images":
         quality = digit_quality(x, data.test)
         return quality.frechet, quality.recognised
-    return energy_distance(x, data.test), None
+    fraction = in_squares(x) if data.name == "checkerboard" else None
+    return energy_distance(x, data.test), fraction
 
 
-def _row(solver: str, nfe: int | None, score: tuple[float, float | None], ratio: float,
-         t0: float) -> dict:
+def _row(solver: str, nfe: int | None, grid: str | None, score: tuple[float, float | None],
+         ratio: float, t0: float) -> dict:
     metric, recognised = score
-    return {"solver": solver, "nfe": nfe, "metric": metric, "ratio": ratio,
+    return {"solver": solver, "nfe": nfe, "grid": grid, "metric": metric, "ratio": ratio,
             "recognised": recognised, "seconds": time.perf_counter() - t0}
 
 
-def evaluate_solvers(model: LoadedModel, data: Dataset, solvers: Sequence[str], *, nfe: int,
-                     n: int, seed: int = 0) -> tuple[list[dict], dict[str, np.ndarray]]:
-    """Sample with each solver at ``nfe`` and with the reference, from the same ``x_T``, and
-    score every sample set against held-out data.
+def evaluate_solvers(model: LoadedModel, data: Dataset, solvers: Sequence[str], *,
+                     nfe: int | Sequence[int], n: int, seed: int = 0,
+                     grid: str | Mapping[str, str] = "quadratic",
+                     on_row: Callable[[dict], Any] | None = None,
+                     ) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Sample with each solver at each ``nfe`` and with the reference, from the same ``x_T``,
+    and score every sample set against held-out data.
 
     Args:
       model: the trained model.
       data: its dataset (``data.test`` is the held-out set).
       solvers: registry names.
-      nfe: model evaluations of each solver.
+      nfe: model evaluations of each solver, or several (one row per solver and NFE).
       n: samples per sampler.
       seed: determines ``x_T`` and the solver noise.
+      grid: the time-grid kind of every solver, or ``{solver: kind}`` for each.
+      on_row: called with each row as soon as it is scored (e.g. to advance a progress bar).
 
     Returns:
       ``(rows, samples)``: one row per sampler, the reference first (``solver``, ``nfe`` --
-      None for the reference --, ``metric``, ``ratio`` of the metric to the reference's,
-      ``recognised`` -- None for points --, ``seconds``); and ``{label: samples}`` with the
-      labels ``"reference"`` and ``f"{solver}, NFE {nfe}"``.
+      None for the reference --, ``grid``, ``metric``, ``ratio`` of the metric to the
+      reference's, ``recognised`` -- see :func:`score_samples` --, ``seconds``); and
+      ``{label: samples}`` with the labels ``"reference"`` and ``f"{solver}, NFE {nfe}"``.
     """
+    nfes = (nfe,) if np.ndim(nfe) == 0 else tuple(nfe)
+    grids = {name: grid for name in solvers} if isinstance(grid, str) else dict(grid)
     for name in solvers:
         get_solver(name)  # an unknown name fails before the reference solve
+        check_choice(f"grid of {name!r}", grids.get(name), GRID_KINDS)
     t0 = time.perf_counter()
     ref, label = reference_samples(model, n, seed=seed)
     ref_score = score_samples(ref, data)
-    rows = [_row(f"reference ({label})", None, ref_score, 1.0, t0)]
+    rows = [_row(f"reference ({label})", None, None, ref_score, 1.0, t0)]
     samples = {"reference": ref}
-    for name in solvers:
-        t0 = time.perf_counter()
-        x = draw_samples(model, n, solver=name, nfe=nfe, seed=seed)
-        score = score_samples(x, data)
-        ratio = score[0] / ref_score[0] if ref_score[0] > 0 else float("nan")
-        rows.append(_row(name, nfe, score, ratio, t0))
-        samples[f"{name}, NFE {nfe}"] = x
+    report = on_row or (lambda row: None)
+    report(rows[0])
+    for steps in nfes:
+        for name in solvers:
+            t0 = time.perf_counter()
+            x = draw_samples(model, n, solver=name, nfe=steps, seed=seed, grid=grids[name])
+            score = score_samples(x, data)
+            ratio = score[0] / ref_score[0] if ref_score[0] > 0 else float("nan")
+            rows.append(_row(name, steps, grids[name], score, ratio, t0))
+            samples[f"{name}, NFE {steps}"] = x
+            report(rows[-1])
     return rows, samples
 
 
@@ -195,10 +211,11 @@ def quality_table(dataset: str, kind: str, rows: Sequence[dict]) -> str:
 
     Args:
       dataset: the name in the header.
-      kind: ``"points"`` (energy distance) or ``"images"`` (Frechet distance and a
-        recognised-digits column).
+      kind: ``"points"`` (energy distance, and the fraction in the checkerboard's squares
+        when the rows have one) or ``"images"`` (Frechet distance and a recognised-digits
+        column).
       rows: dicts with ``solver``, ``nfe`` (None prints ``-``), ``metric``, ``ratio`` and,
-        for images, ``recognised``.
+        optionally, ``grid`` (a column when any row has one) and ``recognised``.
 
     Example:
       >>> row = {"solver": "tab3", "nfe": 10, "metric": 0.00244, "ratio": 1.49}
@@ -209,17 +226,21 @@ def quality_table(dataset: str, kind: str, rows: Sequence[dict]) -> str:
     """
     check_choice("kind", kind, _KINDS)
     images = kind == "images"
+    with_grid = any(r.get("grid") for r in rows)
+    with_fraction = images or any(r.get("recognised") is not None for r in rows)
     metric = "Frechet distance (classifier features)" if images else "energy distance"
-    head = f"| {dataset}: sampler | NFE | {metric} | / reference |"
-    sep = "|---|---:|---:|---:|"
-    if images:
-        head += " recognised digits |"
+    head = f"| {dataset}: sampler |" + (" grid |" if with_grid else "") + f" NFE | {metric} |"
+    head += " / reference |"
+    sep = "|---|" + ("---|" if with_grid else "") + "---:|---:|---:|"
+    if with_fraction:
+        head += " recognised digits |" if images else " in the squares |"
         sep += "---:|"
     lines = [head, sep]
     for r in rows:
         nfe = "-" if r["nfe"] is None else r["nfe"]
-        line = f"| {r['solver']} | {nfe} | {r['metric']:.4g} | {r['ratio']:.2f} |"
-        if images:
+        grid = f" {r.get('grid') or '-'} |" if with_grid else ""
+        line = f"| {r['solver']} |{grid} {nfe} | {r['metric']:.4g} | {r['ratio']:.2f} |"
+        if with_fraction:
             line += f" {100 * r['recognised']:.1f}% |"
         lines.append(line)
     return "\n".join(lines)
@@ -240,18 +261,20 @@ def sample_quality_eval(spec: DiffusionSpec, data: Dataset, *, n: int | None = N
       solver: a registry name.
 
     Returns:
-      ``eval_fn(state) -> {f"{solver}_energy": ...}`` for points, ``{f"{solver}_frechet": ...,
+      ``eval_fn(state) -> {f"{solver}_energy": ...}`` for points (and
+      ``f"{solver}_in_squares"`` for the checkerboard), ``{f"{solver}_frechet": ...,
       f"{solver}_recognised": ...}`` for images.
     """
     _check_scorable(data)
     get_solver(solver)
     n = (1000 if data.kind == "points" else 256) if n is None else check_int("n", n, minimum=1)
     model = LoadedModel.from_spec(spec, None)
-    names = ("frechet", "recognised") if data.kind == "images" else ("energy",)
+    names = ("frechet", "recognised") if data.kind == "images" else ("energy", "in_squares")
 
     def eval_fn(state) -> dict[str, float]:
         trained = model._replace(params=state.ema_params, step=int(state.step))
         score = score_samples(draw_samples(trained, n, solver=solver, nfe=nfe), data)
-        return {f"{solver}_{name}": value for name, value in zip(names, score)}
+        return {f"{solver}_{name}": value for name, value in zip(names, score)
+                if value is not None}
 
     return eval_fn

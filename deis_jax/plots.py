@@ -8,12 +8,14 @@ nothing here touches pyplot's global state or the backend a notebook uses. A pan
 
 from __future__ import annotations
 
+import itertools
 from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["image_grid", "save_comparison", "save_image_grids", "save_samples", "save_scatter"]
+__all__ = ["image_grid", "save_comparison", "save_image_grids", "save_panel_table", "save_samples",
+           "save_scatter"]
 
 
 def image_grid(images, cols: int | None = None) -> np.ndarray:
@@ -54,13 +56,17 @@ _GRIDS = _Style(panel_size=(2.6, 2.9))
 _COMPARISON = _Style(dot=0.4, fontsize=8, panel_size=(2.6, 2.8), dpi=110)
 
 
-def _draw(ax, title: str, x, style: _Style) -> None:
-    """One panel: an image grid or a scatter of the first two coordinates."""
+def _draw(ax, title: str, x, style: _Style, caption: str | None = None) -> None:
+    """One panel: an image grid or a scatter of the first two coordinates, with a title
+    above and an optional caption below."""
     x = np.asarray(x)
     if x.ndim == 4:
         ax.imshow(image_grid(x[: style.cols**2], style.cols), cmap="gray_r", vmin=0, vmax=1,
                   interpolation="nearest")
-        ax.set_axis_off()
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
     else:
         pts = x.reshape(len(x), -1)
         ax.scatter(pts[:, 0], pts[:, 1], s=style.dot, alpha=0.5, color="k", rasterized=True)
@@ -70,21 +76,32 @@ def _draw(ax, title: str, x, style: _Style) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
     ax.set_title(title, fontsize=style.fontsize)
+    if caption:
+        ax.set_xlabel(caption, fontsize=style.fontsize)
+
+
+def _save_cells(path: str, rows: Sequence[Sequence], style: _Style) -> None:
+    """One figure row per sequence of cells ``(title, samples, caption)`` or ``None``
+    (blank); short rows are padded with blanks."""
+    ncol = max(len(cells) for cells in rows)
+    width, height = style.panel_size
+    fig = Figure(figsize=(width * ncol, height * len(rows)))
+    axes = fig.subplots(len(rows), ncol, squeeze=False)
+    for row_axes, cells in zip(axes, rows):
+        for ax, cell in itertools.zip_longest(row_axes, cells):
+            if cell is None:
+                ax.set_axis_off()
+            else:
+                title, x, caption = cell
+                _draw(ax, title, x, style, caption)
+    fig.tight_layout()
+    fig.savefig(path, dpi=style.dpi)
 
 
 def _save_rows(path: str, rows: Sequence[Mapping], style: _Style) -> None:
     """One figure row per ``{title: samples}`` mapping; empty cells are blank."""
-    ncol = max(len(panels) for panels in rows)
-    width, height = style.panel_size
-    fig = Figure(figsize=(width * ncol, height * len(rows)))
-    axes = fig.subplots(len(rows), ncol, squeeze=False)
-    for row_axes, panels in zip(axes, rows):
-        for ax, (title, x) in zip(row_axes, panels.items()):
-            _draw(ax, title, x, style)
-        for ax in row_axes[len(panels):]:
-            ax.set_axis_off()
-    fig.tight_layout()
-    fig.savefig(path, dpi=style.dpi)
+    _save_cells(path, [[(title, x, None) for title, x in panels.items()] for panels in rows],
+                style)
 
 
 def save_scatter(path: str, panels: Mapping, *, lim: float = 3.0) -> None:
@@ -110,3 +127,10 @@ def save_comparison(path: str, rows: Sequence[Mapping]) -> None:
     """A grid of panels, one row per ``{title: samples}`` mapping (e.g. a dataset's held-out
     data then each sampler's output); images show their first 64 in 8 columns."""
     _save_rows(path, rows, _COMPARISON)
+
+
+def save_panel_table(path: str, rows: Sequence[Sequence]) -> None:
+    """A table of panels (e.g. columns = solvers, rows = NFE): each cell is ``(title,
+    samples, caption)`` -- the caption (a metric) printed under the panel -- or ``None``
+    for a blank; images show their first 64 in 8 columns."""
+    _save_cells(path, rows, _COMPARISON._replace(panel_size=(2.6, 3.5)))

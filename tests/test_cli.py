@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from deis_jax.cli import main
+from deis_jax.demo import DEMO_GRIDS
 from deis_jax.sampling import _run
 
 
@@ -110,13 +111,23 @@ def test_bench_runs_the_script(tmp_path, capsys):
     assert (tmp_path / "ran.txt").read_text() == "--quick"
 
 
-def test_tiny_demo(tmp_path, capsys):
+def test_quick_demo(tmp_path, capsys):
+    """``demo --quick``: the shipped models with the five demo solvers at NFE 10, a model
+    trained from scratch, both figures and the report with its quality bars."""
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--steps-2d", "30", "--steps-digits", "0",
-                 "--n", "200", "--progress", "none"]) == 0
+    assert main(["demo", "--out", str(out), "--quick", "--train-steps", "30",
+                 "--progress", "none"]) == 0
     report = (out / "quality.md").read_text()
-    assert "| checkerboard: sampler |" in report and "| tab3 | 10 |" in report
-    assert "| ddim | 10 |" in report and (out / "comparison.png").stat().st_size > 1000
+    assert "| digits: sampler | grid | NFE |" in report
+    assert "| checkerboard: sampler | grid | NFE |" in report
+    for name, grid in DEMO_GRIDS.items():
+        assert f"| {name} | {grid} | 10 |" in report
+    assert "from scratch, 30 steps" in report
+    assert report.count("(bar ") == 4
+    assert "- digits, tab3 NFE 10: recognised " in report
+    assert "- checkerboard, reference: in the squares " in report
+    for figure in ("digits.png", "checkerboard.png"):
+        assert (out / figure).stat().st_size > 10_000
     assert report.strip() in capsys.readouterr().out
 
 
@@ -149,7 +160,7 @@ def test_output_paths_are_checked_before_any_work(ckpt, tmp_path, capsys, comman
     argv = {"train": ["train", "--data", "checkerboard", "--steps", "100000", "--progress",
                       "none"],
             "sample": ["sample", "--ckpt", str(ckpt), "--n", "4", "--nfe", "4"],
-            "demo": ["demo", "--steps-2d", "100000", "--progress", "none"]}[command]
+            "demo": ["demo", "--train-steps", "100000", "--progress", "none"]}[command]
     assert main([*argv, "--out", out.format(**fill)]) == 2  # in seconds: nothing trained
     captured = capsys.readouterr()
     _one_error_line(captured.err, "--out=", message.format(**fill))

@@ -19,12 +19,23 @@ ROWS = [
 
 
 def test_quality_table_for_points():
-    assert quality_table("checkerboard", "points", ROWS) == "\n".join([
-        "| checkerboard: sampler | NFE | energy distance | / reference |",
+    rows = [{**r, "recognised": None} for r in ROWS]
+    assert quality_table("two_moons", "points", rows) == "\n".join([
+        "| two_moons: sampler | NFE | energy distance | / reference |",
         "|---|---:|---:|---:|",
         "| reference (adaptive Tsit5 tol 1e-05, NFE 121) | - | 0.0016 | 1.00 |",
         "| tab3 | 10 | 0.002437 | 1.52 |",
     ])
+
+
+def test_quality_table_with_grids_and_the_checkerboard_fraction():
+    rows = [ROWS[0], {**ROWS[1], "grid": "log_snr"}]
+    assert quality_table("checkerboard", "points", rows).splitlines() == [
+        "| checkerboard: sampler | grid | NFE | energy distance | / reference | in the squares |",
+        "|---|---|---:|---:|---:|---:|",
+        "| reference (adaptive Tsit5 tol 1e-05, NFE 121) | - | - | 0.0016 | 1.00 | 95.4% |",
+        "| tab3 | log_snr | 10 | 0.002437 | 1.52 | 94.0% |",
+    ]
 
 
 def test_quality_table_for_images_adds_recognised_digits():
@@ -41,8 +52,10 @@ def test_quality_table_rejects_an_unknown_kind():
 
 
 def test_score_samples():
-    metric, recognised = score_samples(POINTS.test, POINTS)
-    assert recognised is None and 0 <= metric < 1e-6  # a set against itself
+    metric, fraction = score_samples(POINTS.test, POINTS)
+    assert fraction == 1.0 and 0 <= metric < 1e-6  # a set against itself
+    moons = load_dataset("two_moons", n_train=64, n_test=64)
+    assert score_samples(moons.test, moons)[1] is None
     faces = array_dataset(np.zeros((10, 8, 8, 1), np.float32), name="faces")
     with pytest.raises(ValueError, match="data.name='faces'"):
         score_samples(faces.test, faces)

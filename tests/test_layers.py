@@ -36,6 +36,7 @@ LAYERS = [  # (module prefix, layer); the longest matching prefix wins
     ("deis_jax.plots", 6),
     ("deis_jax.models", 7),
     ("deis_jax.training", 7),
+    ("deis_jax.pretrained", 7),
     ("deis_jax.evaluate", 8),
     ("deis_jax.demo", 8),
     ("deis_jax.cli", 9),

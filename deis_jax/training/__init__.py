@@ -34,6 +34,7 @@ from deis_jax.training.metrics import digit_classifier
 from deis_jax.training.metrics import digit_quality
 from deis_jax.training.metrics import energy_distance
 from deis_jax.training.metrics import frechet_distance
+from deis_jax.training.metrics import in_squares
 from deis_jax.training.metrics import sliced_wasserstein
 from deis_jax.training.presets import PRECISIONS, SIZES
 from deis_jax.training.presets import default_batch_size
@@ -93,6 +94,7 @@ __all__ = [
     "fit",
     "frechet_distance",
     "get_batch",
+    "in_squares",
     "init_state",
     "latest_step",
     "learning_rate",

@@ -9,6 +9,9 @@ distance in the feature space of a small shipped digit classifier for 8x8 digits
 * Frechet distance (the FID formula, Heusel et al. 2017, eq. 6):
   :math:`\lVert\mu_1-\mu_2\rVert^2 + \mathrm{tr}(\Sigma_1 + \Sigma_2 - 2(\Sigma_1\Sigma_2)^{1/2})`,
   here on the 32-d penultimate features of :func:`digit_classifier`.
+* Checkerboard fraction: the share of 2-d samples inside the black squares of the
+  ``"checkerboard"`` dataset (1 for the data itself; 0.5 for points spread evenly over the
+  board): what "the squares are sharp" means in a figure, as a number.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ __all__ = [
     "digit_quality",
     "energy_distance",
     "frechet_distance",
+    "in_squares",
     "save_digit_classifier",
     "sliced_wasserstein",
     "train_digit_classifier",
@@ -50,6 +54,22 @@ def energy_distance(x, y, *, max_points: int = 4000) -> float:
     y = np.asarray(y, np.float64).reshape(len(y), -1)[:max_points]
     with jax.enable_x64(True):
         return float(max(float(testing.energy_distance(x, y, unbiased=False)), 0.0))
+
+
+def in_squares(x) -> float:
+    """Fraction of the points ``x (n, 2)`` inside the squares of the ``"checkerboard"``
+    dataset: ``|x_1|, |x_2| < 2`` and ``floor(x_1) + floor(x_2)`` even.
+
+    Example:
+      >>> in_squares([[0.5, 0.5], [0.5, 1.5], [-1.5, -1.5], [2.5, 0.5]])
+      0.5
+    """
+    x = np.asarray(x, np.float64)
+    if x.ndim != 2 or x.shape[1] != 2:
+        raise ValueError(f"in_squares takes 2-d points (n, 2), got shape {x.shape}")
+    cell = np.floor(x).astype(np.int64)
+    inside = (np.abs(x) < 2).all(axis=1) & (cell.sum(axis=1) % 2 == 0)
+    return float(inside.mean())
 
 
 def sliced_wasserstein(x, y, *, n_proj: int = 256, seed: int = 0) -> float:

@@ -1,0 +1,124 @@
+"""Pretrained models shipped inside the package: ``load("digits")`` and sample at once.
+
+Each asset is the EMA parameters of one ``deis-jax train`` run (``<name>.msgpack``) and a
+record (``<name>.json``): the model spec, the training step and config, the exact
+``deis-jax train`` arguments (:data:`RECIPES`), the training and total wall time on the
+machine that built it, the date and the library versions.
+``recipes/build_pretrained.py`` regenerates every asset from :data:`RECIPES`; a test parses
+each recipe as ``deis-jax train`` would and checks the recorded spec and config against it.
+
+Example:
+  >>> from deis_jax import pretrained
+  >>> "digits" in pretrained.available()
+  True
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+
+import flax
+import jax
+import jax.numpy as jnp
+from flax import serialization
+
+from deis_jax.training import DiffusionSpec, LoadedModel, load_model
+
+__all__ = ["ASSET_DIR", "RECIPES", "available", "export", "load", "record"]
+
+ASSET_DIR = os.path.join(os.path.dirname(__file__), "assets", "pretrained")
+
+RECIPES: dict[str, tuple[str, ...]] = {
+    "digits": ("--data", "digits", "--size", "base", "--steps", "6000", "--seed", "0"),
+    "digits_conditional": ("--data", "digits", "--size", "base", "--steps", "6000",
+                           "--seed", "0", "--conditional"),
+    "checkerboard": ("--data", "checkerboard", "--size", "base", "--steps", "40000",
+                     "--seed", "0"),
+    **{toy: ("--data", toy, "--steps", "12000", "--seed", "0")
+       for toy in ("swiss_roll", "two_moons", "eight_gaussians", "pinwheel")},
+}
+"""Each asset's ``deis-jax train`` arguments (without ``--out``): its whole recipe."""
+
+
+def available() -> tuple[str, ...]:
+    """The names of the shipped models (those of :data:`RECIPES` whose asset exists)."""
+    return tuple(n for n in RECIPES if os.path.exists(_path(n, ".msgpack")))
+
+
+def _path(name: str, ext: str, directory: str = ASSET_DIR) -> str:
+    return os.path.join(directory, name + ext)
+
+
+def _check_name(name: str, directory: str) -> None:
+    if not isinstance(name, str) or not os.path.exists(_path(name, ".msgpack", directory)):
+        names = [n for n in RECIPES if os.path.exists(_path(n, ".msgpack", directory))]
+        raise ValueError(f"no pretrained model named {name!r}; available: {names}")
+
+
+def record(name: str, *, directory: str = ASSET_DIR) -> dict:
+    """The JSON record of asset ``name`` (see the module docstring)."""
+    _check_name(name, directory)
+    with open(_path(name, ".json", directory)) as f:
+        return json.load(f)
+
+
+def load(name: str, *, directory: str = ASSET_DIR) -> LoadedModel:
+    """The shipped model ``name`` as :func:`~deis_jax.training.load_model` returns a
+    checkpoint: ``model_fn``, ``schedule``, ``prediction``, ``spec``, (EMA) ``params``,
+    ``step`` and ``meta`` (the asset's record).
+
+    Example::
+
+        m = pretrained.load("digits")
+        x_T = m.schedule.prior_sample(jax.random.key(0), (16, 8, 8, 1))
+        x0 = deis_jax.sample(m.model_fn, m.schedule, x_T, params=m.params, solver="tab3",
+                             nfe=10, prediction=m.prediction)
+
+    Raises:
+      ValueError: unknown ``name`` (the message lists the available ones).
+    """
+    meta = record(name, directory=directory)
+    with open(_path(name, ".msgpack", directory), "rb") as f:
+        params = jax.tree.map(jnp.asarray, serialization.msgpack_restore(f.read()))
+    spec = DiffusionSpec.from_dict(meta["spec"])
+    return LoadedModel.from_spec(spec, params, step=int(meta["step"]), meta=meta)
+
+
+def export(ckpt_dir, name: str, *, recipe: tuple[str, ...], wall_seconds: float,
+           directory: str = ASSET_DIR) -> dict:
+    """Write the newest step of checkpoint ``ckpt_dir`` (trained by ``deis-jax train
+    *recipe``) as asset ``name``: EMA parameters and the record; returns the record.
+
+    Args:
+      ckpt_dir: a ``deis-jax train`` checkpoint directory.
+      name: the asset's name.
+      recipe: the ``deis-jax train`` arguments that produced it (without ``--out``).
+      wall_seconds: the run's wall time, compilation and evaluation included.
+      directory: where to write (default: the package's assets).
+    """
+    model = load_model(ckpt_dir)
+    os.makedirs(directory, exist_ok=True)
+    with open(_path(name, ".msgpack", directory), "wb") as f:
+        f.write(serialization.to_bytes(jax.device_get(model.params)))
+    meta = model.meta
+    rec = {
+        "name": name,
+        "recipe": list(recipe),
+        "command": "deis-jax train " + " ".join(recipe) + " --out <dir>",
+        "spec": model.spec.to_dict(),
+        "step": model.step,
+        "config": meta["config"],
+        "train_seconds": round(float(meta["train_seconds"]), 1),
+        "wall_seconds": round(float(wall_seconds), 1),
+        "n_params": int(sum(x.size for x in jax.tree.leaves(model.params))),
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {jax.default_backend()}",
+        "versions": {"jax": jax.__version__, "flax": flax.__version__},
+    }
+    with open(_path(name, ".json", directory), "w") as f:
+        json.dump(rec, f, indent=1)
+    return rec
+
