@@ -23,6 +23,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 from deis_jax import pretrained
 from deis_jax._checks import check_int
 from deis_jax._progress import Progress
@@ -169,8 +171,8 @@ def run_demo(out: str, *, nfes=(5, 10), n_digits: int = 1000, n_points: int = 40
 
     Args:
       out: output directory (created; a rerun resumes the training checkpoint in it).
-      nfes: model evaluations of each sampler (each >= 3, the fewest every demo solver
-        takes); one figure row each.
+      nfes: model evaluations of each sampler (an int or a sequence, each >= 3); one figure
+        row each.
       n_digits: digit samples per sampler (>= 2).
       n_points: checkerboard samples per sampler (>= 2).
       train_steps: training steps of the from-scratch model (>= 1).
@@ -179,7 +181,7 @@ def run_demo(out: str, *, nfes=(5, 10), n_digits: int = 1000, n_points: int = 40
     Returns:
       The markdown report, also written to ``out/quality.md``.
     """
-    nfes = tuple(check_int("nfes", k, minimum=3) for k in nfes)
+    nfes = tuple(check_int("nfes", k, minimum=3) for k in np.atleast_1d(nfes).tolist())
     if not nfes:
         raise ValueError("nfes must name at least one NFE, got nfes=()")
     check_int("n_digits", n_digits, minimum=2)

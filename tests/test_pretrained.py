@@ -79,7 +79,7 @@ def test_export_round_trip(tmp_path):
                             directory=str(assets))
     assert rec["step"] == 3 and rec["command"].startswith("deis-jax train --data two_moons")
     loaded, direct = pretrained.load("moons3", directory=str(assets)), load_model(ckpt)
-    assert loaded.spec.to_dict() == direct.spec.to_dict()
+    assert loaded.spec == direct.spec
     assert loaded.model_fn.__self__ == direct.model_fn.__self__  # equal Flax modules
     for a, b in zip(jax.tree.leaves(loaded.params),
                     jax.tree.leaves(direct.params)):

@@ -278,8 +278,9 @@ class LoadedModel(NamedTuple):
 
     Attributes:
       model_fn: ``model_fn(params, x, t)``, predicting ``prediction`` (see
-        :meth:`DiffusionSpec.sampling_model`); equal for every model of the same spec, so new
-        parameters reuse the compiled sampler.
+        :meth:`DiffusionSpec.sampling_model`); a bound method of a Flax module (or a partial
+        of one), which the samplers compare by the module's value, so every model of the
+        same spec -- and new parameters -- reuses the compiled sampler.
       schedule: the training schedule.
       prediction: pass as ``sample(..., prediction=prediction)``.
       spec: the recorded :class:`DiffusionSpec`.
