@@ -182,7 +182,8 @@ def cmd_tune_grid(args) -> int:
         progress=args.progress)
     save_grid(args.out, result.ts, schedule=model.schedule)
     print(f"{args.solver} at NFE {args.nfe}: validation RMSE {result.init_validation_rmse:.4g} "
-          f"({args.init} grid) -> {result.validation_rmse:.4g} (learned, step "
+          f"(best of {', '.join(args.init)}) -> {result.validation_rmse:.4g} (learned from "
+          f"{result.ts.metadata['init_grid']}, step "
           f"{result.best_step}/{result.steps_run}) in {result.seconds:.1f}s + "
           f"{result.teacher_seconds:.1f}s teacher; grid -> {args.out}")
     return 0
@@ -299,8 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=[n for n in solver_names() if not get_solver(n).stochastic])
     p.add_argument("--nfe", type=_int_at_least(2), required=True)
     p.add_argument("--out", required=True, help="the grid file (.json)")
-    p.add_argument("--init", default="log_snr", choices=GRID_KINDS + ("sweep",),
-                   help="initial grid (sweep: the best EDM exponent of 32)")
+    p.add_argument("--init", default=["log_snr"], nargs="+", choices=GRID_KINDS + ("sweep",),
+                   help="initial grid (sweep: the best EDM exponent of 32); several: one "
+                        "optimisation from each, the best on validation kept")
     p.add_argument("--steps", type=_int_at_least(1), default=300)
     p.add_argument("--lr", type=_positive_float, default=3e-2)
     p.add_argument("--n-calibration", type=_int_at_least(2), default=2048)

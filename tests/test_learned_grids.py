@@ -86,6 +86,26 @@ def test_params_reach_the_model_and_mini_batches(noise):
     assert res.steps_run == 6 and [h["step"] for h in res.history] == [0, 3, 6]
 
 
+def test_several_starts_return_the_best_single_run(noise):
+    """A list of initial grids runs one optimisation from each (the same run as alone) and
+    returns the one best on validation."""
+    (xc, yc), (xv, yv), _ = noise
+    common = dict(solver="dpmpp_3m", nfe=6, x_T_calibration=xc, x_T_validation=xv,
+                  teacher=(yc, yv), steps=20, eval_every=5, progress="none")
+    array = np.asarray(timesteps(SCHED, 6, "edm"))
+    alone = [optimize_timesteps(EPS, SCHED, init_grid=g, **common)
+             for g in ("quadratic", "log_snr", array)]
+    multi = optimize_timesteps(EPS, SCHED, init_grid=["quadratic", "log_snr", array], **common)
+    starts = multi.ts.metadata["starts"]
+    assert [s["init_grid"] for s in starts] == ["quadratic", "log_snr", "given array"]
+    for s, a in zip(starts, alone):
+        np.testing.assert_allclose(s["validation_rmse"], a.validation_rmse, rtol=1e-6)
+    best = min(alone, key=lambda a: a.validation_rmse)
+    np.testing.assert_allclose(multi.ts, best.ts, rtol=1e-6)
+    assert multi.best_step == best.best_step and multi.history == best.history
+    assert multi.init_validation_rmse == min(a.init_validation_rmse for a in alone)
+
+
 def test_sweep_is_one_call_and_matches_single_grids(noise):
     (xc, yc), _, _ = noise
     sw = sweep_grid_family(EPS, SCHED, xc, yc, solver="tab3", nfe=6, family="power",
@@ -133,6 +153,9 @@ def test_bad_input(noise):
                            x_T_validation=x3, teacher=(x3, x3), progress="none")
     with pytest.raises(ValueError, match="unknown init_grid"):
         optimize_timesteps(EPS, SCHED, solver="tab3", nfe=5, init_grid="cubic", **common)
+    with pytest.raises(ValueError, match="unknown init_grid"):  # checked before any start
+        optimize_timesteps(EPS, SCHED, solver="tab3", nfe=5, init_grid=["log_snr", "cubic"],
+                           **common)
 
 
 def test_grid_file_round_trip_and_mismatches(tmp_path):
@@ -168,10 +191,12 @@ def test_cli_tune_grid_then_sample(tmp_path, capsys):
     grid = tmp_path / "grid.json"
     assert main(["tune-grid", "--ckpt", str(run), "--solver", "ddim", "--nfe", "3", "--out",
                  str(grid), "--steps", "2", "--n-calibration", "16", "--n-validation", "8",
-                 "--teacher-tol", "1e-3", "--progress", "none"]) == 0
+                 "--teacher-tol", "1e-3", "--init", "log_snr", "quadratic", "--progress",
+                 "none"]) == 0
     assert "ddim at NFE 3: validation RMSE" in capsys.readouterr().out
     meta = load_grid(grid).metadata
     assert meta["model"] == {"ckpt": os.path.abspath(run), "step": 5}
+    assert [s["init_grid"] for s in meta["starts"]] == ["log_snr", "quadratic"]
     assert main(["sample", "--ckpt", str(run), "--grid", str(grid), "--n", "8", "--out",
                  str(tmp_path / "s.npz")]) == 0
     with np.load(tmp_path / "s.npz") as z:
