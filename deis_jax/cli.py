@@ -36,7 +36,7 @@ from deis_jax._checks import check_writable_dir, check_writable_file
 from deis_jax._progress import PROGRESS
 from deis_jax.demo import run_demo
 from deis_jax.grid_files import load_grid, save_grid
-from deis_jax.learned_grids import optimize_timesteps
+from deis_jax.learned_grids import LOSSES, optimize_timesteps
 from deis_jax.parameterization import PREDICTIONS
 
 __all__ = ["main", "build_parser"]
@@ -175,14 +175,15 @@ def cmd_tune_grid(args) -> int:
         solver=args.solver, nfe=args.nfe,
         x_T_calibration=model.schedule.prior_sample(k_cal, (args.n_calibration, *shape)),
         x_T_validation=model.schedule.prior_sample(k_val, (args.n_validation, *shape)),
-        teacher_tol=args.teacher_tol, init_grid=args.init, steps=args.steps,
+        teacher_tol=args.teacher_tol, init_grid=args.init, steps=args.steps, loss=args.loss,
         learning_rate=args.lr, batch_size=args.batch_size,
         key=None if args.batch_size is None else k_batch,
         model={"ckpt": os.path.abspath(args.ckpt), "step": model.step},
         progress=args.progress)
     save_grid(args.out, result.ts, schedule=model.schedule)
-    print(f"{args.solver} at NFE {args.nfe}: validation RMSE {result.init_validation_rmse:.4g} "
-          f"(best of {', '.join(args.init)}) -> {result.validation_rmse:.4g} (learned from "
+    what = "RMSE" if args.loss == "mse" else "mean error"
+    print(f"{args.solver} at NFE {args.nfe}: validation {what} "
+          f"{result.init_validation_error:.4g} (best of {', '.join(args.init)}) -> {result.validation_error:.4g} (learned from "
           f"{result.ts.metadata['init_grid']}, step "
           f"{result.best_step}/{result.steps_run}) in {result.seconds:.1f}s + "
           f"{result.teacher_seconds:.1f}s teacher; grid -> {args.out}")
@@ -304,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initial grid (sweep: the best EDM exponent of 32); several: one "
                         "optimisation from each, the best on validation kept")
     p.add_argument("--steps", type=_int_at_least(1), default=300)
+    p.add_argument("--loss", default="mse", choices=LOSSES,
+                   help="mse, or mean_error: the mean of each sample's RMS error, less "
+                        "driven by the few samples between modes")
     p.add_argument("--lr", type=_positive_float, default=3e-2)
     p.add_argument("--n-calibration", type=_int_at_least(2), default=2048)
     p.add_argument("--n-validation", type=_int_at_least(2), default=512)

@@ -93,7 +93,7 @@ def save_grid(path, ts, *, schedule: Schedule, solver=None, nfe: int | None = No
       solver: the solver (a name or a :class:`~deis_jax.solvers.Solver`).
       nfe: the number of model calls the grid gives that solver.
       **metadata: anything JSON-serialisable that identifies the model or measures the grid
-        (``model={"ckpt": ..., "step": ...}``, ``validation_rmse=...``); ``created`` (UTC,
+        (``model={"ckpt": ..., "step": ...}``, ``validation_error=...``); ``created`` (UTC,
         ISO 8601) is added when absent.
 
     Raises:

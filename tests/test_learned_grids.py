@@ -65,9 +65,27 @@ def test_learned_grid_beats_the_fixed_grids_on_held_out_noise(noise):
     fixed = min(err(timesteps(SCHED, 5, k)) for k in ("quadratic", "log_snr", "edm"))
     learned = err(res.ts)
     assert learned < 0.6 * fixed, (learned, fixed)
-    assert res.validation_rmse < res.init_validation_rmse
+    assert res.validation_error < res.init_validation_error
     assert res.ts.metadata["solver"] == "tab3" and res.ts.metadata["nfe"] == 5
     assert res.history[0]["step"] == 0 and res.best_step > 0
+
+
+def test_mean_error_loss_is_its_criterion_and_beats_the_fixed_grids(noise):
+    """loss="mean_error": the reported errors are the mean per-sample RMS error, and the
+    learned grid lowers it on held-out noise."""
+    (xc, yc), (xv, yv), (xh, yh) = noise
+    mean_error = lambda ts, x, y: float(jnp.mean(jnp.sqrt(jnp.mean(jnp.square(
+        sample(EPS, SCHED, x, solver="tab3", ts=ts) - y), axis=-1))))
+    res = optimize_timesteps(EPS, SCHED, solver="tab3", nfe=5, x_T_calibration=xc,
+                             x_T_validation=xv, teacher=(yc, yv), loss="mean_error",
+                             steps=100, progress="none")
+    init = timesteps(SCHED, 5, "log_snr")
+    np.testing.assert_allclose(res.init_validation_error, mean_error(init, xv, yv), rtol=1e-5)
+    np.testing.assert_allclose(res.validation_error, mean_error(res.ts, xv, yv), rtol=1e-4)
+    fixed = min(mean_error(timesteps(SCHED, 5, k), xh, yh)
+                for k in ("quadratic", "log_snr", "edm"))
+    assert mean_error(res.ts, xh, yh) < 0.7 * fixed
+    assert res.ts.metadata["loss"] == "mean_error"
 
 
 def test_params_reach_the_model_and_mini_batches(noise):
@@ -81,7 +99,7 @@ def test_params_reach_the_model_and_mini_batches(noise):
                              progress="none")
     init = sample(model, SCHED, xv, params=params, solver="ddim",
                   ts=timesteps(SCHED, 4, "log_snr"))
-    np.testing.assert_allclose(res.init_validation_rmse,
+    np.testing.assert_allclose(res.init_validation_error,
                                jnp.sqrt(jnp.mean(jnp.square(init - yv))), rtol=1e-5)
     assert res.steps_run == 6 and [h["step"] for h in res.history] == [0, 3, 6]
 
@@ -99,11 +117,11 @@ def test_several_starts_return_the_best_single_run(noise):
     starts = multi.ts.metadata["starts"]
     assert [s["init_grid"] for s in starts] == ["quadratic", "log_snr", "given array"]
     for s, a in zip(starts, alone):
-        np.testing.assert_allclose(s["validation_rmse"], a.validation_rmse, rtol=1e-6)
-    best = min(alone, key=lambda a: a.validation_rmse)
+        np.testing.assert_allclose(s["validation_error"], a.validation_error, rtol=1e-6)
+    best = min(alone, key=lambda a: a.validation_error)
     np.testing.assert_allclose(multi.ts, best.ts, rtol=1e-6)
     assert multi.best_step == best.best_step and multi.history == best.history
-    assert multi.init_validation_rmse == min(a.init_validation_rmse for a in alone)
+    assert multi.init_validation_error == min(a.init_validation_error for a in alone)
 
 
 def test_sweep_is_one_call_and_matches_single_grids(noise):
@@ -153,6 +171,8 @@ def test_bad_input(noise):
                            x_T_validation=x3, teacher=(x3, x3), progress="none")
     with pytest.raises(ValueError, match="unknown init_grid"):
         optimize_timesteps(EPS, SCHED, solver="tab3", nfe=5, init_grid="cubic", **common)
+    with pytest.raises(ValueError, match="unknown loss=.l1."):
+        optimize_timesteps(EPS, SCHED, solver="tab3", nfe=5, loss="l1", **common)
     with pytest.raises(ValueError, match="unknown init_grid"):  # checked before any start
         optimize_timesteps(EPS, SCHED, solver="tab3", nfe=5, init_grid=["log_snr", "cubic"],
                            **common)
@@ -191,12 +211,13 @@ def test_cli_tune_grid_then_sample(tmp_path, capsys):
     grid = tmp_path / "grid.json"
     assert main(["tune-grid", "--ckpt", str(run), "--solver", "ddim", "--nfe", "3", "--out",
                  str(grid), "--steps", "2", "--n-calibration", "16", "--n-validation", "8",
-                 "--teacher-tol", "1e-3", "--init", "log_snr", "quadratic", "--progress",
-                 "none"]) == 0
-    assert "ddim at NFE 3: validation RMSE" in capsys.readouterr().out
+                 "--teacher-tol", "1e-3", "--init", "log_snr", "quadratic", "--loss",
+                 "mean_error", "--progress", "none"]) == 0
+    assert "ddim at NFE 3: validation mean error" in capsys.readouterr().out
     meta = load_grid(grid).metadata
     assert meta["model"] == {"ckpt": os.path.abspath(run), "step": 5}
     assert [s["init_grid"] for s in meta["starts"]] == ["log_snr", "quadratic"]
+    assert meta["loss"] == "mean_error"
     assert main(["sample", "--ckpt", str(run), "--grid", str(grid), "--n", "8", "--out",
                  str(tmp_path / "s.npz")]) == 0
     with np.load(tmp_path / "s.npz") as z:
