@@ -25,7 +25,7 @@ solve of ours) from the same noise; or (``loss="mean_error"``) the mean over sam
 each sample's RMS error, which weighs the few samples near a boundary between modes less.
 Minimised with optax (Adam by default), with early
 stopping on a separate validation batch: the returned grid is the one with the lowest
-validation RMSE seen, never worse than the initial grid on that batch; with several initial
+validation error seen, never worse than the initial grid on that batch; with several initial
 grids, one optimisation runs from each and the best on validation wins. Measure it on a third,
 held-out batch: a small calibration set overfits (the validation set stops that, not cures
 it).
@@ -239,8 +239,7 @@ def sweep_grid_family(model_fn: Callable, schedule: Schedule, x_T, x_0, *, solve
         ts = grid(v)
         ok = jnp.all(jnp.diff(ts) < 0)
         e = _grid_error("mse", model_fn, schedule, solver, prediction, ts, x, y, p)
-        return jnp.where(ok, e,
-                         jnp.inf)
+        return jnp.where(ok, e, jnp.inf)
 
     rmse = np.asarray(jax.jit(jax.vmap(err, in_axes=(0, None, None, None)))(
         jnp.asarray(values, x_T.dtype), x_T, x_0, params), np.float64)
@@ -280,10 +279,6 @@ class LearnedGrid(NamedTuple):
     history: list
     seconds: float
     teacher_seconds: float
-
-
-def _same(v):
-    return v
 
 
 def _check_pair(name_a, a, name_b, b):
@@ -384,13 +379,13 @@ def optimize_timesteps(
       init_grid: a grid kind of :data:`deis_jax.GRID_KINDS`, ``"sweep"`` (the best EDM
         exponent of :func:`sweep_grid_family` on the calibration noise), an array, or a list
         of these: one optimisation from each (same teacher, same mini-batches), the grid
-        with the lowest validation RMSE returned. The landscape has local minima: on the
+        with the lowest validation error returned. The landscape has local minima: on the
         2-d ring DPM-Solver++(3M) at NFE 6 ends 1.0x the best fixed grid from the best
         swept EDM grid and 8.7x better from the log-SNR grid.
       steps: at most this many optimiser steps.
       optimizer: an optax transformation of the logits (default Adam at ``learning_rate``).
       batch_size: calibration noises per step (default: all of them, full-batch).
-      eval_every, patience: validation RMSE every ``eval_every`` steps; stop after
+      eval_every, patience: validation error every ``eval_every`` steps; stop after
         ``patience`` evaluations without improvement.
       key: PRNG key for the mini-batches (needed with ``batch_size``).
       t_min, t_max: the grid's end times (default: the schedule's).
@@ -467,7 +462,8 @@ def optimize_timesteps(
         return _grid_error(loss, model_fn, schedule, solver, prediction, to_grid(z), x, y, p)
 
     # "mse" descends the mean squared error (the square of the RMSE), "mean_error" the error
-    to_loss, to_error = (jnp.square, jnp.sqrt) if loss == "mse" else (_same, _same)
+    to_loss, to_error = ((jnp.square, jnp.sqrt) if loss == "mse"
+                         else (jnp.asarray, jnp.asarray))
 
     @jax.jit
     def update(z, opt_state, p, x, y, k):
@@ -487,7 +483,7 @@ def optimize_timesteps(
     out = sys.stdout if stream is None else stream
 
     def descend(ts0, init_text):
-        """One optimisation from ``ts0``: (best logits, best and initial validation RMSE,
+        """One optimisation from ``ts0``: (best logits, best and initial validation error,
         best step, steps run, history)."""
         z = logits_from_grid(schedule, ts0).astype(x_cal.dtype)
         opt_state = optimizer.init(z)
