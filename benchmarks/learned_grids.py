@@ -160,7 +160,7 @@ def tails(mix):
         for row in mix[f"ring2d/{sname}"]["rows"]:
             best = min((*FIXED, "sweep"), key=lambda k: row[k]["rmse"])
             ts = {"fixed": _fixed_grid(sched, row, best),
-                  "learned": jnp.asarray(row["ts"], jnp.float32)}
+                  "learned": row["ts"]}
             cell = {"schedule": sname, "solver": row["solver"], "nfe": row["nfe"],
                     "best_fixed": best}
             for k, grid in ts.items():
