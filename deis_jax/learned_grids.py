@@ -483,8 +483,7 @@ def optimize_timesteps(
     out = sys.stdout if stream is None else stream
 
     def descend(ts0, init_text):
-        """One optimisation from ``ts0``: (best logits, best and initial validation error,
-        best step, steps run, history)."""
+        """One optimisation from ``ts0``: its best logits ``z`` and a record of the run."""
         z = logits_from_grid(schedule, ts0).astype(x_cal.dtype)
         opt_state = optimizer.init(z)
         best_z, best = z, float(validate(z, x_val, y_val, params))
@@ -520,17 +519,17 @@ def optimize_timesteps(
                             break
         finally:
             bar.close()
-        return best_z, best, init_val, best_step, step, history
+        return best_z, {"init_grid": init_text, "init_validation_error": init_val,
+                        "validation_error": best, "best_step": best_step, "steps_run": step,
+                        "history": history}
 
-    runs = []
-    for init in inits:
-        ts0, init_text = _initial_grid(init, model_fn, schedule, solver, nfe, n_steps, x_cal,
-                                       y_cal, kwargs)
-        runs.append((init_text, *descend(ts0, init_text)))
-    init_text, best_z, best, _, best_step, step, history = min(runs, key=lambda r: r[2])
-    init_val = min(r[3] for r in runs)
-    starts = [{"init_grid": r[0], "init_validation_error": r[3], "validation_error": r[2],
-               "best_step": r[4], "steps_run": r[5]} for r in runs]
+    runs = [descend(*_initial_grid(init, model_fn, schedule, solver, nfe, n_steps, x_cal,
+                                   y_cal, kwargs)) for init in inits]
+    best_z, run = min(runs, key=lambda r: r[1]["validation_error"])
+    init_text, best, best_step, step, history = (run[k] for k in (
+        "init_grid", "validation_error", "best_step", "steps_run", "history"))
+    init_val = min(r["init_validation_error"] for _, r in runs)
+    starts = [{k: v for k, v in r.items() if k != "history"} for _, r in runs]
     seconds = time.perf_counter() - t0
     ts = np.asarray(to_grid(best_z), np.float64)
     meta = {"solver": solver.name, "nfe": int(nfe), "n_steps": n_steps,
