@@ -11,9 +11,8 @@ import pytest
 from deis_jax import get_solver, sample, schedules, testing, timesteps
 from deis_jax.solvers import dpm_fast, dpm_solver, dpm_solver_pp, dpmpp_2s, logrho_deis
 from deis_jax.solvers import deis_ab, ei
-from deis_jax.solvers.dpm_solver_pp import CURVATURE_SCALE, FINAL_RULES, curvature_weight, \
-    dpmpp_weights
-from deis_jax.solvers.ei import ei_weights, exp_poly_weights, phi
+from deis_jax.solvers.dpm_solver_pp import CURVATURE_SCALE, FINAL_RULES, dpmpp_weights
+from deis_jax.solvers.ei import curvature_weight, ei_weights, exp_poly_weights, phi
 from sweep_helpers import measured_order, sweep
 
 
@@ -134,7 +133,7 @@ def test_auto_final_steps_blend_by_the_last_step(x64, problem, make):
     sched = problem[0]
     auto, full, low = make("auto"), make("none"), make("reference")
     rule = {"dpmpp_2m": FINAL_RULES[2], "dpmpp_3m": FINAL_RULES[3],
-            "logrho2": deis_ab.LOGRHO_FINAL_RULE}[auto.name]
+            "logrho2": deis_ab.LOGRHO_FINAL_RULES[2]}[auto.name]
     lam_range = float(sched.log_snr(sched.t_min) - sched.log_snr(sched.t_max))
     n_mid = int(round(lam_range / rule.center))  # log-SNR grid with h = rule.center: 0 < w < 1
     for ts, expect in ((timesteps(sched, 10, "uniform"), 1.0),
@@ -193,15 +192,37 @@ def test_curvature_weight(x64, problem):
               for c in ("auto", "reference", "exact")}
     ddim_like = tables["exact"] - tables["reference"]  # = G_2 / 2 times the v^2 basis row
     np.testing.assert_allclose(tables["auto"] - tables["reference"],
-                               (2 * np.asarray(curvature_weight(h))[:, None] - 1)
+                               (2 * np.asarray(curvature_weight(h, CURVATURE_SCALE))[:, None] - 1)
                                * ddim_like, rtol=1e-10, atol=1e-15)
     assert np.all(np.abs(ddim_like[2:]) > 0) and np.all(ddim_like[:2] == 0)
     h = np.array([0.0, 1e-3, CURVATURE_SCALE, 5.0])
-    np.testing.assert_allclose(np.asarray(curvature_weight(h)),
+    np.testing.assert_allclose(np.asarray(curvature_weight(h, CURVATURE_SCALE)),
                                [1.0, 1 / (1 + (1e-3 / CURVATURE_SCALE) ** 4), 0.5,
                                 1 / (1 + (5 / CURVATURE_SCALE) ** 4)], rtol=1e-12)
     slope, err = measured_order(dpm_solver_pp(3, curvature="reference"), problem, (96, 192, 384))
     assert abs(slope - 2.0) <= 0.15, (slope, err)  # measured 2.02
+
+
+@pytest.mark.parametrize("degree, scale", [(3, deis_ab.LOGRHO_CURVATURE_SCALES[3]), (2, None)])
+def test_logrho_curvature_damping_integrates_the_damped_polynomial(x64, problem, degree, scale):
+    """log-rho DEIS, curvature="auto": fed the values of a polynomial ``sum_k c_k v^k`` in
+    ``v = (lambda - lambda_i)/h_i`` at its nodes, each full-degree row returns
+    ``sum_k s(h_i)^(k-1) G_k c_k`` for ``k >= 2`` (``G_k`` the exact integral of ``v^k``):
+    the curvature terms damped by the shared weight, exact for degrees without a scale."""
+    sched = problem[0]
+    ts = timesteps(sched, 9, "quadratic")
+    lam = np.asarray(sched.log_snr(ts))
+    h = np.diff(lam)
+    c = np.asarray(logrho_deis(degree, final_steps="none").table(sched, ts).c)
+    g = np.asarray(ei.phi_weights(ei.exp_linear(sched, ts[:-1], ts[1:], "eps"), degree + 1))
+    s = np.ones_like(h) if scale is None else np.asarray(curvature_weight(h, scale))
+    coef = np.array([0.7, -1.3, 2.1, -0.4])[:degree + 1]
+    for i in range(degree, len(h)):
+        v = (lam[i - np.arange(degree + 1)] - lam[i]) / h[i]
+        values = np.polynomial.polynomial.polyval(v, coef)
+        damp = s[i] ** np.maximum(np.arange(degree + 1) - 1, 0)
+        np.testing.assert_allclose(c[i] @ values, np.sum(g[i] * damp * coef), rtol=1e-9)
+    assert scale is None or np.min(s[degree:]) < 0.9  # the grid has long steps: damping shows
 
 
 def test_singlestep_low_nfe_does_not_blow_up(x64):

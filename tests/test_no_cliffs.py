@@ -49,7 +49,8 @@ def _cliffs(err):
 
 @pytest.mark.parametrize("name,grid", [("dpmpp_2m", "log_snr"), ("dpmpp_3m", "log_snr"),
                                        ("dpmpp_3m", "quadratic"), ("unipc3", "log_snr"),
-                                       ("logrho3", "log_snr"), ("unipc1_eps", "log_snr")])
+                                       ("logrho2", "quadratic"), ("logrho3", "quadratic"),
+                                       ("unipc1_eps", "log_snr")])
 def test_no_cliff(x64, ring, name, grid):
     err = _errors(name, ring, grid)
     assert not _cliffs(err), (name, _cliffs(err), err)

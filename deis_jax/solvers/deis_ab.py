@@ -29,6 +29,7 @@ from deis_jax.solvers.ei import (
     FinalRule,
     MultistepCoeffs,
     blend_final,
+    damp_curvature,
     ei_weights,
     exp_linear,
     exp_poly_weights,
@@ -39,7 +40,8 @@ from deis_jax.solvers.ei import (
     pad_columns,
 )
 
-__all__ = ["tab_deis", "rhoab_deis", "logrho_deis", "LOGRHO_FINAL_RULE"]
+__all__ = ["tab_deis", "rhoab_deis", "logrho_deis", "LOGRHO_FINAL_RULES",
+           "LOGRHO_CURVATURE_SCALES"]
 
 DEGREES = (0, 1, 2, 3)
 
@@ -69,34 +71,45 @@ def rhoab_deis(degree: int = 3):
 
 
 FINAL_STEPS = ("auto", "reference", "none")
+CURVATURES = ("auto", "exact")
 REFERENCE_STEPS = 15  # diffusers' DEIS lowers the last orders below this many steps
-LOGRHO_FINAL_RULE = FinalRule(1.2, 0.1, -0.5)
+# Measured, not derived (module docstring): degree 1 lowers once its last step exceeds ~1.2
+# in lambda (relative to the one before); degrees 2, 3 use DPM-Solver++(3M)'s wide ramp.
+LOGRHO_FINAL_RULES = {1: FinalRule(1.2, 0.1, -0.5), 2: FinalRule(2.0, 1.0, 0.0),
+                      3: FinalRule(2.0, 1.0, 0.0)}
+LOGRHO_CURVATURE_SCALES = {3: 1.0}  # degrees not listed keep the exact polynomial
 
 
 @functools.lru_cache(maxsize=None)
-def _logrho_solver(degree: int, final_steps):
+def _logrho_solver(degree: int, final_steps, curvature: str):
+    scale = LOGRHO_CURVATURE_SCALES.get(degree) if curvature == "auto" else None
+
+    def g_map(g, h, degrees):
+        return g if scale is None else damp_curvature(g, h, scale)
+
     def coefficients(schedule, ts):
         ts = jnp.asarray(ts)
         n = ts.shape[0] - 1
         deg = np.minimum(np.arange(n), degree)
         if final_steps == "reference" and n < REFERENCE_STEPS:
             deg = lowered_degrees(deg)
-        a, c = exp_poly_weights(schedule, ts, deg, "eps")
+        a, c = exp_poly_weights(schedule, ts, deg, "eps", g_map)
         c = pad_columns(c, degree + 1)
-        if final_steps not in ("reference", "none") and n >= 2:
-            rule = LOGRHO_FINAL_RULE if final_steps == "auto" else final_steps
-            low = pad_columns(exp_poly_weights(schedule, ts, lowered_degrees(deg), "eps")[1],
-                              degree + 1)
+        if final_steps not in ("reference", "none") and n >= 2 and degree > 0:
+            rule = LOGRHO_FINAL_RULES[degree] if final_steps == "auto" else final_steps
+            low = pad_columns(exp_poly_weights(schedule, ts, lowered_degrees(deg), "eps",
+                                               g_map)[1], degree + 1)
             c = blend_final(c, low, final_weight(schedule, ts, rule))
         return MultistepCoeffs(ts[:-1], a, c)
 
-    suffix = "" if final_steps == "auto" else \
-        f"_{final_steps if isinstance(final_steps, str) else 'rule'}"
+    parts = [v for v in (final_steps, curvature) if isinstance(v, str) and v != "auto"]
+    suffix = "".join(f"_{v}" for v in parts) + ("_rule" if isinstance(final_steps, FinalRule)
+                                                 else "")
     return make_solver(f"logrho{degree}{suffix}", degree + 1, 1, coefficients, multistep_init,
                        multistep_step)
 
 
-def logrho_deis(degree: int = 3, *, final_steps="auto"):
+def logrho_deis(degree: int = 3, *, final_steps="auto", curvature: str = "auto"):
     r"""log-rho AB-DEIS: Lagrange polynomial of degree ``degree`` (0..3) in
     ``log rho = -lambda``, closed-form weights; order ``degree + 1``.
 
@@ -108,11 +121,16 @@ def logrho_deis(degree: int = 3, *, final_steps="auto"):
     Args:
       degree: polynomial degree.
       final_steps: ``"auto"`` (default: the last two steps lowered to degrees 0 and <= 1 by
-        :data:`LOGRHO_FINAL_RULE`, a smooth function of the last step's length in
+        :data:`LOGRHO_FINAL_RULES`, a smooth function of the last steps' lengths in
         ``lambda``; see :class:`~deis_jax.solvers.ei.FinalRule`), ``"reference"`` (lowered
         below 15 steps, as diffusers), ``"none"``, or a ``FinalRule``.
+      curvature: ``"auto"`` (default: for degree 3 the polynomial's ``v^k`` terms, ``k >=
+        2``, weighted by ``s(h)^(k-1)``, :func:`~deis_jax.solvers.ei.damp_curvature` with
+        the scale of :data:`LOGRHO_CURVATURE_SCALES`; other degrees exact) or ``"exact"``
+        (the Lagrange polynomial's exact integral, as diffusers).
     """
     degree = check_member("degree", degree, DEGREES)
     if not isinstance(final_steps, FinalRule):
         check_choice("final_steps", final_steps, FINAL_STEPS)
-    return _logrho_solver(degree, final_steps)
+    check_choice("curvature", curvature, CURVATURES)
+    return _logrho_solver(degree, final_steps, curvature)

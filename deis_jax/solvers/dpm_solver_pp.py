@@ -37,7 +37,8 @@ The default ``"auto"`` weight
 
 is exact as ``h -> 0`` (``1 - s = O(h^4)``: 3M keeps order 3) and damps the quadratic's
 curvature on long steps, where the Taylor series of ``x0`` in ``lambda`` no longer
-converges. ``"reference"`` is the constant 1/2, ``"exact"`` 1.
+converges (:func:`~deis_jax.solvers.ei.curvature_weight`, shared with log-rho DEIS).
+``"reference"`` is the constant 1/2, ``"exact"`` 1.
 
 **Final steps** (``final_steps``). ``"auto"`` lowers the last two steps (to degrees 0 and
 <= 1, as the reference implementations do below 10 or 15 steps) by the weight of
@@ -81,6 +82,7 @@ from deis_jax.solvers.ei import (
     FinalRule,
     MultistepCoeffs,
     blend_final,
+    damp_curvature,
     exp_poly_weights,
     final_weight,
     lowered_degrees,
@@ -90,20 +92,13 @@ from deis_jax.solvers.ei import (
 )
 from deis_jax.solvers.runge_kutta import stage_init, stage_step
 
-__all__ = ["dpm_solver_pp", "dpmpp_2s", "multistep_degrees", "curvature_weight",
-           "dpmpp_weights", "FINAL_STEPS", "FINAL_RULES", "CURVATURES", "CURVATURE_SCALE"]
+__all__ = ["dpm_solver_pp", "dpmpp_2s", "multistep_degrees", "dpmpp_weights", "FINAL_STEPS", "FINAL_RULES", "CURVATURES", "CURVATURE_SCALE"]
 
 FINAL_STEPS = ("auto", "reference", "none")
 CURVATURES = ("auto", "reference", "exact")
 REFERENCE_STEPS = 15  # diffusers lowers the last orders below this many steps
 FINAL_RULES = {2: FinalRule(1.0, 0.1, -0.5), 3: FinalRule(2.0, 1.0, 0.0)}
 CURVATURE_SCALE = 0.5
-
-
-def curvature_weight(h, scale: float = CURVATURE_SCALE):
-    """``s(h) = 1 / (1 + (h/scale)^4)``: 3M's weight of the curvature term on a step of
-    length ``h`` in ``lambda`` (module docstring)."""
-    return 1.0 / (1.0 + (jnp.abs(h) / scale) ** 4)
 
 
 def multistep_degrees(n_steps: int, order: int, final_steps: str = "none") -> np.ndarray:
@@ -122,10 +117,9 @@ def dpmpp_weights(curvature: str):
     def g_map(g, h, degrees):
         if g.shape[-1] > 1:
             g = g.at[:, 1].set(jnp.where(degrees == 1, 0.5 * g[:, 0], g[:, 1]))
-        if g.shape[-1] > 2 and curvature != "exact":
-            s = 0.5 if curvature == "reference" else curvature_weight(h)
-            g = g.at[:, 2].multiply(s)
-        return g
+        if curvature == "reference":
+            return g.at[:, 2:].multiply(0.5)
+        return g if curvature == "exact" else damp_curvature(g, h, CURVATURE_SCALE)
 
     return g_map
 
