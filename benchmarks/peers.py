@@ -818,8 +818,9 @@ def _check_problems(data, quick):
 
 
 def summary(ours_records, peer_records, pairs=PAIRS) -> list[dict]:
-    """Per pair: cells, worst and best ratio with where, cells with ratio > SLACK, and the
-    largest ``|ratio - 1|`` (round-off when the two are the same method)."""
+    """Per pair: cells, worst and best ratio with where, cells with ratio > SLACK (and how
+    many of them :func:`reasons` finds no reason for), and the largest ``|ratio - 1|``
+    (round-off when the two are the same method)."""
     out = []
     for ours, peer in pairs:
         cs = pair_cells(ours_records, peer_records, ours, peer)
@@ -829,7 +830,47 @@ def summary(ours_records, peer_records, pairs=PAIRS) -> list[dict]:
         best = min(cs, key=lambda c: c["ratio"])
         out.append({"pair": pair_key(ours, peer), "cells": len(cs), "worst": worst,
                     "best": best, "above": sum(c["ratio"] > SLACK for c in cs),
-                    "spread": max(abs(c["ratio"] - 1.0) for c in cs)})
+                    "spread": max(abs(c["ratio"] - 1.0) for c in cs),
+                    "unexplained": sum(not why for _, why in reasons(cs))})
+    return out
+
+
+def reasons(cs) -> list[tuple[dict, list[str]]]:
+    """Every cell of one pair above :data:`SLACK`, with the reasons the data give for it
+    (an empty list: none found):
+
+    * ``flips``: ours ends more samples in another mode than the peer, and without those
+      samples the ratio is within :data:`SLACK`;
+    * ``trade-off``: the grid depends on the schedule only, so the other problem runs the
+      same coefficients on it; there ours is below ``1 / SLACK`` the peer's RMSE at the same
+      NFE. Copying the peer's coefficients on this grid, the sure way to match it here,
+      would give that win up;
+    * ``peer not monotone``: the peer's own RMSE rises more than 1.10x at the next NFE of
+      the table on this problem and grid (its good value here is not kept as the NFE
+      grows; our rules are chosen not to jump).
+    """
+    by = {(c["problem"], c["schedule"], c["grid"], c["nfe"]): c for c in cs}
+    nfes = sorted({c["nfe"] for c in cs})
+    out = []
+    for c in cs:
+        if not c["ratio"] > SLACK:
+            continue
+        why = []
+        o, p = c["ours"], c["peer"]
+        if o["flips"] > p["flips"] and _ratio(o["rmse_no_flip"], p["rmse_no_flip"]) <= SLACK:
+            why.append(f"flips {o['flips']}/{p['flips']} (without them "
+                       f"{_r(_ratio(o['rmse_no_flip'], p['rmse_no_flip']))})")
+        for other in (k for k in by if k[1:] == (c["schedule"], c["grid"], c["nfe"])
+                      and k[0] != c["problem"]):
+            if by[other]["ratio"] < 1.0 / SLACK:
+                why.append(f"trade-off: {other[0]} on the same grid and NFE "
+                           f"{_r(by[other]['ratio'])}")
+        later = [n for n in nfes if n > c["nfe"]]
+        nxt = by.get((c["problem"], c["schedule"], c["grid"], later[0])) if later else None
+        if nxt is not None and nxt["peer"]["rmse"] > 1.10 * p["rmse"]:
+            why.append(f"peer not monotone: its RMSE x{nxt['peer']['rmse'] / p['rmse']:.2f} at "
+                       f"NFE {nxt['nfe']}")
+        out.append((c, why))
     return out
 
 
@@ -862,14 +903,14 @@ def write_markdown(data, path: pathlib.Path):
         f"{sum(r['seconds'] for r in ours_records):.0f} s.", "",
         "## Summary", "",
         f"| pair | cells | worst ratio | where | best ratio | where | cells > {SLACK} | "
-        "max abs(ratio - 1) |",
-        "|---|---|---|---|---|---|---|---|",
+        "of them, no reason found | max abs(ratio - 1) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     rows = summary(ours_records, peer_records)
     for s in rows:
         lines.append(f"| {s['pair']} | {s['cells']} | {_r(s['worst']['ratio'])} | "
                      f"{_where(s['worst'])} | {_r(s['best']['ratio'])} | {_where(s['best'])} | "
-                     f"{s['above']} | {s['spread']:.0e} |")
+                     f"{s['above']} | {s['unexplained']} | {s['spread']:.0e} |")
     lines += ["", "## Peers", ""]
     lines += [f"- `{k}`: {p.description}" for k, p in PEERS.items()]
     lines.append("")
@@ -897,7 +938,21 @@ def write_markdown(data, path: pathlib.Path):
                 row.append(f"**{text}**" if c["ratio"] > SLACK else text)
             lines.append(f"| {grid} | {nfe} | " + " | ".join(row) + " |")
         lines.append("")
+        lines += _reason_lines(cs)
     path.write_text("\n".join(lines) + "\n")
+
+
+def _reason_lines(cs) -> list[str]:
+    """The cells above :data:`SLACK` of one pair and their reasons (:func:`reasons`)."""
+    bad = reasons(cs)
+    if not bad:
+        return []
+    none = sum(not why for _, why in bad)
+    lines = [f"Cells above {SLACK} and why ({len(bad)}; no reason found in the data for "
+             f"{none}):", "", "| cell | ratio | reason |", "|---|---|---|"]
+    for c, why in sorted(bad, key=lambda b: -b[0]["ratio"]):
+        lines.append(f"| {_where(c)} | {_r(c['ratio'])} | {'; '.join(why) or 'none found'} |")
+    return lines + [""]
 
 
 def plot(data, path: pathlib.Path):

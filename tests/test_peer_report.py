@@ -1,0 +1,45 @@
+"""The peer benchmark's report (``benchmarks/peers.py``), without torch: every cell above the
+slack is listed, with the reasons the data give (more mode flips, a trade-off on the same
+grid, a peer that is not monotone in the NFE) and none where the data give none."""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+import peers  # noqa: E402
+
+
+def _cell(problem, nfe, ours, peer, flips=(0, 0), no_flip=None, grid="log_snr"):
+    no_flip = no_flip or (ours, peer)
+    return {"problem": problem, "schedule": "vp_linear", "grid": grid, "steps": nfe, "nfe": nfe,
+            "ours": {"rmse": ours, "flips": flips[0], "rmse_no_flip": no_flip[0]},
+            "peer": {"rmse": peer, "flips": flips[1], "rmse_no_flip": no_flip[1]},
+            "ratio": ours / peer}
+
+
+def _why(cells):
+    return {(c["problem"], c["grid"], c["nfe"]): why for c, why in peers.reasons(cells)}
+
+
+def test_reasons_name_flips_trade_offs_and_peer_jumps():
+    cells = [
+        _cell("ring2d", 5, 1.2, 1.0),  # peer jumps x1.5 at NFE 6; gmm64 wins here
+        _cell("gmm64", 5, 0.8, 1.0),
+        _cell("ring2d", 6, 1.5, 1.5),
+        _cell("gmm64", 6, 1.5, 1.0, flips=(3, 1), no_flip=(0.9, 1.0)),  # flips only
+        _cell("ring2d", 8, 0.5, 0.5),
+        _cell("gmm64", 8, 1.1, 1.0),  # nothing explains it
+        _cell("ring2d", 5, 1.01, 1.0, grid="edm"),  # within the slack: not listed
+    ]
+    why = _why(cells)
+    assert set(why) == {("ring2d", "log_snr", 5), ("gmm64", "log_snr", 6),
+                        ("gmm64", "log_snr", 8)}
+    assert why[("ring2d", "log_snr", 5)] == [
+        "trade-off: gmm64 on the same grid and NFE 0.800",
+        "peer not monotone: its RMSE x1.50 at NFE 6"]
+    assert why[("gmm64", "log_snr", 6)] == ["flips 3/1 (without them 0.900)"]
+    assert why[("gmm64", "log_snr", 8)] == []
+    lines = peers._reason_lines(cells)
+    assert lines[0].startswith("Cells above 1.02 and why (3; no reason found in the data for 1)")
+    assert "| gmm64/vp_linear log_snr NFE 8 | 1.100 | none found |" in lines
+    assert peers._reason_lines(cells[4:5] + cells[6:]) == []
