@@ -61,6 +61,14 @@ prediction. Every model call is checked to be at one of the times the method mus
 (grid points; DPM-Solver-fast: its stage times in ``lambda``), every such time is visited,
 and the number of calls equals the method's NFE.
 
+**Why a cell is above 1.02.** Under each pair's table the report lists every cell where ours
+is more than :data:`SLACK` times the peer's RMSE, with the reasons the data give
+(:func:`reasons`): which of our rules makes the difference (each solver of :data:`ABLATIONS`
+is also run with one rule at a time set as the peer sets it: final steps, full order,
+curvature weight), more mode flips, a trade-off with the other problem on the same grid, or a
+peer whose own error rises at the next NFE; then what each such variant does over all the
+pair's cells beside ours as it is.
+
 Our side runs ``deis_jax.sample`` in float64 on the same grid. The peers' results are cached
 in ``results/peers.json`` (committed): ``--ours-only`` reruns only our side, so a new
 variant of ours (a final-step rule registered under a new name, added to :data:`PAIRS`) is
@@ -114,7 +122,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deis_jax import get_solver, sample, schedules, testing, timesteps
-from deis_jax.solvers import Solver
+from deis_jax.solvers import Solver, dpm_solver_pp, logrho_deis, unipc
 from deis_jax.solvers.dpm_solver import fast_orders
 
 NFES = (5, 6, 8, 10, 12, 15, 20, 25, 50)
@@ -612,8 +620,32 @@ PAIRS: tuple[tuple[str, str], ...] = (
 )
 
 
+# Where our solver departs from its peers on purpose, one rule at a time: the same solver with
+# that rule set as the peer sets it (label: the alternative). Measured with our side
+# (``--ours-only``, no torch), so every cell above SLACK can be traced to the rule behind it.
+REFERENCE_FINAL = "with the reference's final steps"
+FULL_ORDER = "with full order to the end"
+ABLATIONS: dict[str, tuple[tuple[str, Callable[[], Solver]], ...]] = {
+    "dpmpp_2m": ((REFERENCE_FINAL, lambda: dpm_solver_pp(2, final_steps="reference")),
+                 (FULL_ORDER, lambda: dpm_solver_pp(2, final_steps="none"))),
+    "dpmpp_3m": ((REFERENCE_FINAL, lambda: dpm_solver_pp(3, final_steps="reference")),
+                 (FULL_ORDER, lambda: dpm_solver_pp(3, final_steps="none")),
+                 ("with the reference's curvature weight 1/2",
+                  lambda: dpm_solver_pp(3, curvature="reference"))),
+    "unipc2": ((FULL_ORDER, lambda: unipc(2, final_steps="none")),),
+    "unipc3": ((FULL_ORDER, lambda: unipc(3, final_steps="none")),),
+    "logrho1": ((REFERENCE_FINAL, lambda: logrho_deis(1, final_steps="reference")),),
+    "logrho2": ((REFERENCE_FINAL, lambda: logrho_deis(2, final_steps="reference")),),
+}
+
+
 def pair_key(ours: str, peer: str) -> str:
     return f"{ours} vs {peer}"
+
+
+def ablations(ours: str) -> list[tuple[str, Solver]]:
+    """``(label, solver)`` of every :data:`ABLATIONS` variant of our solver ``ours``."""
+    return [(label, make()) for label, make in ABLATIONS.get(ours, ())]
 
 
 # ------------------------------------------------------------------ step plans
@@ -711,8 +743,9 @@ def _grid(prob, n, kind):
 def measure(side: str, names, quick: bool, log=print) -> list[dict]:
     """Records ``{side: name, problem, schedule, grid, steps, nfe, rmse, flips,
     rmse_no_flip, seconds}`` for ``side`` ``"peer"`` (names: PEERS keys, each on the cells
-    of its pairs) or ``"ours"`` (names: our solvers, each on the cells of its pairs);
-    ``seconds`` is the wall time of the run (ours: compilation included)."""
+    of its pairs) or ``"ours"`` (names: our solvers, each on the cells of its pairs, and so
+    is each of its :func:`ablations`, recorded under the variant's name); ``seconds`` is the
+    wall time of the run (ours: compilation included)."""
     grids, nfes = (QUICK_GRIDS, QUICK_NFES) if quick else (GRIDS, NFES)
     records = []
     for pname in PROBLEMS:
@@ -720,19 +753,22 @@ def measure(side: str, names, quick: bool, log=print) -> list[dict]:
             prob = problem(pname, sname, quick)
             t0 = time.perf_counter()
             for name in names:
-                todo = {}
-                for ours, peer in PAIRS:
-                    if name == (peer if side == "peer" else ours):
-                        for cell in cells(ours, peer, grids, nfes):
-                            todo[cell[:3]] = cell
-                for grid, n, nfe, plan in todo.values():
-                    ts = _grid(prob, n, grid)
-                    t1 = time.perf_counter()
-                    x = (run_peer(name, prob, ts, nfe).x if side == "peer"
-                         else run_ours(plan, prob, ts))
-                    records.append({side: name, "problem": pname, "schedule": sname,
-                                    "grid": grid, "steps": n, "nfe": nfe, **score(prob, x),
-                                    "seconds": time.perf_counter() - t1})
+                variants = [(name, None)] + ([(s.name, s) for _, s in ablations(name)]
+                                             if side == "ours" else [])
+                for label, variant in variants:
+                    todo = {}
+                    for ours, peer in PAIRS:
+                        if name == (peer if side == "peer" else ours):
+                            for cell in cells(variant or ours, peer, grids, nfes):
+                                todo[cell[:3]] = cell
+                    for grid, n, nfe, plan in todo.values():
+                        ts = _grid(prob, n, grid)
+                        t1 = time.perf_counter()
+                        x = (run_peer(name, prob, ts, nfe).x if side == "peer"
+                             else run_ours(plan, prob, ts))
+                        records.append({side: label, "problem": pname, "schedule": sname,
+                                        "grid": grid, "steps": n, "nfe": nfe, **score(prob, x),
+                                        "seconds": time.perf_counter() - t1})
             log(f"{side} {prob.name}: {len(names)} methods, {time.perf_counter() - t0:.0f} s")
     return records
 
@@ -826,18 +862,35 @@ def summary(ours_records, peer_records, pairs=PAIRS) -> list[dict]:
         cs = pair_cells(ours_records, peer_records, ours, peer)
         if not cs:
             continue
+        alts = ablation_cells(ours_records, peer_records, ours, peer)
         worst = max(cs, key=lambda c: c["ratio"])
         best = min(cs, key=lambda c: c["ratio"])
         out.append({"pair": pair_key(ours, peer), "cells": len(cs), "worst": worst,
                     "best": best, "above": sum(c["ratio"] > SLACK for c in cs),
                     "spread": max(abs(c["ratio"] - 1.0) for c in cs),
-                    "unexplained": sum(not why for _, why in reasons(cs))})
+                    "unexplained": sum(not why for _, why in reasons(cs, alts))})
     return out
 
 
-def reasons(cs) -> list[tuple[dict, list[str]]]:
+def ablation_cells(ours_records, peer_records, ours: str, peer: str):
+    """``(label, cells)`` of every :func:`ablations` variant of ``ours`` against ``peer``
+    (:func:`pair_cells`; variants not measured are left out)."""
+    out = []
+    for label, solver in ablations(ours):
+        cs = pair_cells(ours_records, peer_records, solver.name, peer)
+        if cs:
+            out.append((label, cs))
+    return out
+
+
+def reasons(cs, alts=()) -> list[tuple[dict, list[str]]]:
     """Every cell of one pair above :data:`SLACK`, with the reasons the data give for it
     (an empty list: none found):
+
+    * ``with ...``: one of our rules makes the difference: the :func:`ablations` variant with
+      that rule set as the peer sets it (``alts``, from :func:`ablation_cells`) is within
+      :data:`SLACK` of the peer at this cell (its ratio is given; what the variant costs
+      over all cells is in the pair's table of variants);
 
     * ``flips``: ours ends more samples in another mode than the peer, and without those
       samples the ratio is within :data:`SLACK`;
@@ -855,7 +908,12 @@ def reasons(cs) -> list[tuple[dict, list[str]]]:
     for c in cs:
         if not c["ratio"] > SLACK:
             continue
+        key = (c["problem"], c["schedule"], c["grid"], c["nfe"])
         why = []
+        for label, alt in alts:
+            a = {(d["problem"], d["schedule"], d["grid"], d["nfe"]): d for d in alt}.get(key)
+            if a is not None and a["ratio"] <= SLACK:
+                why.append(f"{label}: {_r(a['ratio'])}")
         o, p = c["ours"], c["peer"]
         if o["flips"] > p["flips"] and _ratio(o["rmse_no_flip"], p["rmse_no_flip"]) <= SLACK:
             why.append(f"flips {o['flips']}/{p['flips']} (without them "
@@ -900,7 +958,8 @@ def write_markdown(data, path: pathlib.Path):
         f"Peers: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}. Run time "
         f"(sum over cells, our compilation included, 2 CPU cores): peers "
         f"{sum(r['seconds'] for r in peer_records):.0f} s, ours "
-        f"{sum(r['seconds'] for r in ours_records):.0f} s.", "",
+        f"{sum(r['seconds'] for r in ours_records):.0f} s (with the variants of "
+        "`ABLATIONS`).", "",
         "## Summary", "",
         f"| pair | cells | worst ratio | where | best ratio | where | cells > {SLACK} | "
         "of them, no reason found | max abs(ratio - 1) |",
@@ -938,13 +997,14 @@ def write_markdown(data, path: pathlib.Path):
                 row.append(f"**{text}**" if c["ratio"] > SLACK else text)
             lines.append(f"| {grid} | {nfe} | " + " | ".join(row) + " |")
         lines.append("")
-        lines += _reason_lines(cs)
+        lines += _reason_lines(cs, ablation_cells(ours_records, peer_records, ours, peer))
     path.write_text("\n".join(lines) + "\n")
 
 
-def _reason_lines(cs) -> list[str]:
-    """The cells above :data:`SLACK` of one pair and their reasons (:func:`reasons`)."""
-    bad = reasons(cs)
+def _reason_lines(cs, alts=()) -> list[str]:
+    """The cells above :data:`SLACK` of one pair and their reasons (:func:`reasons`), then
+    what each variant of ``alts`` would do over all the pair's cells."""
+    bad = reasons(cs, alts)
     if not bad:
         return []
     none = sum(not why for _, why in bad)
@@ -952,6 +1012,17 @@ def _reason_lines(cs) -> list[str]:
              f"{none}):", "", "| cell | ratio | reason |", "|---|---|---|"]
     for c, why in sorted(bad, key=lambda b: -b[0]["ratio"]):
         lines.append(f"| {_where(c)} | {_r(c['ratio'])} | {'; '.join(why) or 'none found'} |")
+    if alts:
+        lines += ["", "Our solver as it is and with one rule set as the peer sets it, over all "
+                  "cells of the pair (a variant at 1.000 everywhere is the peer's method):", "",
+                  f"| variant | geometric mean ratio | worst ratio | where | cells > {SLACK} |",
+                  "|---|---|---|---|---|"]
+        for label, alt in [("ours as it is", cs), *alts]:
+            r = np.array([d["ratio"] for d in alt])
+            worst = max(alt, key=lambda d: d["ratio"])
+            gmean = np.exp(np.mean(np.log(r))) if np.all(np.isfinite(r) & (r > 0)) else np.inf
+            lines.append(f"| {label} | {_r(gmean)} | {_r(worst['ratio'])} | {_where(worst)} | "
+                         f"{int(np.sum(r > SLACK))} |")
     return lines + [""]
 
 
@@ -1059,7 +1130,8 @@ def main(argv=None):
             data["meta"] = {"versions": versions()}
     if not args.peers_only:
         records = measure("ours", ours_names, args.quick)
-        data["ours"] = [r for r in data["ours"] if r["ours"] not in ours_names] + records
+        produced = {r["ours"] for r in records}
+        data["ours"] = [r for r in data["ours"] if r["ours"] not in produced] + records
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1))
     write_markdown(data, args.out / f"{stem}.md")

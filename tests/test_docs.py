@@ -10,6 +10,7 @@ import deis_jax
 MODULES = ["deis_jax.schedules", "deis_jax.grids", "deis_jax.parameterization",
            "deis_jax.sampling", "deis_jax.evaluate",
            "deis_jax.training.presets", "deis_jax.solvers.dpm_solver", "deis_jax.solvers.unipc",
+           "deis_jax.solvers.dpm_solver_pp", "deis_jax.solvers.base",
            "deis_jax.solvers.edm_sde", "deis_jax.solvers.stochastic_ddim",
            "deis_jax.solvers.noise", "deis_jax.models.mlp", "deis_jax.models.unet",
            "deis_jax.precision", "deis_jax.likelihood", "deis_jax.inversion",

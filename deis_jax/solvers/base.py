@@ -33,7 +33,7 @@ import jax
 
 from deis_jax._checks import check_int
 
-__all__ = ["Solver", "make_solver"]
+__all__ = ["Solver", "make_solver", "option_suffix"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -121,3 +121,15 @@ def make_solver(name, order, nfe_per_step, coefficients, init, step, **kwargs) -
     settings as ``hparams``.
     """
     return Solver(name, order, nfe_per_step, coefficients, init, step, **kwargs)
+
+
+def option_suffix(**options) -> str:
+    """``_<option>_<value>`` for every option not at its default ``"auto"`` (a non-string
+    value, e.g. a :class:`~deis_jax.solvers.ei.FinalRule`, is written ``rule``), so that
+    solvers built with different settings get different names.
+
+    >>> option_suffix(final_steps="reference", curvature="auto")
+    '_final_steps_reference'
+    """
+    return "".join(f"_{key}_{value if isinstance(value, str) else 'rule'}"
+                   for key, value in options.items() if value != "auto")

@@ -14,6 +14,28 @@ quadrature in ``lambda`` (tAB), exact Gauss--Legendre in ``rho`` (rhoAB: the int
 polynomial), closed form in phi-functions (log-rho); all from
 :mod:`deis_jax.solvers.ei`. The first ``r`` steps run at degree ``0, 1, ..., r-1`` (rows of
 the table). Order ``r + 1``, 1 NFE/step; degree 0 is DDIM.
+
+**log-rho DEIS: final steps and curvature** (measured, not derived; 1,000 samples of the
+2-d ring of sharp modes and 500 of the 64-d mixture, VP and VE, float64,
+``benchmarks/cliffs.py`` and ``benchmarks/peers.py``). Like DPM-Solver++ (its data-prediction
+twin), ``final_steps="auto"`` lowers the last two steps by a
+:class:`~deis_jax.solvers.ei.FinalRule` of the grid (:data:`LOGRHO_FINAL_RULES`). With the
+narrow rule ``FinalRule(1.2, 0.1, -0.5)`` that degree 1 keeps, degrees 2 and 3 dropped their
+lowering abruptly as the NFE grew on the VP quadratic grid, whose last steps grow 1.2-1.9x
+step to step at NFE 10: the ring's RMSE rose 2.03x (degree 2, NFE 12 -> 14) and 3.80x (degree 3,
+11 -> 13). 3M's wide ramp ``FinalRule(2.0, 1.0)`` removes the degree-2 cliff (worst
+``RMSE(n+2)/RMSE(n)`` there 0.95, at most 1.00 over NFE 5-50 on every problem and grid of
+the sweep; against diffusers' DEIS order 3 the
+geometric mean of the ratios is 0.89, was 0.95, with 7 cells above 1.02x instead of 6).
+Degree 3 still had an error hump there (RMSE 4.8e-2 at NFE 6 up to 1.0e-1 at NFE 11):
+extrapolating a cubic over steps longer than the spacing of its nodes. With
+``curvature="auto"`` its ``v^2`` and ``v^3`` terms are weighted by ``s(h)`` and ``s(h)^2``
+(:func:`~deis_jax.solvers.ei.damp_curvature`, ``h_c = 1``; 1 at ``h -> 0``, so the order is
+kept): worst ratio 1.04, no significant cliff, and over the 144 cells of the peer benchmark's
+problems and grids the geometric mean of RMSE(new) / RMSE(old) is 0.89 (24 cells worse than
+1.02x, worst 1.47; 43 better than 0.98x). The scale 0.5 of 3M is too strong for noise
+prediction (up to 1.7x worse on the 64-d mixture); degree 2 keeps the exact polynomial, since
+damping it (``h_c`` 0.5-1.5) put 9-55 cells above 1.02x diffusers' DEIS.
 """
 
 from __future__ import annotations
@@ -24,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deis_jax._checks import check_choice, check_member
-from deis_jax.solvers.base import make_solver
+from deis_jax.solvers.base import make_solver, option_suffix
 from deis_jax.solvers.ei import (
     FinalRule,
     MultistepCoeffs,
@@ -102,9 +124,7 @@ def _logrho_solver(degree: int, final_steps, curvature: str):
             c = blend_final(c, low, final_weight(schedule, ts, rule))
         return MultistepCoeffs(ts[:-1], a, c)
 
-    parts = [v for v in (final_steps, curvature) if isinstance(v, str) and v != "auto"]
-    suffix = "".join(f"_{v}" for v in parts) + ("_rule" if isinstance(final_steps, FinalRule)
-                                                 else "")
+    suffix = option_suffix(final_steps=final_steps, curvature=curvature)
     return make_solver(f"logrho{degree}{suffix}", degree + 1, 1, coefficients, multistep_init,
                        multistep_step)
 

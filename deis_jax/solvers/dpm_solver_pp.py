@@ -76,7 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deis_jax._checks import check_choice, check_member, check_positive_or_none
-from deis_jax.solvers.base import Solver, make_solver
+from deis_jax.solvers.base import Solver, make_solver, option_suffix
 from deis_jax.solvers.dpm_solver import H_MAX, singlestep_table
 from deis_jax.solvers.ei import (
     FinalRule,
@@ -92,7 +92,8 @@ from deis_jax.solvers.ei import (
 )
 from deis_jax.solvers.runge_kutta import stage_init, stage_step
 
-__all__ = ["dpm_solver_pp", "dpmpp_2s", "multistep_degrees", "dpmpp_weights", "FINAL_STEPS", "FINAL_RULES", "CURVATURES", "CURVATURE_SCALE"]
+__all__ = ["dpm_solver_pp", "dpmpp_2s", "multistep_degrees", "dpmpp_weights", "FINAL_STEPS",
+           "FINAL_RULES", "CURVATURES", "CURVATURE_SCALE"]
 
 FINAL_STEPS = ("auto", "reference", "none")
 CURVATURES = ("auto", "reference", "exact")
@@ -141,11 +142,9 @@ def _dpm_solver_pp(order: int, final_steps, curvature: str) -> Solver:
             c = blend_final(c, low, final_weight(schedule, ts, rule))
         return MultistepCoeffs(ts[:-1], a, c)
 
-    parts = dict.fromkeys(v for v in (final_steps, curvature) if isinstance(v, str) and v != "auto")
-    suffix = "".join(f"_{v}" for v in parts) + ("_rule" if isinstance(final_steps, FinalRule)
-                                                 else "")
     # The reference's half curvature weight leaves an O(h^3) local error: second order.
     true_order = 2 if curvature == "reference" else order
+    suffix = option_suffix(final_steps=final_steps, curvature=curvature)
     return make_solver(f"dpmpp_{order}m{suffix}", true_order, 1, coefficients, multistep_init,
                        multistep_step, model="x0")
 
@@ -164,8 +163,11 @@ def dpm_solver_pp(order: int = 2, *, final_steps="auto", curvature: str = "auto"
         a second-order method) or ``"exact"``.
 
     Example:
+      >>> from deis_jax import get_solver
       >>> from deis_jax.solvers import dpm_solver_pp
       >>> dpm_solver_pp(3, final_steps="reference", curvature="reference").name
+      'dpmpp_3m_final_steps_reference_curvature_reference'
+      >>> get_solver("dpmpp_3m_reference").name  # the same solver, registered
       'dpmpp_3m_reference'
     """
     order = check_member("order", order, (2, 3))
