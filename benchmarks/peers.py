@@ -755,7 +755,7 @@ def measure(side: str, names, quick: bool, log=print) -> list[dict]:
             for name in names:
                 variants = [(name, None)] + ([(s.name, s) for _, s in ablations(name)]
                                              if side == "ours" else [])
-                for label, variant in variants:
+                for record_name, variant in variants:
                     todo = {}
                     for ours, peer in PAIRS:
                         if name == (peer if side == "peer" else ours):
@@ -766,7 +766,7 @@ def measure(side: str, names, quick: bool, log=print) -> list[dict]:
                         t1 = time.perf_counter()
                         x = (run_peer(name, prob, ts, nfe).x if side == "peer"
                              else run_ours(plan, prob, ts))
-                        records.append({side: label, "problem": pname, "schedule": sname,
+                        records.append({side: record_name, "problem": pname, "schedule": sname,
                                         "grid": grid, "steps": n, "nfe": nfe, **score(prob, x),
                                         "seconds": time.perf_counter() - t1})
             log(f"{side} {prob.name}: {len(names)} methods, {time.perf_counter() - t0:.0f} s")
@@ -902,16 +902,19 @@ def reasons(cs, alts=()) -> list[tuple[dict, list[str]]]:
       the table on this problem and grid (its good value here is not kept as the NFE
       grows; our rules are chosen not to jump).
     """
-    by = {(c["problem"], c["schedule"], c["grid"], c["nfe"]): c for c in cs}
+    def key(c):
+        return c["problem"], c["schedule"], c["grid"], c["nfe"]
+
+    by = {key(c): c for c in cs}
+    alt_by = [(label, {key(d): d for d in alt}) for label, alt in alts]
     nfes = sorted({c["nfe"] for c in cs})
     out = []
     for c in cs:
         if not c["ratio"] > SLACK:
             continue
-        key = (c["problem"], c["schedule"], c["grid"], c["nfe"])
         why = []
-        for label, alt in alts:
-            a = {(d["problem"], d["schedule"], d["grid"], d["nfe"]): d for d in alt}.get(key)
+        for label, alt in alt_by:
+            a = alt.get(key(c))
             if a is not None and a["ratio"] <= SLACK:
                 why.append(f"{label}: {_r(a['ratio'])}")
         o, p = c["ours"], c["peer"]
