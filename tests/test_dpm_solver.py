@@ -129,6 +129,8 @@ def test_auto_final_steps_blend_by_the_last_step(x64, problem, make):
     """"auto": the last two rows are (1 - w) full + w lowered with w from the grid's last
     step; fully lowered on a 10-step uniform grid (last step 3.5 long in lambda), full order on
     a 40-step log-SNR grid (0.24), in between where the last step is near the rule's centre;
+    with 2M's second band the row before the last is then blended towards degree 0 by w2
+    (1 on a 12-step EDM grid, last step 1.53 long; 0.57 on a 10-step quadratic grid, 1.84);
     every other row untouched."""
     sched = problem[0]
     auto, full, low = make("auto"), make("none"), make("reference")
@@ -136,27 +138,35 @@ def test_auto_final_steps_blend_by_the_last_step(x64, problem, make):
             "logrho2": deis_ab.LOGRHO_FINAL_RULES[2]}[auto.name]
     lam_range = float(sched.log_snr(sched.t_min) - sched.log_snr(sched.t_max))
     n_mid = int(round(lam_range / rule.center))  # log-SNR grid with h = rule.center: 0 < w < 1
-    for ts, expect in ((timesteps(sched, 10, "uniform"), 1.0),
-                       (timesteps(sched, 40, "log_snr"), 0.0),
-                       (timesteps(sched, n_mid, "log_snr"), None)):
+    grids = [(timesteps(sched, 10, "uniform"), 1.0, 0.0),
+             (timesteps(sched, 40, "log_snr"), 0.0, 0.0),
+             (timesteps(sched, n_mid, "log_snr"), None, 0.0)]
+    if rule.second_band is not None:
+        grids += [(timesteps(sched, 12, "edm"), 1.0, 1.0),
+                  (timesteps(sched, 10, "quadratic"), 1.0, None)]
+    for ts, expect, expect_w2 in grids:
         n = ts.shape[0] - 1
         w = float(ei.final_weight(sched, ts, rule))
-        if expect is None:
-            assert 0.0 < w < 1.0, (n, w)
-        else:
-            assert w == expect, (n, w)
+        w2 = float(ei.second_weight(sched, ts, rule))
+        for value, want in ((w, expect), (w2, expect_w2)):
+            if want is None:
+                assert 0.0 < value < 1.0, (n, w, w2)
+            else:
+                assert value == want, (n, w, w2)
         a, b = auto.table(sched, ts), full.table(sched, ts)
         # "reference" lowers below 15 steps: on longer grids rebuild its rows by hand.
-        lowered = ei.lowered_degrees(np.minimum(np.arange(n), b.c.shape[-1] - 1))
+        deg = np.minimum(np.arange(n), b.c.shape[-1] - 1)
         g_map = dpmpp_weights("auto") if auto.model == "x0" else None
-        c_low = ei.pad_columns(ei.exp_poly_weights(sched, ts, lowered, auto.model, g_map)[1],
-                               b.c.shape[-1])
+        c_low, c_both = (ei.pad_columns(ei.exp_poly_weights(sched, ts, lowered, auto.model,
+                                                            g_map)[1], b.c.shape[-1])
+                         for lowered in (ei.lowered_degrees(deg),
+                                         ei.lowered_degrees(deg, second=0)))
         if n < 15:
             np.testing.assert_allclose(np.asarray(low.table(sched, ts).c[-2:]),
                                        np.asarray(c_low[-2:]), rtol=1e-13, atol=1e-15)
-        np.testing.assert_allclose(np.asarray(a.c[-2:]),
-                                   (1 - w) * np.asarray(b.c[-2:]) + w * np.asarray(c_low[-2:]),
-                                   rtol=1e-12, atol=1e-14)
+        want = (1 - w) * np.asarray(b.c[-2:]) + w * np.asarray(c_low[-2:])
+        want[0] = (1 - w2) * want[0] + w2 * np.asarray(c_both[-2])
+        np.testing.assert_allclose(np.asarray(a.c[-2:]), want, rtol=1e-12, atol=1e-14)
         np.testing.assert_array_equal(np.asarray(a.c[:-2]), np.asarray(b.c[:-2]))
 
 

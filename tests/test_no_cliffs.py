@@ -2,8 +2,8 @@
 
 A cheap subset of ``benchmarks/cliffs.py`` (which sweeps every multistep solver, three grids,
 two problems, two schedules and n = 5..48): the sharp 2-d ring mixture under VP-linear,
-n = 5..14, for the solvers whose final-step rule matters (and UniPC-1 with noise prediction,
-whose RMSE rose 1.3x from NFE 6 to 8 here with the reference corrector weight 1/2), and
+n = 5..16, for the solvers whose final-step rule matters (log-SNR, quadratic and EDM grids;
+and UniPC-1 with noise prediction, whose RMSE rose 1.3x from NFE 6 to 8 here with the reference corrector weight 1/2), and
 UniPC-3 on the 64-d mixture with and without its lowered final steps. The reference rule
 (``dpmpp_3m_reference``: lower order on the last two steps only when there are fewer than 15
 steps, as in diffusers' DPM-Solver++) and UniPC-3 at full order to the end are checked to
@@ -50,7 +50,8 @@ def _cliffs(err):
 @pytest.mark.parametrize("name,grid", [("dpmpp_2m", "log_snr"), ("dpmpp_3m", "log_snr"),
                                        ("dpmpp_3m", "quadratic"), ("unipc3", "log_snr"),
                                        ("logrho2", "quadratic"), ("logrho3", "quadratic"),
-                                       ("unipc1_eps", "log_snr")])
+                                       ("unipc1_eps", "log_snr"), ("dpmpp_2m", "edm"),
+                                       ("unipc3", "edm")])
 def test_no_cliff(x64, ring, name, grid):
     err = _errors(name, ring, grid)
     assert not _cliffs(err), (name, _cliffs(err), err)
@@ -83,6 +84,14 @@ def test_unipc3_final_steps_remove_cliff(x64, gmm64):
     auto, plain = errors(unipc(3)), errors(unipc(3, final_steps="none"))
     assert np.all(auto[2:] <= RATIO * auto[:-2]), auto
     assert np.any(plain[2:] > 1.25 * plain[:-2]), plain
+
+
+def test_one_lowered_step_has_the_edm_bump(x64, ring):
+    """Without the second band (the reference's two lowered intervals only), UniPC-3's error on
+    the EDM grid rises from NFE 8 to 10 (1.25x with 1,000 samples, cliffs.md): the band is what
+    removes it (test_no_cliff[unipc3-edm])."""
+    cliffs = _cliffs(_errors(unipc(3, final_steps="reference"), ring, "edm"))
+    assert any(n in (7, 8, 9) for n, _, _ in cliffs), cliffs
 
 
 def test_reference_rule_has_a_cliff(x64, ring):

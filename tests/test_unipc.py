@@ -10,7 +10,7 @@ import pytest
 
 from deis_jax import get_solver, sample, schedules, testing, timesteps
 from deis_jax.solvers import unipc
-from deis_jax.solvers.ei import final_weight
+from deis_jax.solvers.ei import FinalRule, final_weight, second_weight
 
 unipc_module = importlib.import_module("deis_jax.solvers.unipc")  # the function shadows it
 
@@ -98,30 +98,45 @@ def test_final_steps(x64, problem, prediction):
     """The last two intervals at orders 1 and <= 2 ("reference", the reference
     implementation's rule at every N), weighted by the last step's length ("auto"): fully
     lowered on 10-step grids, full order on a 300-step log-SNR grid (last step 0.032 long in
-    lambda), in between at 0.1; predictor and corrector rows are (1 - w) full + w lowered,
+    lambda), in between at 0.1; with data prediction the interval before the last also at
+    order 1 by the second band's weight w2 (0.57 on the 10-step quadratic grid, last step 1.84;
+    1 on the 12-step EDM grid, 1.53; 0 elsewhere here; never with noise prediction).
+    Predictor and corrector rows are (1 - w) full + w lowered + w2 (lowered both - lowered),
     every other row untouched."""
     sched, gmm, x_T, _ = problem
     auto, full, low = (unipc(3, prediction=prediction, final_steps=r)
                        for r in ("auto", "none", "reference"))
+    # A rule that always lowers both intervals fully (w = w2 = 1 on every grid).
+    both = unipc(3, prediction=prediction,
+                 final_steps=FinalRule(-1.0, 0.5, 0.0, (-1.0, 0.5, 1e3, 0.5)))
     lam_range = float(sched.log_snr(sched.t_min) - sched.log_snr(sched.t_max))
-    for ts, expect_w in ((timesteps(sched, 10, "quadratic"), 1.0),
-                         (timesteps(sched, 10, "log_snr"), 1.0),
-                         (timesteps(sched, 300, "log_snr"), 0.0),
-                         (timesteps(sched, int(lam_range / 0.1), "log_snr"), None)):
+    for ts, expect_w, expect_w2 in ((timesteps(sched, 10, "quadratic"), 1.0, None),
+                                    (timesteps(sched, 12, "edm"), 1.0, 1.0),
+                                    (timesteps(sched, 10, "log_snr"), 1.0, 0.0),
+                                    (timesteps(sched, 300, "log_snr"), 0.0, 0.0),
+                                    (timesteps(sched, int(lam_range / 0.1), "log_snr"), None,
+                                     0.0)):
         w = float(final_weight(sched, ts, unipc_module.FINAL_RULE))
-        if expect_w is None:
-            assert 0.0 < w < 1.0, w
-        else:
-            assert w == expect_w, w
-        a, b, c = auto.table(sched, ts), full.table(sched, ts), low.table(sched, ts)
+        w2 = float(second_weight(sched, ts, unipc_module.FINAL_RULE))
+        for value, expect in ((w, expect_w), (w2, expect_w2)):
+            if expect is None:
+                assert 0.0 < value < 1.0, (w, w2)
+            else:
+                assert value == expect, (w, w2)
+        if prediction == "eps":
+            w2 = 0.0
+        a, b, c, d = (s.table(sched, ts) for s in (auto, full, low, both))
         for field in ("pred", "corr"):
-            fa, fb, fc = (np.asarray(getattr(co, field)) for co in (a, b, c))
-            np.testing.assert_allclose(fa, (1 - w) * fb + w * fc, rtol=1e-12, atol=1e-14)
+            fa, fb, fc, fd = (np.asarray(getattr(co, field)) for co in (a, b, c, d))
+            np.testing.assert_allclose(fa, (1 - w) * fb + w * fc + w2 * (fd - fc),
+                                       rtol=1e-12, atol=1e-14)
             rows = slice(None, -2) if field == "pred" else slice(None, -3)  # corr: shifted
             np.testing.assert_array_equal(fa[rows], fb[rows])
-        # Lowered: the last predictor is UniP-1 (DDIM: one weight), the one before UniP-2.
+        # Lowered: the last predictor is UniP-1 (DDIM: one weight), the one before UniP-2
+        # (UniP-1 when both are lowered).
         used = np.sum(np.asarray(c.pred) != 0, axis=-1)
         np.testing.assert_array_equal(used[-3:], [3, 2, 1])
+        np.testing.assert_array_equal(np.sum(np.asarray(d.pred) != 0, axis=-1)[-3:], [3, 1, 1])
     out = sample(gmm.eps_fn(sched), sched, x_T, solver=auto, nfe=3, grid="quadratic")
     assert bool(jnp.all(jnp.isfinite(out)))  # 3 steps: the smallest grid the rule acts on
 
@@ -179,3 +194,16 @@ def test_jit_vmap_float32():
     out = jax.vmap(draw)(jax.random.split(jax.random.key(0), 2))
     assert out.shape == (2, 8, 2) and out.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_bh1_second_band_is_off_on_the_uniform_grid(x64, problem):
+    """UniPC-bh1's wider band (last step 1.0-2.5 long) is switched off by the step ratio where
+    the last step is ~4x the one before (uniform-t grid under VP, last step 2.1-3.5), and on
+    (w2 = 1) on the EDM grid at NFE 10 (last step 1.8, ratio 1.26)."""
+    sched = problem[0]
+    rule = unipc_module.FINAL_RULES["bh1"]
+    for n in (10, 30, 50):
+        assert float(second_weight(sched, timesteps(sched, n, "uniform"), rule)) == 0.0, n
+    assert float(second_weight(sched, timesteps(sched, 10, "edm"), rule)) == 1.0
+    no_switch = rule._replace(second_ratio=float("inf"))
+    assert float(second_weight(sched, timesteps(sched, 30, "uniform"), no_switch)) == 1.0

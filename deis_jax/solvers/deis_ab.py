@@ -50,12 +50,11 @@ from deis_jax.solvers.base import make_solver, option_suffix
 from deis_jax.solvers.ei import (
     FinalRule,
     MultistepCoeffs,
-    blend_final,
+    apply_final_rule,
     damp_curvature,
     ei_weights,
     exp_linear,
     exp_poly_weights,
-    final_weight,
     lowered_degrees,
     multistep_init,
     multistep_step,
@@ -119,9 +118,8 @@ def _logrho_solver(degree: int, final_steps, curvature: str):
         c = pad_columns(c, degree + 1)
         if final_steps not in ("reference", "none") and n >= 2 and degree > 0:
             rule = LOGRHO_FINAL_RULES[degree] if final_steps == "auto" else final_steps
-            low = pad_columns(exp_poly_weights(schedule, ts, lowered_degrees(deg), "eps",
-                                               g_map)[1], degree + 1)
-            c = blend_final(c, low, final_weight(schedule, ts, rule))
+            c = apply_final_rule(schedule, ts, c, lambda d: pad_columns(
+                exp_poly_weights(schedule, ts, d, "eps", g_map)[1], degree + 1), deg, rule)
         return MultistepCoeffs(ts[:-1], a, c)
 
     suffix = option_suffix(final_steps=final_steps, curvature=curvature)

@@ -44,10 +44,19 @@ converges (:func:`~deis_jax.solvers.ei.curvature_weight`, shared with log-rho DE
 <= 1, as the reference implementations do below 10 or 15 steps) by the weight of
 :class:`~deis_jax.solvers.ei.FinalRule`, a smooth function of the lengths of the last steps
 in ``lambda`` (``FINAL_RULES``), never of the step count, so the error does not jump when
-the NFE grows. ``"reference"``: below 15 steps the last two steps have degrees 0 and 1
-(diffusers' rule; with it 3M's error jumps at 15 steps, e.g. 2.6x on the ring under VP on the
-quadratic grid, ``benchmarks/results/cliffs.md``). ``"none"``: full order up to the last
-step. A :class:`~deis_jax.solvers.ei.FinalRule` may be passed instead.
+the NFE grows. 2M's rule also lowers the step before the last to degree 0 (DDIM) by the
+weight of ``FinalRule.second_band`` (:data:`~deis_jax.solvers.ei.SECOND_BAND`: while the last
+step is 1.2-1.75 long in ``lambda``, fading over 1.0-1.2 and 1.75-1.95). Without it 2M's
+error rose with the NFE on the ring's EDM grid, 1.22x from NFE 8 to 10 under VP and 1.28x from
+6 to 8 under VE (significant cliffs; diffusers' 2M the same): its slope, extrapolated over a
+step 1.4-1.6 long, overshoots. With it the error there is 0.66-0.75x at NFE 8-13 and no cliff
+remains; it costs up to 1.09x on the 64-d mixture (VE, EDM grid, NFE 9-11). Measured, not
+derived: with a last step above ~1.9 (NFE <= 8 on the EDM grid, the uniform grid under VP)
+keeping the slope was up to 1.5x more accurate on the ring.
+``"reference"``: below 15 steps the last two steps have degrees 0 and 1 (diffusers' rule;
+with it 3M's error jumps at 15 steps, e.g. 2.6x on the ring under VP on the quadratic grid,
+``benchmarks/results/cliffs.md``). ``"none"``: full order up to the last step.
+A :class:`~deis_jax.solvers.ei.FinalRule` may be passed instead.
 
 **How the constants were chosen** (measured, not derived). ``FINAL_RULES`` and
 ``CURVATURE_SCALE`` were fitted on the two benchmark problems (2-d ring of sharp modes, 64-d
@@ -79,12 +88,12 @@ from deis_jax._checks import check_choice, check_member, check_positive_or_none
 from deis_jax.solvers.base import Solver, make_solver, option_suffix
 from deis_jax.solvers.dpm_solver import H_MAX, singlestep_table
 from deis_jax.solvers.ei import (
+    SECOND_BAND,
     FinalRule,
     MultistepCoeffs,
-    blend_final,
+    apply_final_rule,
     damp_curvature,
     exp_poly_weights,
-    final_weight,
     lowered_degrees,
     multistep_init,
     multistep_step,
@@ -98,7 +107,7 @@ __all__ = ["dpm_solver_pp", "dpmpp_2s", "multistep_degrees", "dpmpp_weights", "F
 FINAL_STEPS = ("auto", "reference", "none")
 CURVATURES = ("auto", "reference", "exact")
 REFERENCE_STEPS = 15  # diffusers lowers the last orders below this many steps
-FINAL_RULES = {2: FinalRule(1.0, 0.1, -0.5), 3: FinalRule(2.0, 1.0, 0.0)}
+FINAL_RULES = {2: FinalRule(1.0, 0.1, -0.5, SECOND_BAND), 3: FinalRule(2.0, 1.0, 0.0)}
 CURVATURE_SCALE = 0.5
 
 
@@ -137,9 +146,8 @@ def _dpm_solver_pp(order: int, final_steps, curvature: str) -> Solver:
         c = pad_columns(c, order)
         if final_steps not in ("reference", "none") and n >= 2:
             rule = FINAL_RULES[order] if final_steps == "auto" else final_steps
-            low = pad_columns(exp_poly_weights(schedule, ts, lowered_degrees(deg), "x0",
-                                               g_map)[1], order)
-            c = blend_final(c, low, final_weight(schedule, ts, rule))
+            c = apply_final_rule(schedule, ts, c, lambda d: pad_columns(
+                exp_poly_weights(schedule, ts, d, "x0", g_map)[1], order), deg, rule)
         return MultistepCoeffs(ts[:-1], a, c)
 
     # The reference's half curvature weight leaves an O(h^3) local error: second order.

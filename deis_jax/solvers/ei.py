@@ -45,6 +45,8 @@ __all__ = [
     "FinalRule",
     "MultistepCoeffs",
     "MultistepState",
+    "SECOND_BAND",
+    "apply_final_rule",
     "blend_final",
     "curvature_weight",
     "damp_curvature",
@@ -60,6 +62,7 @@ __all__ = [
     "multistep_step",
     "pad_columns",
     "phi",
+    "second_weight",
     "phi_weights",
     "ring_combine",
     "ring_push",
@@ -67,6 +70,10 @@ __all__ = [
 ]
 
 BASES = ("t", "rho", "log_rho")
+# FinalRule.second_band (lo, lo_width, hi, hi_width) of x0-prediction 2M and UniPC (bh2): the
+# step before the last lowered to degree 0 while the last step is 1.2-1.75 long in lambda
+# (fading in over 1.0-1.2, out over 1.75-1.95). UniPC-bh1 has its own (unipc.FINAL_RULES).
+SECOND_BAND = (1.1, 0.1, 1.85, 0.1)
 _TAYLOR_TERMS = 20
 
 
@@ -330,15 +337,15 @@ def pad_columns(c, width: int):
     return c if missing <= 0 else jnp.pad(c, [(0, 0)] * (c.ndim - 1) + [(0, missing)])
 
 
-def lowered_degrees(degrees) -> np.ndarray:
+def lowered_degrees(degrees, second: int = 1) -> np.ndarray:
     """The reference implementations' final steps applied to a degree pattern: the last step
-    at degree 0 (DDIM, UniP-1) and the one before at degree at most 1 (DPM-Solver++'s and
-    UniPC's ``lower_order_final``, diffusers' DEIS)."""
+    at degree 0 (DDIM, UniP-1) and the one before at degree at most ``second`` (1: DPM-Solver++'s
+    and UniPC's ``lower_order_final``, diffusers' DEIS; 0: :attr:`FinalRule.second_band`)."""
     low = np.array(degrees, dtype=np.int64)
     if low.size:
         low[-1] = 0
     if low.size >= 2:
-        low[-2] = min(low[-2], 1)
+        low[-2] = min(low[-2], second)
     return low
 
 
@@ -363,11 +370,24 @@ class FinalRule(NamedTuple):
     ``e <= c - tau``, so once the steps are short the method keeps its full order; ``w = 1``
     for ``e >= c + tau``. Continuous and differentiable in the grid (learned grids), with no
     step-count threshold, so the error cannot jump when one more step is allowed.
+
+    ``second_band = (lo, lo_width, hi, hi_width)``, optional: the step before the last is
+    lowered further, to degree 0, with weight ``w2 = w b(|h_{N-1}|)``, ``b`` the smooth band
+    (two smoothsteps) that is 1 for a last step between ``lo + lo_width`` and
+    ``hi - hi_width`` long in ``lambda`` and 0 outside ``lo - lo_width .. hi + hi_width``
+    (:func:`second_weight`), times a smooth switch that turns it off where the last step is
+    much longer than the one before, ``h_{N-1}/h_{N-2}`` from ``second_ratio - 0.5`` to
+    ``second_ratio + 0.5`` (the uniform-t grid under VP, ratio ~4). Measured, not derived:
+    on the sharp ring, grids whose steps grow towards the end (EDM, quadratic under VP) with a
+    last step 1.2-1.8 long, the extrapolation of the step before it overshoots
+    (x0-prediction 2M and UniPC, :mod:`~deis_jax.solvers.dpm_solver_pp`, :mod:`~deis_jax.solvers.unipc`).
     """
 
     center: float  # c
     width: float  # tau
     ratio_power: float = 0.0  # beta
+    second_band: tuple[float, float, float, float] | None = None  # (lo, lo_w, hi, hi_w)
+    second_ratio: float = math.inf  # band off above this h_{N-1}/h_{N-2} (+- 0.5)
 
 
 def final_weight(schedule, ts, rule: FinalRule):
@@ -380,9 +400,44 @@ def final_weight(schedule, ts, rule: FinalRule):
     return smoothstep((e - rule.center + rule.width) / (2.0 * rule.width))
 
 
+def second_weight(schedule, ts, rule: FinalRule):
+    """``w2 = w b(|h_{N-1}|)`` of :attr:`FinalRule.second_band` (0 without a band)."""
+    lam = schedule.log_snr(jnp.asarray(ts))
+    if rule.second_band is None or lam.shape[0] < 3:
+        return jnp.zeros((), lam.dtype)
+    lo, lo_width, hi, hi_width = rule.second_band
+    h_last = jnp.abs(lam[-1] - lam[-2])
+    band = (smoothstep((h_last - lo + lo_width) / (2.0 * lo_width))
+            * smoothstep((hi + hi_width - h_last) / (2.0 * hi_width)))
+    if math.isfinite(rule.second_ratio):
+        ratio = h_last / jnp.abs(lam[-2] - lam[-3])
+        band = band * smoothstep(rule.second_ratio + 0.5 - ratio)
+    return final_weight(schedule, ts, rule) * band
+
+
 def blend_final(full, low, w, rows: int = 2):
     """``full`` with its last ``rows`` rows replaced by ``(1 - w) full + w low``."""
     return full.at[-rows:].set((1.0 - w) * full[-rows:] + w * low[-rows:])
+
+
+def apply_final_rule(schedule, ts, full, build, degrees, rule: FinalRule):
+    """The table(s) ``full`` with the final steps of :class:`FinalRule` ``rule``.
+
+    ``build(degrees) -> table(s)`` (the same pytree and widths as ``full``) builds the table
+    for a static degree pattern; ``degrees`` is the pattern of ``full``. The last two rows
+    become ``(1 - w) full + w low`` (``low = build(lowered_degrees(degrees))``), then, with a
+    :attr:`~FinalRule.second_band`, the row before the last ``(1 - w2) row + w2 low2`` with
+    ``low2`` the step lowered to degree 0. Rows are rows of the step (interval) they belong to.
+    """
+    w = final_weight(schedule, ts, rule)
+    out = jax.tree_util.tree_map(lambda f, lo: blend_final(f, lo, w), full,
+                                 build(lowered_degrees(degrees)))
+    if rule.second_band is None:
+        return out
+    w2 = second_weight(schedule, ts, rule)
+    return jax.tree_util.tree_map(
+        lambda f, lo: f.at[-2].set((1.0 - w2) * f[-2] + w2 * lo[-2]), out,
+        build(lowered_degrees(degrees, second=0)))
 
 
 class MultistepState(NamedTuple):

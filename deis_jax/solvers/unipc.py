@@ -47,6 +47,28 @@ order ``p + 1`` is kept: measured from 256 steps, ``tests/test_solver_orders.py`
 between and in the grid (learned grids). ``"reference"``: always lowered. ``"none"``: full
 order up to the end.
 
+**The interval before the last** (data prediction, ``FinalRule.second_band``). On grids whose
+steps grow towards the end (EDM; quadratic under VP) the lowered rule still extrapolates at
+order 2-3 over the interval before the last, which there is 1.1-2 long in ``lambda``; on the
+sharp ring that overshoots, and the reference rule's error *rose* with the NFE: UniPC-3 1.25x
+from NFE 8 to 10 (VP) and 1.32x from 6 to 8 (VE) on the EDM grid, UniPC-2 1.20x / 1.24x,
+UniPC-2/3-bh1 up to 1.85x (``benchmarks/results/cliffs.md``; the official UniPC in diffusers
+gives the same numbers). ``"auto"`` therefore also lowers that interval to order 1 with the
+weight ``w2`` of :func:`~deis_jax.solvers.ei.second_weight`, a smooth band in the length of
+the last step: 1.2-1.75 for bh2 (:data:`~deis_jax.solvers.ei.SECOND_BAND`, fading over
+1.0-1.2 and 1.75-1.95), 1.0-2.5 for bh1 (fading over 0.2-1.0 and 2.5-2.7, and off where
+the last step is more than ~2.5x the one before, ``second_ratio``: without that switch the
+band lowered the uniform-t grid's (VP) interval before its 2.1-2.6 long last step at NFE
+25-50 and UniPC-2-bh1 was 8.4x less accurate than the official one on the 64-d mixture at
+NFE 50). Measured, not
+derived (the ratio of RMSEs with and without it, ring, float64, 1,000 samples): UniPC-3 at
+NFE 10 on the EDM grid 0.60 (VP) / 0.57 (VE), at NFE 10-15 on the VP quadratic grid 0.64-0.77,
+on the 64-d mixture 0.76-0.93 at NFE 10-18 (EDM); no significant cliff remains. Where the band
+is off it would cost: with a last step above ~2 (NFE <= 8 on the EDM grid, the VP uniform
+grid) the order-2 interval before it was up to 1.4x more accurate on the ring, and below ~1
+(the VP quadratic grid from NFE 21) lowering it cost up to 1.3x. Noise prediction keeps the
+one-interval rule (it had no such rise).
+
 **Long steps with noise prediction.** With ``prediction="eps"`` the UniC correction over a
 long step (``|h| > 1`` in ``lambda``; the first steps of few-step quadratic grids under VE
 reach 2.6) made the sampler unstable: on the 64-d benchmark mixture under VE, quadratic grid,
@@ -81,10 +103,11 @@ import numpy as np
 from deis_jax._checks import check_choice, check_member
 from deis_jax.solvers.base import Solver, make_solver
 from deis_jax.solvers.ei import (
+    SECOND_BAND,
     FinalRule,
+    apply_final_rule,
     blend_final,
     exp_linear,
-    final_weight,
     history_window,
     lowered_degrees,
     lagrange_monomials,
@@ -95,11 +118,16 @@ from deis_jax.solvers.ei import (
 )
 
 __all__ = ["unipc", "UniPCState", "UniPCCoeffs", "VARIANTS", "FINAL_STEPS", "FINAL_RULE",
-           "EPS_CORRECTOR_RAMP", "corrector_damping"]
+           "FINAL_RULES", "EPS_CORRECTOR_RAMP", "corrector_damping"]
 
 VARIANTS = ("bh1", "bh2")
 FINAL_STEPS = ("auto", "reference", "none")
-FINAL_RULE = FinalRule(0.1, 0.05)  # lowered for |h_{N-1}| >= 0.15, full order below 0.05
+# Lowered for |h_{N-1}| >= 0.15, full order below 0.05; with data prediction the step before
+# the last also at order 1 for a last step 1.2-1.75 long (bh2: SECOND_BAND) or 1.0-2.5 long
+# (bh1); with noise prediction never (module docstring).
+FINAL_RULE = FinalRule(0.1, 0.05, 0.0, SECOND_BAND)
+FINAL_RULES = {"bh2": FINAL_RULE,
+               "bh1": FINAL_RULE._replace(second_band=(0.6, 0.4, 2.6, 0.1), second_ratio=2.5)}
 # Noise prediction: the corrector fades out for |h| from a to b, (a, b) by order.
 EPS_CORRECTOR_RAMP = {1: (1.0, 3.0), 2: (1.0, 2.0), 3: (1.0, 2.0)}
 
@@ -225,15 +253,20 @@ def _unipc(order: int, variant: str, prediction: str, final_steps) -> Solver:
         ts = jnp.asarray(ts)
         n = ts.shape[0] - 1
         orders = unipc_orders(n, order)
-        low_orders = lowered_degrees(orders - 1) + 1
         lin, pred, corr = interval_weights(schedule, ts, orders, variant, prediction)
-        if final_steps != "none" and n >= 2:
-            _, pred_low, corr_low = interval_weights(schedule, ts, low_orders, variant,
-                                                     prediction)
-            w = 1.0 if final_steps == "reference" else final_weight(
-                schedule, ts, FINAL_RULE if final_steps == "auto" else final_steps)
-            pred = blend_final(pred, pad_columns(pred_low, pred.shape[-1]), w)
-            corr = blend_final(corr, pad_columns(corr_low, corr.shape[-1]), w)
+
+        def build(degrees):
+            _, p, c = interval_weights(schedule, ts, degrees + 1, variant, prediction)
+            return pad_columns(p, pred.shape[-1]), pad_columns(c, corr.shape[-1])
+
+        if final_steps == "reference" and n >= 2:
+            pred, corr = (blend_final(f, low, 1.0) for f, low in
+                          zip((pred, corr), build(lowered_degrees(orders - 1))))
+        elif final_steps != "none" and n >= 2:
+            rule = FINAL_RULES[variant] if final_steps == "auto" else final_steps
+            if final_steps == "auto" and prediction == "eps":
+                rule = rule._replace(second_band=None)
+            pred, corr = apply_final_rule(schedule, ts, (pred, corr), build, orders - 1, rule)
         if prediction == "eps":
             v = corrector_damping(schedule, ts, EPS_CORRECTOR_RAMP[order])[:, None]
             corr = (1.0 - v) * corr + v * jnp.roll(pred, 1, axis=-1)  # roll: no corrector
