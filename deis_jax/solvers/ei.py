@@ -62,10 +62,10 @@ __all__ = [
     "multistep_step",
     "pad_columns",
     "phi",
-    "second_weight",
     "phi_weights",
     "ring_combine",
     "ring_push",
+    "second_weight",
     "smoothstep",
 ]
 
@@ -380,7 +380,8 @@ class FinalRule(NamedTuple):
     ``second_ratio + 0.5`` (the uniform-t grid under VP, ratio ~4). Measured, not derived:
     on the sharp ring, grids whose steps grow towards the end (EDM, quadratic under VP) with a
     last step 1.2-1.8 long, the extrapolation of the step before it overshoots
-    (x0-prediction 2M and UniPC, :mod:`~deis_jax.solvers.dpm_solver_pp`, :mod:`~deis_jax.solvers.unipc`).
+    (x0-prediction 2M and UniPC: :mod:`~deis_jax.solvers.dpm_solver_pp`,
+    :mod:`~deis_jax.solvers.unipc`).
     """
 
     center: float  # c

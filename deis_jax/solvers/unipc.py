@@ -60,13 +60,16 @@ the last step: 1.2-1.75 for bh2 (:data:`~deis_jax.solvers.ei.SECOND_BAND`, fadin
 the last step is more than ~2.5x the one before, ``second_ratio``: without that switch the
 band lowered the uniform-t grid's (VP) interval before its 2.1-2.6 long last step at NFE
 25-50 and UniPC-2-bh1 was 8.4x less accurate than the official one on the 64-d mixture at
-NFE 50). Measured, not
-derived (the ratio of RMSEs with and without it, ring, float64, 1,000 samples): UniPC-3 at
-NFE 10 on the EDM grid 0.60 (VP) / 0.57 (VE), at NFE 10-15 on the VP quadratic grid 0.64-0.77,
-on the 64-d mixture 0.76-0.93 at NFE 10-18 (EDM); no significant cliff remains. Where the band
-is off it would cost: with a last step above ~2 (NFE <= 8 on the EDM grid, the VP uniform
-grid) the order-2 interval before it was up to 1.4x more accurate on the ring, and below ~1
-(the VP quadratic grid from NFE 21) lowering it cost up to 1.3x. Noise prediction keeps the
+NFE 50). Measured, not derived (the ratio of RMSEs with and without it, float64, 1,000
+samples): UniPC-3 at NFE 10 on the ring's EDM grid 0.60 (VP) / 0.57 (VE), at NFE 10-15 on
+its VP quadratic grid 0.64-0.77, on the 64-d mixture 0.76-0.93 at NFE 10-18 (EDM); no
+significant cliff remains (``benchmarks/results/cliffs.md``). It trades against the official
+UniPC: UniPC-3 is never worse (geometric mean of the ratios 0.93), UniPC-2 is worse than 1.02x
+in 4 of 144 cells (worst 1.16x), UniPC-2/3-bh1 in 9 / 4 (worst 2.18x / 1.14x, VP quadratic
+grid at NFE 25; ``benchmarks/results/peers.md``). Where the band is off it would cost: with
+a last step above ~2 (NFE <= 8 on the EDM grid, the VP uniform grid) the order-2 interval
+before it was up to 1.4x more accurate on the ring, and below ~1 (the VP quadratic grid from
+NFE 21) lowering it cost up to 1.3x. Noise prediction keeps the
 one-interval rule (it had no such rise).
 
 **Long steps with noise prediction.** With ``prediction="eps"`` the UniC correction over a
