@@ -408,11 +408,10 @@ def second_weight(schedule, ts, rule: FinalRule):
         return jnp.zeros((), lam.dtype)
     lo, lo_width, hi, hi_width = rule.second_band
     h_last = jnp.abs(lam[-1] - lam[-2])
+    ratio = h_last / jnp.abs(lam[-2] - lam[-3])
     band = (smoothstep((h_last - lo + lo_width) / (2.0 * lo_width))
-            * smoothstep((hi + hi_width - h_last) / (2.0 * hi_width)))
-    if math.isfinite(rule.second_ratio):
-        ratio = h_last / jnp.abs(lam[-2] - lam[-3])
-        band = band * smoothstep(rule.second_ratio + 0.5 - ratio)
+            * smoothstep((hi + hi_width - h_last) / (2.0 * hi_width))
+            * smoothstep(rule.second_ratio + 0.5 - ratio))  # 1 for second_ratio = inf
     return final_weight(schedule, ts, rule) * band
 
 

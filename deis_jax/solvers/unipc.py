@@ -121,7 +121,7 @@ from deis_jax.solvers.ei import (
 )
 
 __all__ = ["unipc", "UniPCState", "UniPCCoeffs", "VARIANTS", "FINAL_STEPS", "FINAL_RULE",
-           "FINAL_RULES", "EPS_CORRECTOR_RAMP", "corrector_damping"]
+           "FINAL_RULES", "EPS_FINAL_RULE", "EPS_CORRECTOR_RAMP", "corrector_damping"]
 
 VARIANTS = ("bh1", "bh2")
 FINAL_STEPS = ("auto", "reference", "none")
@@ -131,6 +131,7 @@ FINAL_STEPS = ("auto", "reference", "none")
 FINAL_RULE = FinalRule(0.1, 0.05, 0.0, SECOND_BAND)
 FINAL_RULES = {"bh2": FINAL_RULE,
                "bh1": FINAL_RULE._replace(second_band=(0.6, 0.4, 2.6, 0.1), second_ratio=2.5)}
+EPS_FINAL_RULE = FINAL_RULE._replace(second_band=None)
 # Noise prediction: the corrector fades out for |h| from a to b, (a, b) by order.
 EPS_CORRECTOR_RAMP = {1: (1.0, 3.0), 2: (1.0, 2.0), 3: (1.0, 2.0)}
 
@@ -266,9 +267,8 @@ def _unipc(order: int, variant: str, prediction: str, final_steps) -> Solver:
             pred, corr = (blend_final(f, low, 1.0) for f, low in
                           zip((pred, corr), build(lowered_degrees(orders - 1))))
         elif final_steps != "none" and n >= 2:
-            rule = FINAL_RULES[variant] if final_steps == "auto" else final_steps
-            if final_steps == "auto" and prediction == "eps":
-                rule = rule._replace(second_band=None)
+            rule = final_steps if final_steps != "auto" else (
+                FINAL_RULES[variant] if prediction == "x0" else EPS_FINAL_RULE)
             pred, corr = apply_final_rule(schedule, ts, (pred, corr), build, orders - 1, rule)
         if prediction == "eps":
             v = corrector_damping(schedule, ts, EPS_CORRECTOR_RAMP[order])[:, None]
