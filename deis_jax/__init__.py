@@ -3,12 +3,13 @@
 Quick start::
 
     import jax
-    from deis_jax import sample, schedules, testing
+    from deis_jax import as_model, sample, schedules, testing
 
     sched = schedules.vp_linear()
     gmm = testing.ring_mixture()                    # analytic model with exact eps
+    model = as_model(gmm.eps_fn(sched), sched)      # the one door for every network
     x_T = sched.prior_sample(jax.random.key(0), (512, 2))
-    x0 = sample(gmm.eps_fn(sched), sched, x_T, solver="tab3", nfe=10)
+    x0 = sample(model, x_T, solver="tab3", nfe=10)
 """
 
 from deis_jax import adaptive
@@ -32,6 +33,12 @@ from deis_jax.grid_files import load_grid
 from deis_jax.grid_files import save_grid
 from deis_jax.learned_grids import optimize_timesteps
 from deis_jax.likelihood import log_likelihood
+from deis_jax.model import Model
+from deis_jax.model import ScaledTime
+from deis_jax.model import TIMESTEPS
+from deis_jax.model import as_model
+from deis_jax.plan import Plan
+from deis_jax.plan import make_plan
 from deis_jax.sampling import SampleOutput
 from deis_jax.sampling import sample
 from deis_jax.schedules import Schedule
@@ -44,12 +51,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GRID_KINDS",
+    "Model",
+    "Plan",
+    "ScaledTime",
+    "TIMESTEPS",
     "Schedule",
     "SampleOutput",
     "Solver",
     "check_grid",
     "get_solver",
     "adaptive",
+    "as_model",
     "conditioning",
     "grid_files",
     "guidance",
@@ -58,6 +70,7 @@ __all__ = [
     "load_grid",
     "likelihood",
     "log_likelihood",
+    "make_plan",
     "optimize_timesteps",
     "parameterization",
     "quadrature",

@@ -11,7 +11,7 @@ executable. :func:`split` takes such a callable apart into
 
 :func:`merge` rebuilds the callable inside the trace. Anything else (a plain function, a
 lambda, a closure) is static by identity: define it once and reuse it, or pass arrays as
-``params=`` (:func:`deis_jax.sample`).
+``params=`` (:func:`deis_jax.as_model`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["split", "merge", "call_model", "check_model", "check_hook"]
+__all__ = ["split", "merge", "static", "unwrap", "is_array", "check_hook"]
 
 
 class _ById:
@@ -40,7 +40,8 @@ class _ById:
         return isinstance(other, _ById) and other.obj is self.obj
 
 
-def _static(obj):
+def static(obj):
+    """``obj`` if hashable, else a wrapper that compares it by identity."""
     try:
         hash(obj)
     except Exception:  # noqa: BLE001 -- unhashable (TypeError) or a __hash__ that fails
@@ -48,11 +49,13 @@ def _static(obj):
     return obj
 
 
-def _unwrap(obj):
+def unwrap(obj):
+    """The object :func:`static` wrapped."""
     return obj.obj if isinstance(obj, _ById) else obj
 
 
-def _is_array(leaf) -> bool:
+def is_array(leaf) -> bool:
+    """A JAX or NumPy array (data, not a static setting)."""
     return isinstance(leaf, (jax.Array, np.ndarray))
 
 
@@ -63,66 +66,30 @@ def split(fn: Callable | None) -> tuple[Any, Any]:
     if isinstance(fn, functools.partial):
         func_static, func_dynamic = split(fn.func)
         leaves, treedef = jax.tree_util.tree_flatten((fn.args, fn.keywords))
-        arrays = tuple(_is_array(leaf) for leaf in leaves)
-        static = ("partial", func_static, treedef, arrays,
-                  tuple(None if a else _static(leaf) for leaf, a in zip(leaves, arrays)))
-        return static, (func_dynamic, [leaf for leaf, a in zip(leaves, arrays) if a])
+        arrays = tuple(is_array(leaf) for leaf in leaves)
+        parts = ("partial", func_static, treedef, arrays,
+                 tuple(None if a else static(leaf) for leaf, a in zip(leaves, arrays)))
+        return parts, (func_dynamic, [leaf for leaf, a in zip(leaves, arrays) if a])
     if inspect.ismethod(fn):
-        return ("method", fn.__func__, _static(fn.__self__)), ()
-    return ("plain", _static(fn)), ()
+        return ("method", fn.__func__, static(fn.__self__)), ()
+    return ("plain", static(fn)), ()
 
 
-def merge(static, dynamic) -> Callable | None:
+def merge(parts, dynamic) -> Callable | None:
     """The callable that :func:`split` took apart, with ``dynamic`` (possibly traced)."""
-    if static is None:
+    if parts is None:
         return None
-    kind = static[0]
+    kind = parts[0]
     if kind == "plain":
-        return _unwrap(static[1])
+        return unwrap(parts[1])
     if kind == "method":
-        return static[1].__get__(_unwrap(static[2]))
-    _, func_static, treedef, arrays, fixed = static
+        return parts[1].__get__(unwrap(parts[2]))
+    _, func_static, treedef, arrays, fixed = parts
     func_dynamic, array_leaves = dynamic
     it = iter(array_leaves)
-    leaves = [next(it) if a else _unwrap(leaf) for a, leaf in zip(arrays, fixed)]
+    leaves = [next(it) if a else unwrap(leaf) for a, leaf in zip(arrays, fixed)]
     args, keywords = jax.tree_util.tree_unflatten(treedef, leaves)
     return functools.partial(merge(func_static, func_dynamic), *args, **keywords)
-
-
-def call_model(model_fn: Callable, params, x, t):
-    """``model_fn(params, x, t)`` when ``params`` is given, else ``model_fn(x, t)``."""
-    return model_fn(x, t) if params is None else model_fn(params, x, t)
-
-
-def check_model(model_fn: Callable, params, x, t) -> None:
-    """Evaluate the model's output shape on ``x``, ``t`` (shape structs or arrays) and raise a
-    ``ValueError`` naming both call forms when the call fails or returns another shape."""
-    form = "model_fn(x, t)" if params is None else "model_fn(params, x, t)"
-    try:
-        out = jax.eval_shape(lambda p, x, t: call_model(model_fn, p, x, t), params, x, t)
-    except Exception as err:  # noqa: BLE001 -- re-raised with the call forms explained
-        hint = ("a model with parameters (e.g. a Flax model.apply) is called as "
-                "model_fn(params, x, t): pass them with params=" if params is None else
-                "a model without parameters is called as model_fn(x, t): drop params=")
-        raise ValueError(
-            f"model_fn failed when called as {form} on x of shape {tuple(x.shape)} and t of "
-            f"shape {tuple(t.shape)} (does x_T have the shape the model expects? {hint}): "
-            f"{type(err).__name__}: {err}"
-        ) from err
-    out_shape = getattr(out, "shape", None)
-    if out_shape != tuple(x.shape):
-        raise ValueError(
-            f"model_fn must return an array of the input's shape {tuple(x.shape)}; called as "
-            f"{form} it returned "
-            f"{out_shape if out_shape is not None else type(out).__name__} for x of shape "
-            f"{tuple(x.shape)} and t of shape {tuple(t.shape)}"
-        )
-    if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise TypeError(
-            f"model_fn must return floating-point values; called as {form} it returned dtype "
-            f"{out.dtype} (an integer output has lost the prediction, a complex one would "
-            "lose its imaginary part in the cast)"
-        )
 
 
 def check_hook(hook: Callable, x, t) -> None:

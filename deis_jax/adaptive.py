@@ -32,16 +32,14 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from deis_jax import _callables
 from deis_jax._checks import (
-    check_all_finite, check_batch, check_callable, check_choice, check_int, check_scalar,
-    check_tolerance, is_concrete)
+    check_choice, check_int, check_scalar, check_tolerance, check_type, is_concrete)
 from deis_jax.grids import check_time_in_range
-from deis_jax.parameterization import PREDICTIONS, as_eps_fn
-from deis_jax.precision import check_dtype, model_in_dtype, state_dtype
-from deis_jax.schedules import Schedule, check_schedule
+from deis_jax.model import Model, batched_cond
+from deis_jax.sampling import prepare
+from deis_jax.schedules import Schedule
 
-__all__ = ["ODESolution", "solve_ode", "ADAPTIVE_SOLVERS"]
+__all__ = ["ODESolution", "solve_ode", "ADAPTIVE_SOLVERS", "per_sample_map"]
 
 _SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}
 ADAPTIVE_SOLVERS = tuple(_SOLVERS)
@@ -88,17 +86,15 @@ def pf_ode_field(eps_fn: Callable, schedule: Schedule) -> Callable:
     return field
 
 
-def eps_model(model, model_data, params, prediction: str, model_dtype, schedule: Schedule,
-              x_spec) -> Callable:
-    """Inside a jitted solve: rebuild the user's model (:mod:`deis_jax._callables`), check its
-    output shape on ``x_spec`` (a ``(batch, ...)`` shape struct in the state dtype) and return
-    it as ``eps_fn(x, t)`` under the mixed-precision policy."""
-    model_fn = _callables.merge(model, model_data)
-    _callables.check_model(model_fn, params, jax.ShapeDtypeStruct(x_spec.shape, model_dtype),
-                           jax.ShapeDtypeStruct(x_spec.shape[:1], x_spec.dtype))
-    return as_eps_fn(
-        model_in_dtype(lambda x, t: _callables.call_model(model_fn, params, x, t), model_dtype),
-        schedule, prediction)
+def per_sample_map(fn: Callable, model: Model, x):
+    """``fn(model_i, x_i)`` for every sample ``i`` under ``jax.vmap``, each ``x_i`` a batch of
+    one and ``model_i`` holding that sample's condition (shared condition leaves are
+    broadcast to the batch first)."""
+    if model.cond is None:
+        return jax.vmap(lambda x_i: fn(model, x_i[None]))(x)
+    cond = batched_cond(model.cond, x.shape[0])
+    return jax.vmap(lambda x_i, c_i: fn(model.replace(cond=jax.tree_util.tree_map(
+        lambda v: v[None], c_i)), x_i[None]))(x, cond)
 
 
 def integrate(field: Callable, y0, lam0, lam1, solver: str, rtol, atol, max_steps: int):
@@ -120,30 +116,28 @@ def nfe_for_steps(n_steps):
     return _EVALS_AT_START + _EVALS_PER_STEP * n_steps
 
 
-@functools.partial(jax.jit, static_argnames=("model", "prediction", "solver", "per_sample",
-                                               "max_steps", "model_dtype"))
-def _solve(model, prediction, solver, per_sample, max_steps, model_dtype, model_data, params,
-           schedule, x_T, t_start, t_end, rtol, atol):
-    field = pf_ode_field(eps_model(model, model_data, params, prediction, model_dtype,
-                                   schedule, x_T), schedule)
+@functools.partial(jax.jit, static_argnames=("solver", "per_sample", "max_steps"))
+def _solve(model, solver, per_sample, max_steps, x_T, t_start, t_end, rtol, atol):
+    schedule = model.schedule
     lam0 = schedule.log_snr(t_start).astype(x_T.dtype)
     lam1 = schedule.log_snr(t_end).astype(x_T.dtype)
 
-    def solve(x0, fld):
-        return integrate(fld, x0, lam0, lam1, solver, rtol, atol, max_steps)
+    def solve(m, x0):
+        return integrate(pf_ode_field(m.eps, schedule), x0, lam0, lam1, solver, rtol, atol,
+                         max_steps)
 
     if per_sample:  # each vmapped solve holds one sample: a batch of 1
-        x, n_steps, ok = jax.vmap(
-            lambda x0: solve(x0, lambda lam, x: field(lam, x[None])[0]))(x_T)
+        x, n_steps, ok = per_sample_map(solve, model, x_T)
+        x = x[:, 0]
     else:
-        x, n_steps, ok = solve(x_T, field)
+        x, n_steps, ok = solve(model, x_T)
     return x, nfe_for_steps(n_steps), n_steps, ok
 
 
-def check_solve_args(name: str, model_fn, params, schedule, x, start, end, *, solver,
-                     per_sample, max_steps, prediction, rtol, atol, model_dtype):
+def check_solve_args(name: str, model, x, start, end, *, solver, per_sample, max_steps, rtol,
+                     atol):
     """The eager checks of an adaptive solve (:func:`solve_ode`, the likelihood): returns
-    ``(x in the state dtype, model dtype, (start time, end time), max_steps)``.
+    ``(model, x in the state dtype, (start time, end time), max_steps)``.
 
     ``start`` and ``end`` are ``(argument name, value or None, default)`` with the default
     ``"t_min"`` or ``"t_max"`` (the schedule's); the times must lie in the schedule's range and
@@ -152,18 +146,13 @@ def check_solve_args(name: str, model_fn, params, schedule, x, start, end, *, so
     check_choice("solver", solver, ADAPTIVE_SOLVERS)
     check_choice("per_sample", per_sample, (True, False))
     max_steps = check_int("max_steps", max_steps, minimum=1)
-    check_choice("prediction", prediction, PREDICTIONS)
-    check_callable("model_fn", model_fn,
-                   "model_fn(x, t)" if params is None else "model_fn(params, x, t)")
-    check_schedule(schedule)
-    x = check_batch(name, x)
-    check_all_finite(name, x)
-    model_dtype = x.dtype if model_dtype is None else check_dtype("model_dtype", model_dtype)
-    x = x.astype(state_dtype(x.dtype))
+    check_type("model", model, Model, "a deis_jax.Model (build one with deis_jax.as_model)")
+    model, x = prepare(model, x, name=name)
     check_tolerance("rtol", rtol, x.dtype)
     check_tolerance("atol", atol, x.dtype)
     tol = 8 * float(jnp.finfo(x.dtype).eps)
     times = []
+    schedule = model.schedule
     for arg, value, default in (start, end):
         value = getattr(schedule, default) if value is None else check_scalar(arg, value)
         check_time_in_range(schedule, arg, value, tol)
@@ -171,34 +160,28 @@ def check_solve_args(name: str, model_fn, params, schedule, x, start, end, *, so
     if is_concrete(times) and float(times[0]) == float(times[1]):
         raise ValueError(f"{start[0]} and {end[0]} must differ, got {start[0]}={times[0]!r}, "
                          f"{end[0]}={times[1]!r}")
-    return x, model_dtype, tuple(times), max_steps
+    return model, x, tuple(times), max_steps
 
 
 def solve_ode(
-    model_fn: Callable,
-    schedule: Schedule,
+    model: Model,
     x_T,
     *,
-    params=None,
     t_start=None,
     t_end=None,
     solver: str = "tsit5",
     rtol=1e-5,
     atol=1e-5,
     per_sample: bool = False,
-    prediction: str = "eps",
     max_steps: int = 4096,
-    model_dtype=None,
 ) -> ODESolution:
     r"""Solve the probability-flow ODE adaptively from ``t_start`` to ``t_end``.
 
     Args:
-      model_fn: ``model_fn(params, x, t)`` with ``params``, else ``model_fn(x, t)``;
-        ``x: (batch, ...)``, ``t: (batch,)``, returning the prediction named by
-        ``prediction`` (as in :func:`deis_jax.sample`).
-      schedule: the model's noise schedule.
-      x_T: the state at ``t_start``, shape ``(batch, ...)``.
-      params: the model's parameters, traced data (new parameters do not recompile).
+      model: a :class:`~deis_jax.Model` (:func:`deis_jax.as_model`); its parameters and
+        condition are traced data (new values do not recompile).
+      x_T: the state at ``t_start``, shape ``(batch, ...)``; its dtype sets the state dtype
+        as in :func:`deis_jax.sample` (see :mod:`deis_jax.precision`).
       t_start, t_end: start and end times (default ``schedule.t_max -> schedule.t_min``,
         i.e. sampling; swap them to encode data into noise), inside the schedule's
         ``[t_min, t_max]``. May be traced (then unchecked).
@@ -206,14 +189,10 @@ def solve_ode(
         error estimate).
       rtol, atol: relative and absolute tolerances (> 0); traced, so new values do not
         recompile.
-      per_sample: give every sample its own adaptive steps (``jax.vmap``) instead of
-        sharing steps over the batch.
-      prediction: what ``model_fn`` predicts (see :mod:`deis_jax.parameterization`).
+      per_sample: give every sample its own adaptive steps (``jax.vmap``; a per-sample
+        condition is mapped with its sample) instead of sharing steps over the batch.
       max_steps: cap on attempted steps (static). When reached the solve stops with
         ``success=False``; called eagerly, that raises ``RuntimeError``.
-      model_dtype: the dtype the model receives ``x`` in (default ``x_T``'s); the ODE state
-        and time stay in float32 (float64 for a float64 ``x_T``), as in
-        :func:`deis_jax.sample` (see :mod:`deis_jax.precision`).
 
     Returns:
       :class:`ODESolution` ``(x, nfe, n_steps, success)``; ``nfe = 1 + 6 n_steps`` is the
@@ -222,28 +201,22 @@ def solve_ode(
 
     Example:
       >>> import jax
-      >>> from deis_jax import schedules, testing
+      >>> from deis_jax import as_model, schedules, testing
       >>> from deis_jax.adaptive import solve_ode
       >>> sched = schedules.vp_linear()
-      >>> gmm = testing.ring_mixture()
+      >>> model = as_model(testing.ring_mixture().eps_fn(sched), sched)
       >>> x_T = sched.prior_sample(jax.random.key(0), (16, 2))
-      >>> sol = solve_ode(gmm.eps_fn(sched), sched, x_T, rtol=1e-4, atol=1e-4)
+      >>> sol = solve_ode(model, x_T, rtol=1e-4, atol=1e-4)
       >>> sol.x.shape
       (16, 2)
     """
-    x_T, model_dtype, (t_start, t_end), max_steps = check_solve_args(
-        "x_T", model_fn, params, schedule, x_T, ("t_start", t_start, "t_max"),
-        ("t_end", t_end, "t_min"), solver=solver, per_sample=per_sample,
-        max_steps=max_steps, prediction=prediction, rtol=rtol, atol=atol,
-        model_dtype=model_dtype)
+    model, x_T, (t_start, t_end), max_steps = check_solve_args(
+        "x_T", model, x_T, ("t_start", t_start, "t_max"), ("t_end", t_end, "t_min"),
+        solver=solver, per_sample=per_sample, max_steps=max_steps, rtol=rtol, atol=atol)
     dtype = x_T.dtype
-    model_static, model_data = _callables.split(model_fn)
     x, nfe, n_steps, ok = _solve(
-        model_static, prediction, solver, bool(per_sample), max_steps,
-        jnp.dtype(model_dtype).name, model_data, params, schedule, x_T,
-        jnp.asarray(t_start, dtype), jnp.asarray(t_end, dtype), jnp.asarray(rtol, dtype),
-        jnp.asarray(atol, dtype),
-    )
+        model, solver, bool(per_sample), max_steps, x_T, jnp.asarray(t_start, dtype),
+        jnp.asarray(t_end, dtype), jnp.asarray(rtol, dtype), jnp.asarray(atol, dtype))
     if is_concrete(ok) and not bool(jnp.all(ok)):
         raise RuntimeError(
             f"solve_ode did not reach t_end within max_steps={max_steps} steps; raise max_steps "

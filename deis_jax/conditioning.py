@@ -37,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deis_jax._checks import check_all_finite, check_batch, check_key, is_concrete
+from deis_jax._checks import check_all_finite, check_batch, check_key, check_type, is_concrete
+from deis_jax.model import Model
 from deis_jax.parameterization import _bcast
 from deis_jax.sampling import sample
 from deis_jax.schedules import Schedule, check_schedule
@@ -151,47 +152,51 @@ def measurement_hook(key, y, matrix, schedule: Schedule, *, axis: int = -1) -> C
                              schedule=schedule)
 
 
-def _run(model_fn, schedule, x_T, hook, key, sample_kwargs):
+def _run(model, x_T, hook, key, sample_kwargs):
     solver_key = None if key is None else jax.random.fold_in(key, 1)
-    x = sample(model_fn, schedule, x_T, hook=hook, key=solver_key, **sample_kwargs)
+    x = sample(model, x_T, hook=hook, key=solver_key, **sample_kwargs)
     return hook(x, None)
 
 
-def inpaint(model_fn: Callable, schedule: Schedule, x_T, y, mask, *, key, **sample_kwargs):
+def inpaint(model: Model, x_T, y, mask, *, key, **sample_kwargs):
     """Sample with the known entries of ``y`` (``mask == 1``) imposed by replacement after
     every step (:func:`inpaint_hook`), then set to ``y`` exactly.
 
     Args:
-      model_fn, schedule, x_T: as in :func:`deis_jax.sample`.
+      model, x_T: as in :func:`deis_jax.sample`.
       y: data of ``x_T``'s shape; its entries under ``mask == 1`` are known.
       mask: 0/1 of any shape broadcasting to ``x_T``'s.
       key: one PRNG key: the replacement noise and, for a stochastic solver, its steps.
-      **sample_kwargs: ``solver``, ``nfe``/``ts``, ``params``, ``prediction``, ... of
-        :func:`deis_jax.sample`.
+      **sample_kwargs: ``solver``, ``nfe``/``ts``, ... of :func:`deis_jax.sample`.
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from deis_jax import schedules, testing
+      >>> from deis_jax import as_model, schedules, testing
       >>> sched = schedules.vp_linear()
       >>> gmm = testing.gaussian_mixture(dim=2, n_modes=3, seed=0)
       >>> y = jnp.ones((4, 2))
       >>> x_T = sched.prior_sample(jax.random.key(0), (4, 2))
-      >>> x = inpaint(gmm.eps_fn(sched), sched, x_T, y, jnp.array([1.0, 0.0]),
+      >>> x = inpaint(as_model(gmm.eps_fn(sched), sched), x_T, y, jnp.array([1.0, 0.0]),
       ...             key=jax.random.key(1), solver="tab3", nfe=10)
       >>> bool(jnp.all(x[:, 0] == 1.0))
       True
     """
     check_key("key", key)
-    hook = inpaint_hook(jax.random.fold_in(key, 0), y, mask, schedule)
-    return _run(model_fn, schedule, x_T, hook, key, sample_kwargs)
+    _check_model(model)
+    hook = inpaint_hook(jax.random.fold_in(key, 0), y, mask, model.schedule)
+    return _run(model, x_T, hook, key, sample_kwargs)
 
 
-def measure(model_fn: Callable, schedule: Schedule, x_T, y, matrix, *, key, axis: int = -1,
-            **sample_kwargs):
+def measure(model: Model, x_T, y, matrix, *, key, axis: int = -1, **sample_kwargs):
     """Sample under the linear measurement ``A x = y`` along ``axis``
     (:func:`measurement_hook`), imposed after every step and exactly at the end; arguments as
     in :func:`inpaint`. Colorization: ``matrix=[[1, 1, 1]]/sqrt(3)`` on the channel axis and
     ``y`` the grey level times ``sqrt(3)``."""
     check_key("key", key)
-    hook = measurement_hook(jax.random.fold_in(key, 0), y, matrix, schedule, axis=axis)
-    return _run(model_fn, schedule, x_T, hook, key, sample_kwargs)
+    _check_model(model)
+    hook = measurement_hook(jax.random.fold_in(key, 0), y, matrix, model.schedule, axis=axis)
+    return _run(model, x_T, hook, key, sample_kwargs)
+
+
+def _check_model(model) -> None:
+    check_type("model", model, Model, "a deis_jax.Model (build one with deis_jax.as_model)")

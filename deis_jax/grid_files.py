@@ -5,11 +5,11 @@ optimize_timesteps`) is only good for that combination. :func:`save_grid` writes
 small JSON file -- the times (as exact decimal floats) plus metadata: the schedule (family,
 parameters, ``[t_min, t_max]``), the solver, the NFE and number of steps, and whatever
 identifies the model (a checkpoint directory and step) and measures the grid (its validation
-error, the teacher, the date). :func:`load_grid` returns a :class:`TimeGrid`: a NumPy array of
-the times that carries the metadata, so ``sample(..., ts=load_grid(path))`` works as with any
-array *and* is refused, with a message naming the mismatch, when the call's schedule, solver
-or step count differ from the file's. (Under ``jax.jit`` a grid passed as a traced argument
-becomes a plain array and is not checked: check it with :func:`check_grid_for` first.)
+error, the teacher, the date). :func:`load_grid` returns a :class:`TimeGrid` (the times and
+that metadata), which :func:`deis_jax.make_plan` -- and so ``sample(model, x_T,
+ts=load_grid(path))`` -- turns into the plan it was tuned for (its solver, with DPM-Solver-fast's
+order mix for the recorded NFE), refused with a message naming the mismatch when the call's
+schedule, solver or step count differ from the file's.
 
 File format (``"format": "deis_jax.time_grid/1"``)::
 
@@ -23,6 +23,7 @@ SHA-256 of their float64 bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -40,29 +41,27 @@ FORMAT = "deis_jax.time_grid/1"
 _REQUIRED = ("ts", "solver", "nfe", "n_steps", "schedule")
 
 
-class TimeGrid(np.ndarray):
-    """A 1-d float64 array of times with a ``metadata`` dict (see the module docstring).
+@dataclasses.dataclass(frozen=True, eq=False)
+class TimeGrid:
+    """A grid file's content: the times ``ts`` (1-d float64) and their ``metadata`` (see the
+    module docstring).
 
-    Behaves as a NumPy array everywhere; :func:`deis_jax.sample` reads ``metadata`` to check
-    the grid against the call. Views (slices) keep the metadata, so a sliced grid is refused
-    for having another number of steps.
+    :func:`deis_jax.make_plan` (and so ``sample(..., ts=grid)``) takes it and checks it
+    against the call; ``np.asarray(grid)`` is the bare times, which are used unchecked.
     """
 
-    def __new__(cls, ts, metadata: dict):
-        obj = np.array(ts, dtype=np.float64).view(cls)
-        obj.metadata = dict(metadata)
-        return obj
+    ts: np.ndarray
+    metadata: dict
 
-    def __array_finalize__(self, obj):
-        self.metadata = getattr(obj, "metadata", None)
+    def __post_init__(self):
+        object.__setattr__(self, "ts", np.array(self.ts, dtype=np.float64))
+        object.__setattr__(self, "metadata", dict(self.metadata))
 
-    def __reduce__(self):  # pickling (e.g. to a worker) keeps the metadata
-        rebuild, args, state = super().__reduce__()
-        return rebuild, args, (state, self.metadata)
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.ts, dtype=dtype)
 
-    def __setstate__(self, state):
-        array_state, self.metadata = state
-        super().__setstate__(array_state)
+    def __len__(self):
+        return len(self.ts)
 
 
 def _param_record(value):

@@ -1,18 +1,16 @@
-r"""Guidance as model wrappers: classifier-free and classifier guidance for any solver.
+r"""Guidance as transformations of a :class:`~deis_jax.Model`: classifier-free and classifier
+guidance for any solver and any condition.
 
-Each wrapper returns a model with the call form every solver takes -- ``guided(params, x, t)``
-(or ``guided(x, t)`` for a model without parameters) -- so :func:`deis_jax.sample`,
+Each function takes a ``Model`` and returns a new ``Model`` -- so :func:`deis_jax.sample`,
 :func:`deis_jax.adaptive.solve_ode`, inversion and the likelihood accept it unchanged. The
-wrapper is a ``functools.partial`` whose array arguments (the label, the scale, the guidance
-interval, the classifier's parameters) are *data* of the compiled sampler
-(:mod:`deis_jax._callables`): a new scale or label reuses the executable, and
-``jax.vmap`` over the scale compiles once. The base model's own parameters still travel as
-``sample(params=...)``.
+base model travels inside the guided one as data, and so do the scale, the rescale, the
+interval and the conditions: a new scale, prompt or label reuses the compiled sampler, and
+``jax.vmap`` over the scale compiles once.
 
-A *conditional model* is called ``model_fn(params, x, t, label)`` (or ``model_fn(x, t,
-label)``) with ``label: (batch,)`` integers in ``[0, n_classes)``, plus the ``null_label``
-(conventionally ``n_classes``) for the unconditional prediction of a model trained with label
-dropout.
+A condition is any pytree of arrays handed to the network as its last argument (class labels
+``(batch,)``, text embeddings ``(batch, L, D)``, masks), each leaf batched or shared (leading
+axis 1), see :func:`deis_jax.as_model`. The *null* condition is what the network was trained
+to see for "no condition" (a null label, the empty prompt's embedding) or a negative prompt.
 
 **Classifier-free guidance** (Ho & Salimans 2021, eq. 6):
 
@@ -51,82 +49,42 @@ A. Nichol, *Diffusion Models Beat GANs on Image Synthesis*, NeurIPS 2021; Y. Son
 from __future__ import annotations
 
 import functools
-import inspect
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from deis_jax._checks import (
-    check_callable, check_choice, check_int, check_scalar, is_concrete)
-from deis_jax.parameterization import _bcast, as_eps_fn, prediction_from_eps
-from deis_jax.schedules import Schedule, check_schedule
+from deis_jax._checks import check_callable, check_choice, check_scalar, check_type, is_concrete
+from deis_jax.model import Model
+from deis_jax.parameterization import _bcast
 
 __all__ = ["INTERVAL_VARIABLES", "classifier_free", "classifier_guidance"]
 
 INTERVAL_VARIABLES = ("t", "log_snr")
-_GUIDED_PREDICTIONS = ("eps", "x0", "v", "score")
 
 
-def _check_label_input(model_fn: Callable) -> None:
-    """A conditional model takes a label after ``(params, x, t)`` or ``(x, t)``: refuse one
-    whose signature binds two positional arguments at most."""
-    check_callable("model_fn", model_fn, "model_fn(params, x, t, label) or "
-                   "model_fn(x, t, label)")
+def _check_base(model) -> None:
+    check_type("model", model, Model, "a deis_jax.Model (build one with deis_jax.as_model)")
+
+
+def _check_scale(name, value):
+    return jnp.asarray(check_scalar(name, value))
+
+
+def _interval(interval, interval_in):
+    check_choice("interval_in", interval_in, INTERVAL_VARIABLES)
+    if interval is None:
+        return None
     try:
-        sig = inspect.signature(model_fn)
+        low, high = interval
     except (TypeError, ValueError):
-        return  # no signature to read (a C function): the call itself will tell
-    for n in (3, 4):
-        try:
-            sig.bind(*([None] * n))
-            return
-        except TypeError:
-            pass
-    raise TypeError(f"model_fn takes no label input: a conditional model is called as "
-                    f"model_fn(params, x, t, label) or model_fn(x, t, label), and "
-                    f"model_fn{sig} cannot be")
-
-
-def _check_label(label, n_classes: int, *, allow=()):
-    """Integer labels, scalar or ``(batch,)``, in ``[0, n_classes)`` (or in ``allow``) when
-    concrete."""
-    label = jnp.asarray(label)
-    if not jnp.issubdtype(label.dtype, jnp.integer):
-        raise TypeError(f"label must be an integer class index, got label={label!r}")
-    if label.ndim > 1:
-        raise ValueError(f"label must be a scalar or of shape (batch,), got shape {label.shape}")
-    if is_concrete(label):
-        values = np.asarray(label).reshape(-1)
-        bad = [int(v) for v in values if not (0 <= v < n_classes or v in allow)]
-        if bad:
-            raise ValueError(f"label must lie in [0, n_classes) = [0, {n_classes}), got "
-                             f"label={bad[0]}" + (f" ({len(bad)} bad values)" if len(bad) > 1
-                                                  else ""))
-    return label.astype(jnp.int32)
-
-
-def _check_scale(scale):
-    return jnp.asarray(check_scalar("scale", scale))
-
-
-def _split_args(args):
-    """``(params, x, t)`` or ``(x, t)`` -> ``(head, x, t)``, ``head`` = ``()`` or ``(params,)``."""
-    *head, x, t = args
-    return tuple(head), x, t
-
-
-def _labels(label, batch: int):
-    """``label`` (scalar or ``(batch,)``) as ``(batch,)``; a per-sample label needs the model
-    called on the whole batch (raised at trace time otherwise)."""
-    if label.ndim == 1 and label.shape[0] != batch:
-        raise ValueError(
-            f"label has shape {label.shape} (one per sample) but the model is called on a "
-            f"batch of {batch}: per-sample labels need the model called on the whole batch "
-            "(sample(), solve_ode(per_sample=False)); otherwise pass a scalar label, or "
-            "jax.vmap over (x, label) yourself")
-    return jnp.broadcast_to(label, (batch,))
+        raise TypeError(f"interval must be a pair (low, high), got interval={interval!r}"
+                        ) from None
+    low = check_scalar("interval[0]", low)
+    high = check_scalar("interval[1]", high)
+    if is_concrete((low, high)) and not float(low) < float(high):
+        raise ValueError(f"interval must have low < high, got interval={interval!r}")
+    return (jnp.asarray(low), jnp.asarray(high))
 
 
 def _in_interval(t, interval, variable, schedule):
@@ -136,129 +94,138 @@ def _in_interval(t, interval, variable, schedule):
     return (v >= interval[0]) & (v <= interval[1])
 
 
-def _cfg_call(model_fn, variable, null_label, *args, label, scale, interval, schedule):
-    head, x, t = _split_args(args)
+def _check_null_cond(cond, null_cond) -> None:
+    """``null_cond`` must have ``cond``'s structure and, leaf by leaf, its trailing shape."""
+    if cond is None:
+        raise ValueError("classifier-free guidance needs a condition: pass cond= (or build the "
+                         "model with as_model(..., cond=...))")
+    if null_cond is None:
+        raise ValueError("classifier-free guidance needs null_cond= (the unconditional input: "
+                         "the null label, the empty prompt's embedding, or a negative prompt)")
+    s1, s2 = jax.tree_util.tree_structure(cond), jax.tree_util.tree_structure(null_cond)
+    if s1 != s2:
+        raise ValueError(f"null_cond must have cond's structure: cond is {s1}, null_cond is "
+                         f"{s2}")
+    for a, b in zip(jax.tree_util.tree_leaves(cond), jax.tree_util.tree_leaves(null_cond)):
+        if jnp.shape(a)[1:] != jnp.shape(b)[1:] or jnp.result_type(a) != jnp.result_type(b):
+            raise ValueError(
+                f"null_cond must match cond leaf by leaf (all but the leading batch axis, and "
+                f"the dtype): cond has a leaf of shape {jnp.shape(a)} ({jnp.result_type(a)}), "
+                f"null_cond {jnp.shape(b)} ({jnp.result_type(b)})")
+
+
+def _cfg_network(params, x, t, cond):
+    """The guided prediction: one base call on the doubled batch (conditional, then null)."""
+    base = params["base"]
     batch = x.shape[0]
-    labels = jnp.concatenate([_labels(label, batch),
-                              jnp.full((batch,), null_label, jnp.int32)])
-    out = model_fn(*head, jnp.concatenate([x, x]), jnp.concatenate([t, t]), labels)
-    cond, uncond = out[:batch], out[batch:]
-    w = jnp.where(_in_interval(t, interval, variable, schedule), scale, 0.0)
-    w = _bcast(w, cond).astype(cond.dtype)
-    return cond + w * (cond - uncond)
+    both = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), *cond)
+    out = base.replace(cond=both).output(jnp.concatenate([x, x]), jnp.concatenate([t, t]))
+    c, u = out[:batch], out[batch:]
+    w = jnp.where(_in_interval(t, params["interval"], params["interval_in"], base.schedule),
+                  params["scale"], 0.0)
+    guided = c + _bcast(w, c).astype(c.dtype) * (c - u)
+    axes = tuple(range(1, c.ndim))
+    std_c = jnp.std(c, axis=axes, keepdims=True)
+    std_g = jnp.std(guided, axis=axes, keepdims=True)
+    rescaled = guided * (std_c / jnp.where(std_g > 0, std_g, 1.0))
+    r = params["rescale"].astype(c.dtype)
+    return r * rescaled + (1 - r) * guided
 
 
-def classifier_free(model_fn: Callable, label, scale, *, n_classes: int,
-                    null_label: int | None = None, interval=None, interval_in: str = "t",
-                    schedule: Schedule | None = None):
-    r"""Classifier-free guidance: ``(1 + w) model(x, t, y) - w model(x, t, null)``.
+def classifier_free(model: Model, scale, *, cond=None, null_cond=None, rescale=0.0,
+                    interval=None, interval_in: str = "t") -> Model:
+    r"""Classifier-free guidance: ``(1 + w) m(x, t, c) - w m(x, t, null)``, optionally
+    rescaled.
 
     Args:
-      model_fn: a conditional model ``model_fn(params, x, t, label)`` or ``model_fn(x, t,
-        label)`` returning any of the predictions (eps, x0, v, score, EDM: the guided output
-        is the same kind; see the module docstring for why).
-      label: the requested class, a scalar or ``(batch,)`` integers in ``[0, n_classes)``
-        (per sample: only where the model sees the whole batch, as in ``sample``).
-      scale: the guidance weight ``w`` (``0``: conditional; ``-1``: unconditional); a scalar,
-        traced data (``jax.vmap`` over it compiles once).
-      n_classes: number of classes.
-      null_label: the label of the unconditional prediction (default ``n_classes``).
+      model: a conditional :class:`~deis_jax.Model` (its network takes a condition); any
+        prediction (the guided model predicts the same; an EDM denoiser's guided output is
+        its ``x0``).
+      scale: the guidance weight ``w`` (``0``: conditional; ``-1``: unconditional;
+        diffusers' ``guidance_scale`` is ``1 + w``); a scalar, traced data.
+      cond: the condition (default: the model's own ``cond``); any pytree of arrays, e.g.
+        labels ``(batch,)`` or embeddings ``(batch, L, D)`` (leading axis 1 to share it).
+      null_cond: the unconditional input of the same structure: the null label, the empty
+        prompt's embedding, or a *negative prompt*.
+      rescale: guidance rescale ``phi`` in ``[0, 1]`` (Lin et al. 2024, Sec. 3.4): the guided
+        output ``g`` is mixed with ``g * std(c) / std(g)`` (standard deviations over each
+        sample), ``phi * rescaled + (1 - phi) g``; applied to the model's own output, as
+        diffusers does. ``0`` is plain CFG, exactly. Traced data.
       interval: ``(low, high)``: guide only for ``t`` (or ``lambda``) in ``[low, high]``;
         elsewhere the conditional prediction (``w = 0``). None: everywhere.
-      interval_in: ``"t"`` or ``"log_snr"`` (needs ``schedule``).
-      schedule: the model's schedule (for an interval in ``log_snr``).
+      interval_in: ``"t"`` or ``"log_snr"``.
 
     Returns:
-      ``guided(params, x, t)`` (or ``guided(x, t)``), a ``functools.partial`` whose label,
-      scale and interval are data.
+      The guided :class:`~deis_jax.Model` (its scale, rescale, interval and conditions are
+      data).
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from deis_jax import sample, schedules
+      >>> from deis_jax import as_model, sample, schedules
       >>> from deis_jax.guidance import classifier_free
       >>> sched = schedules.vp_linear()
-      >>> def model(x, t, label):  # a toy conditional eps-model: class c pulls towards c
+      >>> def net(x, t, label):  # a toy conditional eps-model: class c pulls towards c
       ...     return x - label[:, None].astype(x.dtype) * 0.1
-      >>> guided = classifier_free(model, 1, 2.0, n_classes=2)
+      >>> model = as_model(net, sched, cond=jnp.array([1]))
+      >>> guided = classifier_free(model, 2.0, null_cond=jnp.array([2]))
       >>> x_T = sched.prior_sample(jax.random.key(0), (4, 2))
-      >>> sample(guided, sched, x_T, solver="ddim", nfe=5).shape
+      >>> sample(guided, x_T, solver="ddim", nfe=5).shape
       (4, 2)
     """
-    _check_label_input(model_fn)
-    n_classes = check_int("n_classes", n_classes, minimum=1)
-    null_label = n_classes if null_label is None else check_int("null_label", null_label,
-                                                                  minimum=0)
-    label = _check_label(label, n_classes)
-    scale = _check_scale(scale)
-    check_choice("interval_in", interval_in, INTERVAL_VARIABLES)
-    if interval is not None:
-        try:
-            low, high = interval
-        except (TypeError, ValueError):
-            raise TypeError(f"interval must be a pair (low, high), got interval={interval!r}"
-                            ) from None
-        low = check_scalar("interval[0]", low)
-        high = check_scalar("interval[1]", high)
-        if is_concrete((low, high)) and not float(low) < float(high):
-            raise ValueError(f"interval must have low < high, got interval={interval!r}")
-        interval = (jnp.asarray(low), jnp.asarray(high))
-        if interval_in == "log_snr":
-            if schedule is None:
-                raise ValueError("interval_in='log_snr' needs schedule= (lambda of t)")
-            check_schedule(schedule)
-    return functools.partial(_cfg_call, model_fn, interval_in, null_label, label=label,
-                             scale=scale, interval=interval,
-                             schedule=schedule if interval_in == "log_snr" else None)
+    _check_base(model)
+    cond = model.cond if cond is None else cond
+    cond = model.replace(cond=cond).cond if cond is not None else None  # numbers -> arrays
+    if null_cond is not None:
+        null_cond = model.replace(cond=null_cond).cond
+    _check_null_cond(cond, null_cond)
+    rescale = check_scalar("rescale", rescale, lower=0.0, upper=1.0)
+    params = {"base": model.replace(cond=None), "scale": _check_scale("scale", scale),
+              "rescale": jnp.asarray(rescale), "interval": _interval(interval, interval_in),
+              "interval_in": interval_in}
+    prediction = "x0" if model.prediction == "edm" else model.prediction
+    return Model(_cfg_network, params, model.schedule, prediction, "t", None,
+                 (cond, null_cond))
 
 
-def _classifier_call(model_fn, classifier_fn, prediction, *args, label, scale,
-                     classifier_params, schedule):
-    head, x, t = _split_args(args)
-    eps = as_eps_fn(lambda x, t: model_fn(*head, x, t), schedule, prediction)(x, t)
-    alpha, sigma = schedule.alpha(t), schedule.sigma(t)
-    labels = _labels(label, x.shape[0])
+def _classifier_network(classifier_fn, params, x, t, label):
+    base = params["base"]
+    eps = base.eps(x, t)
+    sigma = base.schedule.sigma(t)
 
     def log_prob(x):  # samples are independent: the gradient of the sum is per sample
-        logits = classifier_fn(classifier_params, x, t)
+        logits = classifier_fn(params["classifier"], x, t)
         logp = jax.nn.log_softmax(logits, axis=-1)
-        return jnp.sum(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+        return jnp.sum(jnp.take_along_axis(logp, label[:, None], axis=-1))
 
     grad = jax.grad(log_prob)(x)
-    eps = eps - (scale * _bcast(sigma, x) * grad).astype(eps.dtype)
-    return prediction_from_eps(x, eps, alpha, sigma, prediction).astype(eps.dtype)
+    return eps - (params["scale"] * _bcast(sigma, x) * grad).astype(eps.dtype)
 
 
-def classifier_guidance(model_fn: Callable, classifier_fn: Callable, label, scale, *,
-                        n_classes: int, schedule: Schedule, classifier_params=None,
-                        prediction: str = "eps"):
+def classifier_guidance(model: Model, classifier_fn: Callable, scale, *, label,
+                        classifier_params=None) -> Model:
     r"""Classifier guidance: ``eps - s sigma_t grad_x log p_phi(y | x, t)``.
 
     Args:
-      model_fn: the unconditional model, ``model_fn(params, x, t)`` or ``model_fn(x, t)``.
+      model: the (unconditional) :class:`~deis_jax.Model`; any prediction.
       classifier_fn: a noise-conditional classifier ``classifier_fn(classifier_params, x, t)
         -> logits (batch, n_classes)`` (``classifier_params`` may be None for an analytic
-        one), trained on ``x_t`` of the same schedule.
-      label: the requested class, a scalar or ``(batch,)`` integers in ``[0, n_classes)``.
+        one), trained on ``x_t`` of the model's schedule; defined once (it is static).
       scale: the guidance scale ``s`` (traced data; ``1`` with the exact classifier gives the
         exact conditional model).
-      n_classes: number of classes.
-      schedule: the schedule (``sigma_t``, and the conversions to and from ``eps``).
-      classifier_params: the classifier's parameters (a pytree of arrays: data of the
-        compiled sampler).
-      prediction: what ``model_fn`` predicts: ``"eps"``, ``"x0"``, ``"v"`` or ``"score"``; the
-        guided model predicts the same.
+      label: the requested class, a scalar or ``(batch,)`` integers (data).
+      classifier_params: the classifier's parameters (a pytree of arrays: data).
 
     Returns:
-      ``guided(params, x, t)`` (or ``guided(x, t)``).
+      The guided :class:`~deis_jax.Model`, an eps-prediction.
     """
-    check_callable("model_fn", model_fn, "model_fn(params, x, t) or model_fn(x, t)")
+    _check_base(model)
     check_callable("classifier_fn", classifier_fn,
                    "classifier_fn(classifier_params, x, t) -> logits")
-    check_choice("prediction", prediction, _GUIDED_PREDICTIONS)
-    check_schedule(schedule)
-    n_classes = check_int("n_classes", n_classes, minimum=1)
-    label = _check_label(label, n_classes)
-    scale = _check_scale(scale)
-    return functools.partial(_classifier_call, model_fn, classifier_fn, prediction,
-                             label=label, scale=scale, classifier_params=classifier_params,
-                             schedule=schedule)
+    label = jnp.asarray(label)
+    if not jnp.issubdtype(label.dtype, jnp.integer) or label.ndim > 1:
+        raise TypeError(f"label must be an integer class index, a scalar or of shape (batch,), "
+                        f"got dtype {label.dtype} and shape {label.shape}")
+    params = {"base": model, "classifier": classifier_params,
+              "scale": _check_scale("scale", scale)}
+    return Model(functools.partial(_classifier_network, classifier_fn), params, model.schedule,
+                 "eps", "t", None, label.astype(jnp.int32))

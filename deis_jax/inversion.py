@@ -28,92 +28,98 @@ K. Shoemake, *Animating rotation with quaternion curves*, SIGGRAPH 1985.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax.numpy as jnp
 
-from deis_jax._checks import check_batch, check_choice, is_concrete
-from deis_jax.grids import GRID_KINDS, check_grid, timesteps
+from deis_jax._checks import check_batch, check_type, is_concrete
+from deis_jax.model import Model
+from deis_jax.plan import Plan, make_plan
 from deis_jax.sampling import sample
-from deis_jax.solvers.registry import get_solver
 
 __all__ = ["encode", "decode", "reconstruction_error", "slerp"]
 
 
-def _sampling_grid(schedule, solver, ts, nfe, grid):
-    """The decreasing grid (sampling direction) and the solver specialised for ``nfe``."""
-    solver = get_solver(solver)
-    if solver.stochastic:
-        raise ValueError(f"solver {solver.name!r} is stochastic: inversion needs a "
-                         "deterministic solver (e.g. 'ddim', 'tab3', 'dpmpp_2m')")
+def sampling_plan(schedule, solver, ts, nfe, grid) -> Plan:
+    """The plan on the decreasing (sampling) grid, for a deterministic solver; the encoding
+    runs it reversed (:func:`reversed_plan`)."""
     if (ts is None) == (nfe is None):
         raise ValueError("pass exactly one of ts= (a decreasing time grid) and nfe=")
-    if ts is None:
-        check_choice("grid", grid, GRID_KINDS)
-        if solver.for_nfe is not None:
-            solver = solver.for_nfe(solver, nfe)
-        return solver, timesteps(schedule, solver.steps_for_nfe(nfe), grid)
-    ts = check_grid(schedule, ts)
-    if is_concrete(ts) and not bool(jnp.all(jnp.diff(ts) < 0)):
+    plan = make_plan(schedule, solver, ts=ts, nfe=nfe, grid=grid)
+    if plan.solver.stochastic:
+        raise ValueError(f"solver {plan.solver.name!r} is stochastic: inversion needs a "
+                         "deterministic solver (e.g. 'ddim', 'tab3', 'dpmpp_2m')")
+    if is_concrete(plan.ts) and not bool(jnp.all(jnp.diff(plan.ts) < 0)):
         raise ValueError(f"ts must be the decreasing (sampling) grid; inversion runs it "
-                         f"backwards itself, got ts={ts}")
-    return solver, ts
+                         f"backwards itself, got ts={plan.ts}")
+    return plan
 
 
-def encode(model_fn: Callable, schedule, x, *, solver="ddim", ts=None, nfe=None,
-           grid: str = "quadratic", **sample_kwargs):
+def reversed_plan(plan: Plan) -> Plan:
+    """The same solver on the reversed grid (data to noise)."""
+    return Plan(plan.solver, plan.ts[::-1], plan.nfe)
+
+
+def encode(model: Model, x, *, solver="ddim", ts=None, nfe=None, grid: str = "quadratic",
+           **sample_kwargs):
     r"""Encode data ``x`` (at ``ts[-1]``, usually ``t_min``) into its latent at ``ts[0]``.
 
     Runs ``solver`` on the reversed grid ``ts[::-1]`` (data to noise): the DDIM step read from
     ``s < t`` is ``x_t = (alpha_t/alpha_s) x_s + alpha_t (rho_t - rho_s) eps(x_s, s)``.
 
     Args:
-      model_fn, schedule: as in :func:`deis_jax.sample`.
+      model: a :class:`~deis_jax.Model` (:func:`deis_jax.as_model`).
       x: data, shape ``(batch, ...)``.
       solver: a deterministic solver (name or ``Solver``).
       ts: the *sampling* grid (decreasing), as for :func:`decode`; or
       nfe: model calls, with the grid of kind ``grid`` (as in ``sample(nfe=)``).
-      **sample_kwargs: ``params``, ``prediction``, ``model_dtype``, ``full_output``, ...
-        passed to :func:`deis_jax.sample`.
+      **sample_kwargs: ``full_output``, ``check_finite``, ``hook``, ... passed to
+        :func:`deis_jax.sample`.
 
     Returns:
       The latent, shape of ``x`` (or ``sample``'s full output).
 
     Example:
       >>> import jax
-      >>> from deis_jax import schedules, testing
+      >>> from deis_jax import as_model, schedules, testing
       >>> from deis_jax.inversion import decode, encode
       >>> sched = schedules.vp_linear()
       >>> gmm = testing.gaussian_mixture(dim=2, n_modes=3, seed=0)
+      >>> model = as_model(gmm.eps_fn(sched), sched)
       >>> x, _ = gmm.sample(jax.random.key(0), 8)
-      >>> z = encode(gmm.eps_fn(sched), sched, x, solver="tab3", nfe=20)
-      >>> x_rec = decode(gmm.eps_fn(sched), sched, z, solver="tab3", nfe=20)
+      >>> z = encode(model, x, solver="tab3", nfe=20)
+      >>> x_rec = decode(model, z, solver="tab3", nfe=20)
       >>> bool(testing.rmse(x_rec, x) < 0.05)
       True
     """
-    solver, ts = _sampling_grid(schedule, solver, ts, nfe, grid)
-    return sample(model_fn, schedule, x, solver=solver, ts=ts[::-1], **sample_kwargs)
+    _check_model(model)
+    plan = sampling_plan(model.schedule, solver, ts, nfe, grid)
+    return sample(model, x, reversed_plan(plan), **sample_kwargs)
 
 
-def decode(model_fn: Callable, schedule, z, *, solver="ddim", ts=None, nfe=None,
-           grid: str = "quadratic", **sample_kwargs):
+def decode(model: Model, z, *, solver="ddim", ts=None, nfe=None, grid: str = "quadratic",
+           **sample_kwargs):
     """Decode a latent ``z`` (at ``ts[0]``) back to data: :func:`deis_jax.sample` on the
     decreasing grid (same arguments as :func:`encode`)."""
-    solver, ts = _sampling_grid(schedule, solver, ts, nfe, grid)
-    return sample(model_fn, schedule, z, solver=solver, ts=ts, **sample_kwargs)
+    _check_model(model)
+    plan = sampling_plan(model.schedule, solver, ts, nfe, grid)
+    return sample(model, z, plan, **sample_kwargs)
 
 
-def reconstruction_error(model_fn: Callable, schedule, x, *, solver="ddim", ts=None,
-                         nfe=None, grid: str = "quadratic", **sample_kwargs):
+def reconstruction_error(model: Model, x, *, solver="ddim", ts=None, nfe=None,
+                         grid: str = "quadratic", **sample_kwargs):
     """``(x_rec, rmse)``: ``decode(encode(x))`` with the same solver and grid, and its
     root-mean-square error per sample (shape ``(batch,)``). Zero for exact solves; a solver of
     order ``p`` reaches ``O(h^p)``."""
+    _check_model(model)
     x = check_batch("x", x)
-    solver, ts = _sampling_grid(schedule, solver, ts, nfe, grid)
-    z = sample(model_fn, schedule, x, solver=solver, ts=ts[::-1], **sample_kwargs)
-    x_rec = sample(model_fn, schedule, z, solver=solver, ts=ts, **sample_kwargs)
+    plan = sampling_plan(model.schedule, solver, ts, nfe, grid)
+    z = sample(model, x, reversed_plan(plan), **sample_kwargs)
+    x_rec = sample(model, z, plan, **sample_kwargs)
     err = jnp.sqrt(jnp.mean(jnp.reshape((x_rec - x) ** 2, (x.shape[0], -1)), axis=-1))
     return x_rec, err
+
+
+def _check_model(model) -> None:
+    check_type("model", model, Model, "a deis_jax.Model (build one with deis_jax.as_model)")
 
 
 def slerp(z0, z1, w):

@@ -45,7 +45,7 @@ from __future__ import annotations
 import datetime
 import sys
 import time
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,13 +53,15 @@ import numpy as np
 import optax
 
 from deis_jax._checks import (
-    check_all_finite, check_batch, check_callable, check_choice, check_int, check_scalar)
+    check_all_finite, check_batch, check_choice, check_int, check_scalar, check_type)
 from deis_jax._progress import PROGRESS, Progress
 from deis_jax.adaptive import solve_ode
 from deis_jax.grid_files import TimeGrid, schedule_record
 from deis_jax.grids import GRID_KINDS, check_grid, timesteps
+from deis_jax.model import Model
+from deis_jax.plan import make_plan
 from deis_jax.sampling import sample
-from deis_jax.schedules import Schedule, check_schedule
+from deis_jax.schedules import Schedule
 from deis_jax.solvers.base import Solver
 from deis_jax.solvers.registry import get_solver
 from deis_jax.testing import rmse
@@ -115,12 +117,12 @@ def logits_from_grid(schedule: Schedule, ts):
 # --------------------------------------------------------------------------- teacher
 
 
-def teacher_samples(model_fn: Callable, schedule: Schedule, x_T, *, params=None,
-                    prediction: str = "eps", teacher="adaptive", tol: float = 1e-5,
-                    t_min=None, t_max=None, batch_size: int = 1024):
+def teacher_samples(model: Model, x_T, *, teacher="adaptive", tol: float = 1e-5, t_min=None,
+                    t_max=None, batch_size: int = 1024):
     """High-accuracy solutions from ``x_T`` at ``t_max`` to ``t_min``, in batches.
 
     Args:
+      model: a :class:`~deis_jax.Model`.
       teacher: ``"adaptive"`` (:func:`deis_jax.adaptive.solve_ode`, Tsit5 at
         ``rtol = atol = tol``) or ``(solver, nfe)``: one of our solvers on a log-SNR grid.
       batch_size: solved this many at a time (memory).
@@ -129,13 +131,14 @@ def teacher_samples(model_fn: Callable, schedule: Schedule, x_T, *, params=None,
       ``(x_0, description)``: an array like ``x_T`` and a string naming the teacher (and the
       model calls the adaptive solve took).
     """
+    check_type("model", model, Model, "a deis_jax.Model (build one with deis_jax.as_model)")
+    schedule = model.schedule
     t_min, t_max = _range(schedule, t_min, t_max)
     x_T = check_batch("x_T", x_T)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     if teacher == "adaptive":
         check_scalar("tol", tol, lower=0.0, lower_open=True)
-        run = lambda x: solve_ode(model_fn, schedule, x, params=params, prediction=prediction,
-                                  rtol=tol, atol=tol, t_start=t_max, t_end=t_min)
+        run = lambda x: solve_ode(model, x, rtol=tol, atol=tol, t_start=t_max, t_end=t_min)
         parts = [run(x_T[i:i + batch_size]) for i in range(0, x_T.shape[0], batch_size)]
         nfe = max(int(p.nfe) for p in parts)
         return (jnp.concatenate([p.x for p in parts]),
@@ -144,12 +147,10 @@ def teacher_samples(model_fn: Callable, schedule: Schedule, x_T, *, params=None,
         raise ValueError(f"teacher must be 'adaptive', a (solver, nfe) pair or a pair of "
                          f"arrays, got teacher={teacher!r}")
     name, nfe = teacher
-    solver = get_solver(name)
-    ts = timesteps(schedule, solver.steps_for_nfe(nfe), "log_snr", t_min=t_min, t_max=t_max)
-    parts = [sample(model_fn, schedule, x_T[i:i + batch_size], params=params, solver=solver,
-                    ts=ts, prediction=prediction)
+    plan = make_plan(schedule, name, nfe=nfe, grid="log_snr", t_min=t_min, t_max=t_max)
+    parts = [sample(model, x_T[i:i + batch_size], plan)
              for i in range(0, x_T.shape[0], batch_size)]
-    return jnp.concatenate(parts), f"{solver.name} at NFE {nfe} on the log-SNR grid"
+    return jnp.concatenate(parts), f"{plan.solver.name} at NFE {nfe} on the log-SNR grid"
 
 
 # --------------------------------------------------------------------------- sweep
@@ -181,12 +182,11 @@ sample's RMS error (an L1 over samples: the few samples near a boundary between 
 less)."""
 
 
-def _grid_error(loss, model_fn, schedule, solver, prediction, ts, x, y, params):
+def _grid_error(loss, model, solver, ts, x, y):
     """The error of ``solver`` on the grid ``ts`` from ``x`` against the teacher's ``y``: the
     RMSE (``loss="mse"``) or the mean per-sample RMS error (``"mean_error"``). The one
     objective of the sweep and the optimiser (traced in ``ts``; no eager finiteness check)."""
-    out = sample(model_fn, schedule, x, params=params, solver=solver, ts=ts,
-                 prediction=prediction, check_finite=False)
+    out = sample(model, x, solver=solver, ts=ts, check_finite=False)
     if loss == "mse":
         return rmse(out, y)
     per_sample = jnp.mean(jnp.square(out - y), axis=tuple(range(1, y.ndim)))
@@ -194,24 +194,21 @@ def _grid_error(loss, model_fn, schedule, solver, prediction, ts, x, y, params):
     return jnp.mean(jnp.sqrt(per_sample + jnp.finfo(per_sample.dtype).tiny))
 
 
-def _resolve(solver, nfe: int) -> tuple[Solver, int]:
-    solver = get_solver(solver)
-    if solver.stochastic:
-        raise ValueError(f"solver {solver.name!r} is stochastic: grids are learned for the "
-                         "deterministic solvers (its samples do not follow a teacher's "
-                         "trajectory)")
-    nfe = check_int("nfe", nfe, minimum=1)
-    if solver.for_nfe is not None:
-        solver = solver.for_nfe(solver, nfe)
-    return solver, solver.steps_for_nfe(nfe)
+def _resolve(schedule, solver, nfe: int) -> tuple[Solver, int]:
+    if get_solver(solver).stochastic:
+        raise ValueError(f"solver {get_solver(solver).name!r} is stochastic: grids are learned "
+                         "for the deterministic solvers (its samples do not follow a "
+                         "teacher's trajectory)")
+    plan = make_plan(schedule, solver, nfe=nfe)
+    return plan.solver, plan.n_steps
 
 
-def sweep_grid_family(model_fn: Callable, schedule: Schedule, x_T, x_0, *, solver, nfe: int,
-                      family: str = "edm", values=None, params=None, prediction: str = "eps",
-                      t_min=None, t_max=None) -> GridSweep:
+def sweep_grid_family(model: Model, x_T, x_0, *, solver, nfe: int, family: str = "edm",
+                      values=None, t_min=None, t_max=None) -> GridSweep:
     """The error of every grid of a one-parameter family, in one compiled ``jax.vmap`` call.
 
     Args:
+      model: a :class:`~deis_jax.Model`.
       x_T, x_0: noises and their teacher solutions (:func:`teacher_samples`).
       solver, nfe: the solver and its number of model calls.
       family: ``"edm"`` (the exponent ``rho``), ``"power"`` (``t^(1/power)`` uniform) or
@@ -221,9 +218,10 @@ def sweep_grid_family(model_fn: Callable, schedule: Schedule, x_T, x_0, *, solve
     Returns:
       A :class:`GridSweep`.
     """
-    check_schedule(schedule)
+    check_type("model", model, Model, "a deis_jax.Model (build one with deis_jax.as_model)")
+    schedule = model.schedule
     check_choice("family", family, tuple(FAMILY_DEFAULTS))
-    solver, n_steps = _resolve(solver, nfe)
+    solver, n_steps = _resolve(schedule, solver, nfe)
     t_min, t_max = _range(schedule, t_min, t_max)
     x_T, x_0 = _check_pair("x_T", x_T, "x_0", x_0)
     values = FAMILY_DEFAULTS[family] if values is None else np.asarray(values, np.float64)
@@ -235,14 +233,14 @@ def sweep_grid_family(model_fn: Callable, schedule: Schedule, x_T, x_0, *, solve
         return timesteps(schedule, n_steps, family, t_min=t_min, t_max=t_max,
                          **{_FAMILY_ARG[family]: v})
 
-    def err(v, x, y, p):
+    def err(v, x, y, m):
         ts = grid(v)
         ok = jnp.all(jnp.diff(ts) < 0)
-        e = _grid_error("mse", model_fn, schedule, solver, prediction, ts, x, y, p)
+        e = _grid_error("mse", m, solver, ts, x, y)
         return jnp.where(ok, e, jnp.inf)
 
     rmse = np.asarray(jax.jit(jax.vmap(err, in_axes=(0, None, None, None)))(
-        jnp.asarray(values, x_T.dtype), x_T, x_0, params), np.float64)
+        jnp.asarray(values, x_T.dtype), x_T, x_0, model), np.float64)
     rmse = np.where(np.isfinite(rmse), rmse, np.inf)
     if not np.any(np.isfinite(rmse)):
         raise FloatingPointError(f"every grid of the {family!r} family gave a non-finite "
@@ -290,15 +288,15 @@ def _check_pair(name_a, a, name_b, b):
     return a, b
 
 
-def _teachers(teacher, model_fn, schedule, x_cal, x_val, kwargs):
+def _teachers(teacher, model, x_cal, x_val, kwargs):
     if (isinstance(teacher, tuple) and len(teacher) == 2
             and all(hasattr(v, "shape") for v in teacher)):
         y_cal, y_val = teacher
         return (_check_pair("x_T_calibration", x_cal, "teacher[0]", y_cal)[1],
                 _check_pair("x_T_validation", x_val, "teacher[1]", y_val)[1],
                 "given arrays")
-    y_cal, text = teacher_samples(model_fn, schedule, x_cal, teacher=teacher, **kwargs)
-    y_val, _ = teacher_samples(model_fn, schedule, x_val, teacher=teacher, **kwargs)
+    y_cal, text = teacher_samples(model, x_cal, teacher=teacher, **kwargs)
+    y_val, _ = teacher_samples(model, x_val, teacher=teacher, **kwargs)
     return y_cal, y_val, text
 
 
@@ -314,12 +312,12 @@ def _starts(init_grid) -> list:
     return inits
 
 
-def _initial_grid(init_grid, model_fn, schedule, solver, nfe, n_steps, x, y, kwargs):
+def _initial_grid(init_grid, model, solver, nfe, n_steps, x, y, kwargs):
     t_min, t_max = kwargs["t_min"], kwargs["t_max"]
+    schedule = model.schedule
     if isinstance(init_grid, str):
         if init_grid == "sweep":
-            sweep = sweep_grid_family(model_fn, schedule, x, y, solver=solver, nfe=nfe,
-                                      **kwargs)
+            sweep = sweep_grid_family(model, x, y, solver=solver, nfe=nfe, **kwargs)
             return sweep.ts, f"edm grid, rho={sweep.best_value:.3g} (best of a sweep)"
         check_choice("init_grid", init_grid, GRID_KINDS + ("sweep",))
         return timesteps(schedule, n_steps, init_grid, t_min=t_min, t_max=t_max), init_grid
@@ -334,15 +332,12 @@ def _initial_grid(init_grid, model_fn, schedule, solver, nfe, n_steps, x, y, kwa
 
 
 def optimize_timesteps(
-    model_fn: Callable,
-    schedule: Schedule,
+    model: Model,
     *,
     solver,
     nfe: int,
     x_T_calibration,
     x_T_validation,
-    params=None,
-    prediction: str = "eps",
     loss: str = "mse",
     teacher="adaptive",
     teacher_tol: float = 1e-5,
@@ -356,15 +351,14 @@ def optimize_timesteps(
     key=None,
     t_min=None,
     t_max=None,
-    model: dict | None = None,
+    model_info: dict | None = None,
     progress: str = "auto",
     stream=None,
 ) -> LearnedGrid:
     """Fit the time grid of ``solver`` at ``nfe`` model calls to a teacher (module docstring).
 
     Args:
-      model_fn, params, prediction: the model, as for :func:`deis_jax.sample`.
-      schedule: its noise schedule.
+      model: a :class:`~deis_jax.Model` (:func:`deis_jax.as_model`).
       solver: a deterministic solver (name or :class:`~deis_jax.solvers.Solver`).
       nfe: number of model calls of the learned grid.
       x_T_calibration: noises the grid is fitted on, ``(B, ...)`` (thousands: a few hundred
@@ -389,8 +383,8 @@ def optimize_timesteps(
         ``patience`` evaluations without improvement.
       key: PRNG key for the mini-batches (needed with ``batch_size``).
       t_min, t_max: the grid's end times (default: the schedule's).
-      model: JSON-serialisable identity of the model (checkpoint, step), kept in the
-        metadata.
+      model_info: JSON-serialisable identity of the model (checkpoint, step), kept in the
+        metadata (as ``"model"``).
       progress: ``"auto"``, ``"bar"``, ``"log"`` or ``"none"``; ``stream`` (default stdout).
 
     Returns:
@@ -404,21 +398,20 @@ def optimize_timesteps(
 
     Example:
       >>> import jax
-      >>> from deis_jax import schedules, testing
+      >>> from deis_jax import as_model, schedules, testing
       >>> from deis_jax.learned_grids import optimize_timesteps
       >>> sched = schedules.vp_linear()
-      >>> eps = testing.ring_mixture(4, std=0.1).eps_fn(sched)
+      >>> model = as_model(testing.ring_mixture(4, std=0.1).eps_fn(sched), sched)
       >>> k1, k2 = jax.random.split(jax.random.key(0))
-      >>> res = optimize_timesteps(eps, sched, solver="tab3", nfe=5, steps=20,
+      >>> res = optimize_timesteps(model, solver="tab3", nfe=5, steps=20,
       ...     x_T_calibration=sched.prior_sample(k1, (256, 2)),
       ...     x_T_validation=sched.prior_sample(k2, (256, 2)), progress="none")
       >>> res.validation_error <= res.init_validation_error
       True
     """
-    check_callable("model_fn", model_fn,
-                   "model_fn(x, t)" if params is None else "model_fn(params, x, t)")
-    check_schedule(schedule)
-    solver, n_steps = _resolve(solver, nfe)
+    check_type("model", model, Model, "a deis_jax.Model (build one with deis_jax.as_model)")
+    schedule = model.schedule
+    solver, n_steps = _resolve(schedule, solver, nfe)
     if n_steps < max(solver.min_steps, 2):
         raise ValueError(f"a grid of {n_steps} step(s) has nothing to learn: {solver.name} at "
                          f"NFE {nfe} takes {n_steps}")
@@ -446,10 +439,10 @@ def optimize_timesteps(
     if optimizer is None:
         optimizer = optax.adam(check_scalar("learning_rate", learning_rate, lower=0.0,
                                             lower_open=True))
-    kwargs = dict(params=params, prediction=prediction, t_min=t_min, t_max=t_max)
+    kwargs = dict(t_min=t_min, t_max=t_max)
 
     t0 = time.perf_counter()
-    y_cal, y_val, teacher_text = _teachers(teacher, model_fn, schedule, x_cal, x_val,
+    y_cal, y_val, teacher_text = _teachers(teacher, model, x_cal, x_val,
                                            dict(kwargs, tol=teacher_tol))
     teacher_seconds = time.perf_counter() - t0
 
@@ -458,8 +451,8 @@ def optimize_timesteps(
     def to_grid(z):
         return grid_from_logits(schedule, z, t_min=t_min, t_max=t_max)
 
-    def objective(z, x, y, p):
-        return _grid_error(loss, model_fn, schedule, solver, prediction, to_grid(z), x, y, p)
+    def objective(z, x, y, m):
+        return _grid_error(loss, m, solver, to_grid(z), x, y)
 
     # "mse" descends the mean squared error (the square of the RMSE), "mean_error" the error
     to_loss, to_error = ((jnp.square, jnp.sqrt) if loss == "mse"
@@ -486,18 +479,18 @@ def optimize_timesteps(
         """One optimisation from ``ts0``: its best logits ``z`` and a record of the run."""
         z = logits_from_grid(schedule, ts0).astype(x_cal.dtype)
         opt_state = optimizer.init(z)
-        best_z, best = z, float(validate(z, x_val, y_val, params))
+        best_z, best = z, float(validate(z, x_val, y_val, model))
         if not np.isfinite(best):
             raise FloatingPointError(f"the initial grid ({init_text}) gives a non-finite "
                                      f"validation error with solver {solver.name!r}: {ts0}")
         init_val, best_step, stale = best, 0, 0
-        history = [{"step": 0, "calibration_error": float(validate(z, x_cal, y_cal, params)),
+        history = [{"step": 0, "calibration_error": float(validate(z, x_cal, y_cal, model)),
                     "validation_error": best}]
         bar = Progress(progress, steps, 0, out)
         step = 0
         try:
             for step in range(1, steps + 1):
-                z, opt_state, loss, ok = update(z, opt_state, params, x_cal, y_cal,
+                z, opt_state, loss, ok = update(z, opt_state, model, x_cal, y_cal,
                                                 keys[step - 1])
                 if not bool(ok):
                     raise FloatingPointError(
@@ -507,7 +500,7 @@ def optimize_timesteps(
                         "last finite grid is not returned: lower the learning rate or start "
                         "from another init_grid")
                 if step % eval_every == 0 or step == steps:
-                    val = float(validate(z, x_val, y_val, params))
+                    val = float(validate(z, x_val, y_val, model))
                     history.append({"step": step, "calibration_error": float(loss),
                                     "validation_error": val})
                     bar.update(step, steps, {"cal": float(loss), "val": val}, eval_every)
@@ -523,8 +516,8 @@ def optimize_timesteps(
                         "validation_error": best, "best_step": best_step, "steps_run": step,
                         "history": history}
 
-    runs = [descend(*_initial_grid(init, model_fn, schedule, solver, nfe, n_steps, x_cal,
-                                   y_cal, kwargs)) for init in inits]
+    runs = [descend(*_initial_grid(init, model, solver, nfe, n_steps, x_cal, y_cal, kwargs))
+            for init in inits]
     best_z, run = min(runs, key=lambda r: r[1]["validation_error"])
     init_text, best, best_step, step, history = (run[k] for k in (
         "init_grid", "validation_error", "best_step", "steps_run", "history"))
@@ -537,7 +530,7 @@ def optimize_timesteps(
             "init_validation_error": init_val, "init_grid": init_text, "teacher": teacher_text,
             "calibration_size": int(x_cal.shape[0]),
             "validation_size": int(x_val.shape[0]), "best_step": best_step,
-            "steps_run": step, "starts": starts, "model": model,
+            "steps_run": step, "starts": starts, "model": model_info,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds")}
     return LearnedGrid(TimeGrid(ts, meta), best, init_val, best_step, step, history, seconds,

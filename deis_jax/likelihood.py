@@ -53,13 +53,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deis_jax import _callables
-from deis_jax._checks import (
-    check_all_finite, check_batch, check_choice, check_int, check_key, is_concrete)
-from deis_jax.adaptive import (
-    check_solve_args, eps_model, integrate, nfe_for_steps, pf_ode_field)
+from deis_jax._checks import check_choice, check_int, check_key, is_concrete
+from deis_jax.adaptive import check_solve_args, integrate, nfe_for_steps, pf_ode_field
 from deis_jax.inversion import encode
-from deis_jax.schedules import Schedule
+from deis_jax.model import Model, batched_cond
+from deis_jax.sampling import prepare
 
 __all__ = ["DIVERGENCES", "PROBES", "LikelihoodOutput", "log_likelihood",
            "FixedGridLikelihood", "fixed_grid_log_likelihood", "dequantize"]
@@ -125,27 +123,28 @@ def _augmented_field(field: Callable, tangents, weight) -> Callable:
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "model", "prediction", "solver", "per_sample", "max_steps", "model_dtype", "divergence",
-    "probe", "n_probes"))
-def _log_likelihood(model, prediction, solver, per_sample, max_steps, model_dtype, divergence,
-                    probe, n_probes, model_data, params, schedule, x, key, t_start, t_end,
-                    rtol, atol):
-    field = pf_ode_field(eps_model(model, model_data, params, prediction, model_dtype,
-                                   schedule, x), schedule)
+    "solver", "per_sample", "max_steps", "divergence", "probe", "n_probes"))
+def _log_likelihood(model, solver, per_sample, max_steps, divergence, probe, n_probes, x, key,
+                    t_start, t_end, rtol, atol):
+    schedule = model.schedule
     lam0 = schedule.log_snr(t_start).astype(x.dtype)
     lam1 = schedule.log_snr(t_end).astype(x.dtype)
     tangents, weight = _probes(divergence, probe, n_probes, key, x)
     zero = jnp.zeros(x.shape[:1], x.dtype)
     if per_sample:  # each vmapped solve holds one sample: a batch of 1
 
-        def one(x0, v):
-            aug = _augmented_field(field, v[:, None], weight)
+        def one(x0, v, c):
+            m = model if c is None else model.replace(
+                cond=jax.tree_util.tree_map(lambda leaf: leaf[None], c))
+            aug = _augmented_field(pf_ode_field(m.eps, schedule), v[:, None], weight)
             (x_T, delta), n_steps, ok = integrate(aug, (x0[None], zero[:1]), lam0, lam1,
                                                   solver, rtol, atol, max_steps)
             return x_T[0], delta[0], n_steps, ok
 
-        x_T, delta, n_steps, ok = jax.vmap(one, in_axes=(0, 1))(x, tangents)
+        cond = None if model.cond is None else batched_cond(model.cond, x.shape[0])
+        x_T, delta, n_steps, ok = jax.vmap(one, in_axes=(0, 1, 0))(x, tangents, cond)
     else:
+        field = pf_ode_field(model.eps, schedule)
         (x_T, delta), n_steps, ok = integrate(_augmented_field(field, tangents, weight),
                                               (x, zero), lam0, lam1, solver, rtol, atol,
                                               max_steps)
@@ -198,11 +197,9 @@ def _bits_per_dim(logp, x):
 
 
 def log_likelihood(
-    model_fn: Callable,
-    schedule: Schedule,
+    model: Model,
     x,
     *,
-    params=None,
     divergence: str = "exact",
     probe: str = "rademacher",
     n_probes: int = 1,
@@ -215,9 +212,7 @@ def log_likelihood(
     rtol=1e-5,
     atol=1e-5,
     per_sample: bool = False,
-    prediction: str = "eps",
     max_steps: int = 4096,
-    model_dtype=None,
 ) -> LikelihoodOutput:
     r"""Log-likelihood ``log p(x)`` of a diffusion model by its probability-flow ODE.
 
@@ -239,11 +234,9 @@ def log_likelihood(
     ``bpd = -log p_y / (d ln 2) + log2(n_bins)``.
 
     Args:
-      model_fn: ``model_fn(params, x, t)`` with ``params``, else ``model_fn(x, t)``; returns
-        the prediction named by ``prediction`` (as in :func:`deis_jax.sample`).
-      schedule: the model's noise schedule; its prior is ``p_{t_max}``.
+      model: a :class:`~deis_jax.Model` (:func:`deis_jax.as_model`); its schedule's prior is
+        ``p_{t_max}``; its parameters are traced data (new parameters do not recompile).
       x: data in the model's units, shape ``(batch, ...)``, finite.
-      params: the model's parameters, traced data (new parameters do not recompile).
       divergence: ``"exact"`` (trace of the Jacobian: ``d`` tangent passes per evaluation)
         or ``"hutchinson"`` (``n_probes`` random probes).
       probe: ``"rademacher"`` or ``"gaussian"`` (Hutchinson only).
@@ -258,10 +251,7 @@ def log_likelihood(
       solver: ``"tsit5"`` or ``"dopri5"``.
       rtol, atol: tolerances of the adaptive solve on ``[x, Delta]`` (traced: no recompile).
       per_sample: each sample its own steps (``jax.vmap``), else one solve for the batch.
-      prediction: what ``model_fn`` predicts (``"eps"``, ``"x0"``, ``"v"``, ``"score"``,
-        ``"edm"``).
       max_steps: cap on attempted steps; called eagerly, reaching it raises ``RuntimeError``.
-      model_dtype: the dtype the model gets ``x`` in (:mod:`deis_jax.precision`).
 
     Returns:
       :class:`LikelihoodOutput`.
@@ -273,12 +263,12 @@ def log_likelihood(
 
     Example:
       >>> import jax
-      >>> from deis_jax import schedules, testing
+      >>> from deis_jax import as_model, schedules, testing
       >>> from deis_jax.likelihood import log_likelihood
       >>> sched = schedules.vp_linear()
       >>> gmm = testing.gaussian_mixture(dim=2, n_modes=3, seed=0)
       >>> x, _ = gmm.sample(jax.random.key(0), 8)
-      >>> out = log_likelihood(gmm.eps_fn(sched), sched, x)
+      >>> out = log_likelihood(as_model(gmm.eps_fn(sched), sched), x)
       >>> out.logp.shape, out.bpd.shape
       ((8,), (8,))
     """
@@ -289,17 +279,14 @@ def log_likelihood(
         if key is None:
             raise ValueError("divergence='hutchinson' draws random probes: pass key=")
         check_key("key", key)
-    x, model_dtype, (t_start, t_end), max_steps = check_solve_args(
-        "x", model_fn, params, schedule, x, ("t_min", t_min, "t_min"),
-        ("t_max", t_max, "t_max"), solver=solver, per_sample=per_sample, max_steps=max_steps,
-        prediction=prediction, rtol=rtol, atol=atol, model_dtype=model_dtype)
+    model, x, (t_start, t_end), max_steps = check_solve_args(
+        "x", model, x, ("t_min", t_min, "t_min"), ("t_max", t_max, "t_max"), solver=solver,
+        per_sample=per_sample, max_steps=max_steps, rtol=rtol, atol=atol)
     offset = _data_offset(x, data_range, n_bins)
     dtype = x.dtype
-    model_static, model_data = _callables.split(model_fn)
     x_T, prior, delta, nfe, n_steps, ok = _log_likelihood(
-        model_static, prediction, solver, bool(per_sample), max_steps,
-        jnp.dtype(model_dtype).name, divergence, probe, n_probes, model_data, params,
-        schedule, x, key if divergence == "hutchinson" else None,
+        model, solver, bool(per_sample), max_steps, divergence, probe, n_probes, x,
+        key if divergence == "hutchinson" else None,
         jnp.asarray(t_start, dtype), jnp.asarray(t_end, dtype), jnp.asarray(rtol, dtype),
         jnp.asarray(atol, dtype))
     if is_concrete(ok) and not bool(jnp.all(ok)):
@@ -329,10 +316,9 @@ class FixedGridLikelihood(NamedTuple):
     nfe: int
 
 
-def fixed_grid_log_likelihood(model_fn: Callable, schedule: Schedule, x, *, solver="tab3",
-                              ts=None, nfe=None, grid: str = "quadratic", params=None,
-                              prediction: str = "eps", data_range=None,
-                              n_bins: int | None = None, model_dtype=None):
+def fixed_grid_log_likelihood(model: Model, x, *, solver="tab3", ts=None, nfe=None,
+                              grid: str = "quadratic", data_range=None,
+                              n_bins: int | None = None):
     r"""Log-likelihood of the discrete flow that a deterministic solver defines on a grid.
 
     The solver run on the reversed grid is a map ``Phi: x -> x_T`` (the encoding of
@@ -350,34 +336,33 @@ def fixed_grid_log_likelihood(model_fn: Callable, schedule: Schedule, x, *, solv
     the adaptive solve.
 
     Args:
-      model_fn, schedule: as in :func:`deis_jax.sample`.
+      model: a :class:`~deis_jax.Model`, as in :func:`deis_jax.sample`.
       x: data, shape ``(batch, ...)``, at ``ts[-1]`` (usually ``t_min``).
       solver, ts, nfe, grid: a deterministic solver and its sampling (decreasing) grid, as in
         :func:`deis_jax.inversion.encode`.
-      params, prediction, model_dtype: as in :func:`deis_jax.sample`.
       data_range, n_bins: the scaling offset and dequantisation, as in
         :func:`log_likelihood`.
 
     Returns:
       :class:`FixedGridLikelihood`.
     """
-    x = check_batch("x", x)
-    check_all_finite("x", x)
+    model, x = prepare(model, x, name="x")
     offset = _data_offset(x, data_range, n_bins)
-    kwargs = dict(solver=solver, ts=ts, nfe=nfe, grid=grid, params=params,
-                  prediction=prediction, model_dtype=model_dtype)
+    kwargs = dict(solver=solver, ts=ts, nfe=nfe, grid=grid)
     nfe = []
 
-    def phi(x1):  # one sample through the solve; vmap batches the model calls again
-        out = encode(model_fn, schedule, x1[None], full_output=True, check_finite=False,
-                     **kwargs)
+    def phi(x1, c1):  # one sample through the solve; vmap batches the model calls again
+        m = model if c1 is None else model.replace(
+            cond=jax.tree_util.tree_map(lambda leaf: leaf[None], c1))
+        out = encode(m, x1[None], full_output=True, check_finite=False, **kwargs)
         nfe.append(out.nfe)  # a Python int, known at trace time
         return out.x[0], out.x[0]
 
-    jac, x_T = jax.vmap(jax.jacfwd(phi, has_aux=True))(x)
+    cond = None if model.cond is None else batched_cond(model.cond, x.shape[0])
+    jac, x_T = jax.vmap(jax.jacfwd(phi, has_aux=True))(x, cond)
     d = math.prod(x.shape[1:])
     _, log_det = jnp.linalg.slogdet(jnp.reshape(jac, (x.shape[0], d, d)))
-    prior = schedule.prior_logp(x_T)
+    prior = model.schedule.prior_logp(x_T)
     logp = prior + log_det + offset
     return FixedGridLikelihood(logp, _bits_per_dim(logp, x), prior, log_det, x_T, nfe[0])
 

@@ -17,10 +17,9 @@ With ``x_t = alpha_t x_0 + sigma_t eps``:
 * EDM denoiser ``D(x / alpha; rho) = x0`` with ``rho = sigma/alpha`` (Karras et al. 2022, eq. 7
   and Table 1) and preconditioning ``D = c_skip y + c_out F(c_in y, c_noise)``.
 
-Every solver works from ``eps_fn(x, t)`` (or ``x0_fn``, or ``velocity_fn`` for Euler and Heun
-in ``t``); :func:`as_eps_fn`, :func:`as_x0_fn` and :func:`as_velocity_fn` wrap a model trained
-in any parameterisation. Model functions take ``x`` of shape
-``(batch, ...)`` and ``t`` of shape ``(batch,)``.
+Every solver works from the eps-, x0- or velocity-prediction of a :class:`deis_jax.Model`,
+whose methods call :func:`convert`, the one place where predictions are converted. Model
+functions take ``x`` of shape ``(batch, ...)`` and ``t`` of shape ``(batch,)``.
 """
 
 from __future__ import annotations
@@ -34,8 +33,9 @@ from deis_jax.schedules import Schedule
 
 __all__ = [
     "PREDICTIONS",
-    "as_eps_fn",
-    "as_x0_fn",
+    "ALIASES",
+    "canonical_prediction",
+    "convert",
     "eps_from_x0",
     "x0_from_eps",
     "eps_from_score",
@@ -47,14 +47,23 @@ __all__ = [
     "derivatives",
     "eps_from_velocity",
     "x0_from_velocity",
-    "as_velocity_fn",
     "flow_velocity_model",
-    "prediction_from_eps",
     "edm_precondition",
-    "discrete_time_model",
 ]
 
-PREDICTIONS = ("eps", "x0", "score", "v", "edm", "velocity")
+PREDICTIONS = ("eps", "x0", "score", "v", "edm", "velocity", "flow")
+ALIASES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v", "flow_prediction": "flow"}
+"""The names other libraries give these predictions (diffusers' ``prediction_type``)."""
+
+
+def canonical_prediction(prediction) -> str:
+    """``prediction`` as one of :data:`PREDICTIONS` (aliases resolved); raises naming the
+    valid names and aliases otherwise."""
+    name = ALIASES.get(prediction, prediction) if isinstance(prediction, str) else prediction
+    if name not in PREDICTIONS:
+        raise ValueError(f"unknown prediction={prediction!r}; valid choices: "
+                         f"{sorted(PREDICTIONS)} (or the aliases {sorted(ALIASES)})")
+    return name
 
 
 def _bcast(c, x):
@@ -158,11 +167,12 @@ def flow_velocity_model(model_fn: Callable, schedule: Schedule, *,
         ``eps - x0`` a velocity).
 
     Example:
+      >>> import deis_jax
       >>> from deis_jax import parameterization, schedules
       >>> sched = schedules.flow(shift=3.0)
       >>> net = lambda x, tau: -x  # any eps - x0 network, data at tau = 0
       >>> u = parameterization.flow_velocity_model(net, sched)
-      >>> # deis_jax.sample(u, sched, x_T, solver="heun", nfe=9, prediction="velocity")
+      >>> model = deis_jax.as_model(u, sched, prediction="velocity")
     """
     if not isinstance(schedule, Schedule) or schedule.name != "flow":
         raise ValueError(
@@ -176,20 +186,6 @@ def flow_velocity_model(model_fn: Callable, schedule: Schedule, *,
         return _bcast(d_sigma, x) * out
 
     return velocity
-
-
-def prediction_from_eps(x, eps, alpha, sigma, prediction: str):
-    """The ``prediction`` (``"eps"``, ``"x0"``, ``"v"`` or ``"score"``) that corresponds to
-    ``eps`` at ``x``: the inverse of :func:`as_eps_fn`'s conversion (for a model wrapper that
-    corrects ``eps`` and hands back the model's own kind of output)."""
-    check_choice("prediction", prediction, ("eps", "x0", "v", "score"))
-    if prediction == "eps":
-        return eps
-    if prediction == "x0":
-        return x0_from_eps(x, eps, alpha, sigma)
-    if prediction == "v":
-        return v_from_eps(x, eps, alpha, sigma)
-    return score_from_eps(eps, sigma)
 
 
 def edm_precondition(net_fn: Callable, sigma_data=0.5) -> Callable:
@@ -209,87 +205,64 @@ def edm_precondition(net_fn: Callable, sigma_data=0.5) -> Callable:
     return denoiser
 
 
-def discrete_time_model(model_fn: Callable, n_train: int) -> Callable:
-    """Adapt a model trained on integer DDPM steps ``n in [0, N)`` to continuous ``t``.
+def _eps_of(kind, out, x, alpha, sigma, schedule, t):
+    if kind == "eps":
+        return out
+    if kind == "x0":
+        return eps_from_x0(x, out, alpha, sigma)
+    if kind == "score":
+        return eps_from_score(out, sigma)
+    if kind == "v":
+        return eps_from_v(x, out, alpha, sigma)
+    if kind == "velocity":
+        return eps_from_velocity(x, out, *derivatives(schedule, t))
+    return (x + _bcast(alpha, x) * out) / _bcast(alpha + sigma, x)  # flow: u = eps - x0
 
-    Matches :func:`deis_jax.schedules.vp_discrete`, which places entry ``n`` at
-    ``t = (n+1)/N``; the model is called at the (real-valued) step ``n = N t - 1``.
-    """
 
-    def fn(x, t):
-        return model_fn(x, n_train * t - 1.0)
+def _x0_of(kind, out, x, alpha, sigma, schedule, t):
+    if kind == "x0":
+        return out
+    if kind == "velocity":
+        return x0_from_velocity(x, out, *derivatives(schedule, t))
+    if kind == "flow":
+        return (x - _bcast(sigma, x) * out) / _bcast(alpha + sigma, x)
+    return x0_from_eps(x, _eps_of(kind, out, x, alpha, sigma, schedule, t), alpha, sigma)
 
-    return fn
 
+def convert(out, kind: str, target: str, x, t, schedule: Schedule):
+    r"""Turn a prediction ``out`` of kind ``kind`` at ``(x, t)`` into ``target``: the one place
+    where predictions are converted (every :class:`deis_jax.Model` method and the training
+    losses call it).
 
-def as_eps_fn(model_fn: Callable, schedule: Schedule, prediction: str = "eps") -> Callable:
-    """Return ``eps_fn(x, t)`` for a model that predicts ``prediction``.
+    Kinds: ``"eps"``, ``"x0"``, ``"score"``, ``"v"``, ``"velocity"`` (``dx/dt``) and
+    ``"flow"`` (``u = eps - x0``, the rectified-flow / SD3 network output: ``x0 = (x - sigma
+    u) / (alpha + sigma)``, ``eps = (x + alpha u) / (alpha + sigma)``; on the unshifted flow
+    schedule it equals ``"velocity"``). Targets: the same less ``"flow"``. ``"edm"`` is not a
+    kind here: an EDM denoiser's output is an ``"x0"`` (its input scaling lives in the model).
 
     Args:
-      model_fn: ``model_fn(x, t) -> output`` with ``x: (batch, ...)``, ``t: (batch,)``. For
-        ``prediction="edm"`` it is a denoiser ``D(x / alpha, rho) -> x0`` (see
-        :func:`edm_precondition`); for ``"velocity"`` it returns ``dx/dt`` (see
-        :func:`flow_velocity_model` for flow-matching networks).
-      schedule: the noise schedule the model was trained with.
-      prediction: one of :data:`PREDICTIONS`.
+      out: the prediction, shape of ``x``.
+      kind, target: see above.
+      x: the state ``(batch, ...)``; t: ``(batch,)`` (or a scalar).
+      schedule: the schedule of ``x_t = alpha_t x_0 + sigma_t eps``.
     """
-    check_choice("prediction", prediction, PREDICTIONS)
-    if prediction == "eps":
-        return model_fn
-
-    def eps_fn(x, t):
-        alpha, sigma = schedule.alpha(t), schedule.sigma(t)
-        if prediction == "x0":
-            return eps_from_x0(x, model_fn(x, t), alpha, sigma)
-        if prediction == "score":
-            return eps_from_score(model_fn(x, t), sigma)
-        if prediction == "v":
-            return eps_from_v(x, model_fn(x, t), alpha, sigma)
-        if prediction == "velocity":
-            return eps_from_velocity(x, model_fn(x, t), *derivatives(schedule, t))
-        x0 = model_fn(x / _bcast(alpha, x), sigma / alpha)
-        return eps_from_x0(x, x0, alpha, sigma)
-
-    return eps_fn
-
-
-def as_x0_fn(model_fn: Callable, schedule: Schedule, prediction: str = "eps") -> Callable:
-    """Return ``x0_fn(x, t)`` (data prediction, used by DPM-Solver++ / UniPC)."""
-    check_choice("prediction", prediction, PREDICTIONS)
-    if prediction == "x0":
-        return model_fn
-    if prediction == "edm":
-
-        def edm_x0(x, t):
-            alpha = schedule.alpha(t)
-            return model_fn(x / _bcast(alpha, x), schedule.sigma(t) / alpha)
-
-        return edm_x0
-    if prediction == "velocity":
-        return lambda x, t: x0_from_velocity(x, model_fn(x, t), *derivatives(schedule, t))
-    eps_fn = as_eps_fn(model_fn, schedule, prediction)
-
-    def x0_fn(x, t):
-        return x0_from_eps(x, eps_fn(x, t), schedule.alpha(t), schedule.sigma(t))
-
-    return x0_fn
-
-
-def as_velocity_fn(model_fn: Callable, schedule: Schedule, prediction: str = "eps") -> Callable:
-    """Return ``velocity_fn(x, t) = dx/dt`` of the probability-flow ODE (used by Euler and
-    Heun in ``t``) for a model that predicts ``prediction``: the model itself for
-    ``"velocity"``, else :func:`velocity_from` its ``x0`` and ``eps``."""
-    check_choice("prediction", prediction, PREDICTIONS)
-    if prediction == "velocity":
-        return model_fn
-    x0_model = prediction in ("x0", "edm")
-    fn = (as_x0_fn if x0_model else as_eps_fn)(model_fn, schedule, prediction)
-
-    def velocity_fn(x, t):
-        alpha, sigma, d_alpha, d_sigma = derivatives(schedule, t)
-        out = fn(x, t)
-        if x0_model:
-            return velocity_from(out, eps_from_x0(x, out, alpha, sigma), d_alpha, d_sigma)
-        return velocity_from(x0_from_eps(x, out, alpha, sigma), out, d_alpha, d_sigma)
-
-    return velocity_fn
+    if kind == target:
+        return out
+    alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+    if target == "velocity":
+        if kind in ("x0", "flow"):
+            x0 = _x0_of(kind, out, x, alpha, sigma, schedule, t)
+            eps = eps_from_x0(x, x0, alpha, sigma)
+        else:
+            eps = _eps_of(kind, out, x, alpha, sigma, schedule, t)
+            x0 = x0_from_eps(x, eps, alpha, sigma)
+        return velocity_from(x0, eps, schedule.d_alpha(t), schedule.d_sigma(t))
+    if target == "x0":
+        return _x0_of(kind, out, x, alpha, sigma, schedule, t)
+    eps = _eps_of(kind, out, x, alpha, sigma, schedule, t)
+    if target == "eps":
+        return eps
+    if target == "score":
+        return score_from_eps(eps, sigma)
+    check_choice("target", target, ("eps", "x0", "score", "v", "velocity"))
+    return v_from_eps(x, eps, alpha, sigma)

@@ -17,13 +17,12 @@ only error mixed precision adds; the solver adds none.
 
 from __future__ import annotations
 
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["DTYPES", "check_dtype", "state_dtype", "model_in_dtype"]
+__all__ = ["DTYPES", "check_dtype", "state_dtype"]
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 _ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16",
@@ -57,13 +56,3 @@ def state_dtype(dtype) -> np.dtype:
     """The dtype the solver state and the time are kept in for a sample of ``dtype``: at least
     float32 (float32 for bfloat16/float16/float32, float64 for float64)."""
     return jnp.promote_types(dtype, jnp.float32)
-
-
-def model_in_dtype(model_fn: Callable, model_dtype) -> Callable:
-    """``model_fn(x, t)`` called with ``x`` cast to ``model_dtype`` and ``t`` in the state
-    dtype of ``x``; the output is cast back to the dtype of ``x`` (the state dtype)."""
-
-    def call(x, t):
-        return model_fn(x.astype(model_dtype), t.astype(x.dtype)).astype(x.dtype)
-
-    return call

@@ -4,12 +4,13 @@ The per-step coefficients are built once, vectorised over steps, then fed to ``l
 ``xs``; the scan body is the solver's step (one model call plus a few fused multiply-adds for
 the multistep solvers). Everything is a pure function of its array inputs, so ``sample`` can
 be ``jax.jit``-ed, ``jax.vmap``-ed (over seeds, grid parameters, schedule parameters,
-solver hyper-parameters) and differentiated with respect to ``x_T`` and the grid.
+solver hyper-parameters, model parameters, conditions) and differentiated with respect to
+``x_T`` and the grid.
 
-What is compiled, and what is data: the model's parameters (``params=``, or the array
-arguments of a ``functools.partial``), ``x_T``, the grid, the schedule's parameters and the
-solver's ``hparams`` are traced arguments of one cached executable per (model function,
-solver, grid length, shapes and dtypes); new values never recompile.
+What is compiled, and what is data: the :class:`~deis_jax.Model` (its parameters, schedule
+and condition), the :class:`~deis_jax.Plan` (its grid and the solver's ``hparams``), ``x_T``
+and the key are arguments of one cached executable per (network, solver, grid length, shapes
+and dtypes); new values never recompile.
 """
 
 from __future__ import annotations
@@ -19,20 +20,16 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from deis_jax import _callables
-from deis_jax._checks import (
-    check_all_finite, check_batch, check_callable, check_choice, check_key, is_concrete)
-from deis_jax.grid_files import check_grid_for
-from deis_jax.grids import GRID_KINDS, check_grid, timesteps
-from deis_jax.parameterization import PREDICTIONS, as_eps_fn, as_velocity_fn, as_x0_fn
-from deis_jax.precision import check_dtype, model_in_dtype, state_dtype
-from deis_jax.schedules import Schedule, check_schedule
+from deis_jax._checks import check_all_finite, check_batch, check_callable, check_key, is_concrete
+from deis_jax.model import Model, check_model
+from deis_jax.plan import Plan, make_plan
+from deis_jax.precision import state_dtype
+from deis_jax.schedules import Schedule
 from deis_jax.solvers.base import Solver
-from deis_jax.solvers.registry import get_solver
 
-__all__ = ["SampleOutput", "sample", "run_table", "solver_model"]
+__all__ = ["SampleOutput", "sample", "run_table", "solver_model", "prepare"]
 
 
 class SampleOutput(NamedTuple):
@@ -51,17 +48,51 @@ class SampleOutput(NamedTuple):
     nonfinite_step: Any
 
 
-def solver_model(model_fn: Callable, schedule, prediction: str, solver: Solver):
-    """The model as the solver's steps consume it: eps, x0 or velocity prediction, scalar
-    ``t`` (``model_fn(x, t)`` with ``t`` of shape ``(batch,)``)."""
-    convert = {"eps": as_eps_fn, "x0": as_x0_fn, "velocity": as_velocity_fn}[solver.model]
-    fn = convert(model_fn, schedule, prediction)
+def solver_model(model: Model, solver: Solver) -> Callable:
+    """The model as ``solver``'s steps consume it: its eps-, x0- or velocity-prediction
+    method (``fn(x, t)`` with a scalar or ``(batch,)`` ``t``)."""
+    return getattr(model, solver.model)
 
-    def call(x, t):
-        out = fn(x, jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1]))
-        return out.astype(x.dtype)
 
-    return call
+_LEGACY = {"params": "params", "prediction": "prediction", "model_dtype": "dtype"}
+
+
+def _refuse_legacy(model, second, legacy: dict) -> None:
+    """The old call form ``sample(model_fn, schedule, x_T, params=..., ...)`` is gone."""
+    if isinstance(second, Schedule) or (legacy.keys() & _LEGACY.keys()):
+        raise TypeError(
+            "sample(model_fn, schedule, x_T, params=..., prediction=...) is gone: build the "
+            "model once with deis_jax.as_model(model_fn, schedule, params=..., "
+            "prediction=..., dtype=...) and call sample(model, x_T, ...)")
+    if legacy:
+        raise TypeError(f"sample() got unexpected keyword argument(s) {sorted(legacy)}")
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a deis_jax.Model, got {type(model).__name__}: build "
+                        "one with deis_jax.as_model(network, schedule, params=..., "
+                        "prediction=...)")
+
+
+def prepare(model: Model, x, *, name: str = "x_T"):
+    """The door of every entry point: checks ``x`` (a floating ``(batch, ...)`` array, finite
+    when concrete) and the model (called once abstractly on ``x``: one clear error before
+    tracing if its network fails). Returns ``(model, x)`` with ``x`` in the state dtype and the
+    model's compute dtype set to ``x``'s dtype when ``x`` is narrower than float32."""
+    x = check_batch(name, x)
+    check_all_finite(name, x)
+    if model.dtype is None and x.dtype != state_dtype(x.dtype):
+        model = model.replace(dtype=x.dtype.name)
+    x = x.astype(state_dtype(x.dtype))
+    check_model(model, x)
+    _check_cond_batch(model, x.shape[0])
+    return model, x
+
+
+def _check_cond_batch(model: Model, batch: int) -> None:
+    for leaf in jax.tree_util.tree_leaves(model.cond):
+        shape = jnp.shape(leaf)
+        if shape and shape[0] not in (1, batch):
+            raise ValueError(f"cond has a leaf of shape {shape}: its leading axis must be 1 "
+                             f"(shared) or the batch of x_T ({batch})")
 
 
 def run_table(solver: Solver, fn: Callable, table, x_T, ts_next, keys=None, hook=None, *,
@@ -111,52 +142,31 @@ def run_table(solver: Solver, fn: Callable, table, x_T, ts_next, keys=None, hook
     return state.x, (jnp.concatenate(parts, axis=0) if return_trajectory else None), bad
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("model", "hook", "prediction", "grid", "n_steps", "return_trajectory",
-                     "check_finite", "model_dtype"),
-)
-def _run(model, hook, prediction, grid, n_steps, return_trajectory, check_finite, model_dtype,
-         model_data, hook_data, params, solver, schedule, x_T, ts, key):
-    model_fn = _callables.merge(model, model_data)
+@functools.partial(jax.jit, static_argnames=("hook", "return_trajectory", "check_finite"))
+def _run(model, plan, x_T, key, hook, hook_data, return_trajectory, check_finite):
     hook_fn = _callables.merge(hook, hook_data)
-    if ts is None:
-        ts = timesteps(schedule, n_steps, grid)
-    t_spec = jax.ShapeDtypeStruct(x_T.shape[:1], x_T.dtype)
-    _callables.check_model(model_fn, params, jax.ShapeDtypeStruct(x_T.shape, model_dtype),
-                           t_spec)
-    if hook_fn is not None:
-        _callables.check_hook(hook_fn, jax.ShapeDtypeStruct(x_T.shape, x_T.dtype), ts[1])
-
-    def user_model(x, t):
-        return _callables.call_model(model_fn, params, x, t)
-
-    fn = solver_model(model_in_dtype(user_model, model_dtype), schedule, prediction, solver)
-    n = ts.shape[0] - 1
-    keys = None if key is None else jax.random.split(key, n)
-    x, traj, bad = run_table(solver, fn, solver.table(schedule, ts), x_T, ts[1:], keys,
-                             hook_fn, return_trajectory=return_trajectory,
-                             check_finite=check_finite)
-    return x, traj, bad, ts
+    solver, ts = plan.solver, plan.ts
+    keys = None if key is None else jax.random.split(key, ts.shape[0] - 1)
+    return run_table(solver, solver_model(model, solver), solver.table(model.schedule, ts),
+                     x_T, ts[1:], keys, hook_fn, return_trajectory=return_trajectory,
+                     check_finite=check_finite)
 
 
 def sample(
-    model_fn: Callable,
-    schedule: Schedule,
+    model: Model,
     x_T,
+    plan: Plan | None = None,
     *,
-    params=None,
-    solver="tab3",
-    ts=None,
+    solver=None,
     nfe: int | None = None,
+    ts=None,
     grid: str = "quadratic",
     key=None,
-    prediction: str = "eps",
     hook: Callable | None = None,
     return_trajectory: bool = False,
     full_output: bool = False,
     check_finite: bool = True,
-    model_dtype=None,
+    **legacy,
 ):
     r"""Integrate from ``x_T`` at ``ts[0]`` to ``ts[-1]`` with the chosen solver.
 
@@ -165,118 +175,85 @@ def sample(
     ``get_solver(solver).nfe_for_steps(N)`` model calls.
 
     Args:
-      model_fn: the model. With ``params``, ``model_fn(params, x, t)`` -- a Flax Linen
-        ``model.apply``, an NNX ``lambda state, x, t: nnx.merge(graphdef, state)(x, t)``
-        defined once, or any pure function; without, ``model_fn(x, t)`` (analytic models).
-        ``x: (batch, ...)``, ``t: (batch,)``; returns the prediction named by
-        ``prediction`` with ``x``'s shape.
-      schedule: the :class:`~deis_jax.schedules.Schedule` the model was trained with.
+      model: a :class:`~deis_jax.Model` (:func:`deis_jax.as_model`): the network, its
+        parameters, schedule, prediction, time input, compute dtype and condition; all of it
+        but the network is data of the compiled sampler.
       x_T: starting point, shape ``(batch, ...)`` (e.g. ``schedule.prior_sample``). The
         solver state, the coefficients and the time are kept in float32 for a bfloat16 or
-        float16 ``x_T`` (float64 for a float64 one): see :mod:`deis_jax.precision`.
-      params: the model's parameters (any pytree of arrays), passed as data: new parameters
-        reuse the compiled sampler. The array arguments of a ``functools.partial`` model are
-        data too.
-      solver: a registry name (see :func:`deis_jax.solver_names`) or a ``Solver``.
+        float16 ``x_T`` (float64 for a float64 one), and the network then computes in
+        ``x_T``'s dtype unless the model sets one: see :mod:`deis_jax.precision`.
+      plan: what runs (:func:`deis_jax.make_plan`); or give ``solver`` with ``nfe`` or
+        ``ts`` (and ``grid``), which this call passes to ``make_plan``.
+      solver: a registry name (see :func:`deis_jax.solver_names`) or a ``Solver``
+        (default ``"tab3"``, or a grid file's solver).
       ts: time grid of shape ``(N+1,)``: decreasing to sample, increasing to encode data
-        into noise (deterministic solvers only: a stochastic solver refuses an increasing
-        grid). May be traced (learned grids). A grid read by
-        :func:`deis_jax.grid_files.load_grid` is checked against this call's schedule,
-        solver and number of steps.
+        into noise (deterministic solvers only). May be traced (learned grids). A grid file
+        (:func:`deis_jax.grid_files.load_grid`) is checked against the schedule, solver and
+        number of steps and runs as it was tuned.
       nfe: alternatively, the number of model evaluations; the grid is then
         ``timesteps(schedule, solver.steps_for_nfe(nfe), grid)`` (and DPM-Solver-fast picks
         its order mix from ``nfe``).
       grid: grid kind used with ``nfe`` (see :data:`deis_jax.GRID_KINDS`).
       key: one PRNG key (``jax.random.key(seed)``), required by stochastic solvers.
-      prediction: what ``model_fn`` predicts: ``"eps"``, ``"x0"``, ``"score"``, ``"v"``,
-        ``"edm"`` (a denoiser ``D(x/alpha, rho)``) or ``"velocity"`` (``dx/dt``, a
-        flow-matching network: see :func:`deis_jax.parameterization.flow_velocity_model`).
       hook: optional ``hook(x, t) -> x`` applied once after every step at the step's end
         time ``t`` (inpainting, projections); it must keep ``x``'s shape and dtype.
       return_trajectory: also return the state at every grid time (needs ``full_output``).
       full_output: return a :class:`SampleOutput` instead of the final sample.
       check_finite: record the first step with non-finite output; when called eagerly
         (not under ``jit``), raise ``FloatingPointError`` naming that step.
-      model_dtype: the dtype the model receives ``x`` in (``"float32"``, ``"bfloat16"``,
-        ``"float16"``, ``"float64"`` or a dtype; default: ``x_T``'s dtype). ``t`` always
-        reaches the model in the state dtype (bit-identical to the float32 grid), and the
-        model's output is cast back to the state dtype. A Flax model with ``dtype=bfloat16``
-        casts its input itself, so the default suits it.
 
     Returns:
       The final sample (or a :class:`SampleOutput`), in the state dtype: float32 for a
       bfloat16/float16/float32 ``x_T``, float64 for a float64 one.
 
     Raises:
+      TypeError: ``model`` is not a ``Model`` (the old ``sample(model_fn, schedule, x_T,
+        params=...)`` form included: build the model with :func:`deis_jax.as_model`).
       ValueError, TypeError: a bad argument, named with its value, before anything is
-        traced. A concrete ``x_T`` is checked for NaN/inf up front (one reduction); a model
-        or hook of the wrong form, output shape or dtype is reported when tracing.
+        traced. A concrete ``x_T`` is checked for NaN/inf up front (one reduction); the
+        network is called once abstractly, so a network that fails, or returns another
+        shape or dtype, is reported before tracing the sampler.
       FloatingPointError: called eagerly with ``check_finite``, when a step's output is
         non-finite (the model returned NaN/inf).
 
     Example:
       >>> import jax
-      >>> from deis_jax import sample, schedules, testing
+      >>> from deis_jax import as_model, sample, schedules, testing
       >>> sched = schedules.vp_linear()
       >>> gmm = testing.gaussian_mixture(dim=2, n_modes=4, seed=0)
+      >>> model = as_model(gmm.eps_fn(sched), sched)
       >>> x_T = sched.prior_sample(jax.random.key(0), (16, 2))
-      >>> x0 = sample(gmm.eps_fn(sched), sched, x_T, solver="tab3", nfe=10)
-      >>> x0.shape
+      >>> sample(model, x_T, solver="tab3", nfe=10).shape
       (16, 2)
     """
-    solver = get_solver(solver)
-    check_callable("model_fn", model_fn,
-                   "model_fn(x, t)" if params is None else "model_fn(params, x, t)")
-    check_schedule(schedule)
-    x_T = check_batch("x_T", x_T)
-    check_all_finite("x_T", x_T)
-    model_dtype = x_T.dtype if model_dtype is None else check_dtype("model_dtype", model_dtype)
-    x_T = x_T.astype(state_dtype(x_T.dtype))
-    check_choice("prediction", prediction, PREDICTIONS)
-    if hook is not None:
-        check_callable("hook", hook, "hook(x, t) -> x")
-    n_steps = None
-    if ts is None:
-        if nfe is None:
-            raise ValueError("pass either ts= (a time grid) or nfe= (a number of model calls)")
-        check_choice("grid", grid, GRID_KINDS)
-        if solver.for_nfe is not None:
-            solver = solver.for_nfe(solver, nfe)
-        n_steps = solver.steps_for_nfe(nfe)
-    elif nfe is not None:
-        raise ValueError("pass only one of ts= and nfe=")
-    else:
-        check_grid_for(ts, schedule, solver)
-        ts = check_grid(schedule, ts)
-        ts = ts.astype(state_dtype(ts.dtype))
-        n_steps = ts.shape[0] - 1
-        if solver.stochastic and is_concrete(ts) and np.asarray(ts)[-1] > np.asarray(ts)[0]:
-            raise ValueError(
-                f"solver {solver.name!r} is stochastic: it samples from noise to data only, "
-                f"so ts must be decreasing; got an increasing grid ts={ts} (to encode data "
-                "into noise, use a deterministic solver such as 'ddim' or 'tab3')")
-    if n_steps < solver.min_steps:
-        raise ValueError(
-            f"solver {solver.name!r} needs at least {solver.min_steps} steps, got a grid of "
-            f"{n_steps} (ts has {n_steps + 1} points)"
-        )
+    _refuse_legacy(model, x_T, legacy)
+    model, x_T = prepare(model, x_T)
+    if plan is None:
+        plan = make_plan(model.schedule, solver, nfe=nfe, ts=ts, grid=grid)
+    elif solver is not None or nfe is not None or ts is not None:
+        raise ValueError("pass either plan= or solver=/nfe=/ts=, not both")
+    elif not isinstance(plan, Plan):
+        raise TypeError(f"plan must be a deis_jax.Plan (deis_jax.make_plan), got "
+                        f"{type(plan).__name__}")
+    solver = plan.solver
     if solver.stochastic and key is None:
         raise ValueError(f"solver {solver.name!r} is stochastic: pass a PRNG key with key=")
     if key is not None:
         check_key("key", key)
     if return_trajectory and not full_output:
         raise ValueError("return_trajectory=True needs full_output=True")
-    model_static, model_data = _callables.split(model_fn)
+    if hook is not None:
+        check_callable("hook", hook, "hook(x, t) -> x")
+        _callables.check_hook(hook, jax.ShapeDtypeStruct(x_T.shape, x_T.dtype),
+                              jax.ShapeDtypeStruct((), plan.ts.dtype))
     hook_static, hook_data = _callables.split(hook)
-    x, traj, bad, ts = _run(
-        model_static, hook_static, prediction, grid if ts is None else None,
-        n_steps if ts is None else None, return_trajectory, check_finite,
-        jnp.dtype(model_dtype).name, model_data, hook_data, params, solver, schedule, x_T, ts,
-        key if solver.stochastic else None)
+    x, traj, bad = _run(model, plan, x_T, key if solver.stochastic else None, hook_static,
+                        hook_data, return_trajectory, check_finite)
     if check_finite and is_concrete(bad) and int(bad) >= 0:
         step = int(bad)
+        ts = plan.ts
         start = (f"; x_T (finite) has entries up to |x_T| = {float(jnp.max(jnp.abs(x_T))):.3g} "
-                 f"where the prior's std is {float(schedule.prior_std()):.3g}"
+                 f"where the prior's std is {float(model.schedule.prior_std()):.3g}"
                  if step == 0 else "")
         raise FloatingPointError(
             f"sampling produced non-finite values (NaN/inf) at step {step} "
@@ -286,4 +263,4 @@ def sample(
         )
     if not full_output:
         return x
-    return SampleOutput(x, traj, solver.nfe_for_steps(n_steps), bad)
+    return SampleOutput(x, traj, plan.nfe, bad)

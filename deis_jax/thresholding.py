@@ -14,23 +14,20 @@ With ``M = 1`` this is exactly Imagen's rule; samples whose quantile is already 
 (``numpy.quantile``'s default).
 
 Use it with any solver that consumes the data prediction (``Solver.model == "x0"``:
-``dpmpp_*``, ``unipc*``): wrap the model with :func:`dynamic_thresholding` and pass
-``prediction="x0"`` to :func:`deis_jax.sample`::
+``dpmpp_*``, ``unipc*``): wrap the :class:`~deis_jax.Model` with :func:`dynamic_thresholding`::
 
-    model = dynamic_thresholding(eps_model, schedule, prediction="eps", percentile=0.995)
-    x = sample(model, schedule, x_T, solver="dpmpp_2m", nfe=20, prediction="x0")
+    thresholded = dynamic_thresholding(model, percentile=0.995)
+    x = sample(thresholded, x_T, solver="dpmpp_2m", nfe=20)
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import jax.numpy as jnp
 
-from deis_jax._checks import check_scalar
-from deis_jax.parameterization import as_x0_fn
-from deis_jax.schedules import Schedule
+from deis_jax._checks import check_scalar, check_type
+from deis_jax.model import Model
 
 __all__ = ["threshold", "thresholded_x0_fn", "dynamic_thresholding"]
 
@@ -76,30 +73,24 @@ def thresholded_x0_fn(x0_fn: Callable, percentile: float = 0.995,
     return fn
 
 
-def _thresholded(model_fn, schedule, prediction, percentile, max_value, *args):
-    """``args`` is ``(x, t)`` or ``(params, x, t)``: the wrapped model's call form."""
-    *params, x, t = args
-    inner = functools.partial(model_fn, *params)
-    return threshold(as_x0_fn(inner, schedule, prediction)(x, t), percentile, max_value)
+def _thresholded(params, x, t):
+    """The base model's data prediction, thresholded."""
+    return threshold(params["base"].x0(x, t), params["percentile"], params["max_value"])
 
 
-def dynamic_thresholding(model_fn: Callable, schedule: Schedule, *, prediction: str = "eps",
-                         percentile: float = 0.995, max_value: float = 1.0) -> Callable:
-    """A thresholded *data-prediction* model from a model in any parameterisation.
-
-    Pass the result to :func:`deis_jax.sample` with ``prediction="x0"``; with an x0-model
-    solver (DPM-Solver++, UniPC) every model output is thresholded. The wrapper keeps the
-    model's call form: ``model_fn(x, t)``, or ``model_fn(params, x, t)`` with ``params=``
-    given to ``sample``; it is a ``functools.partial``, so the schedule's arrays stay data
-    (rebuilding the wrapper does not recompile).
+def dynamic_thresholding(model: Model, *, percentile: float = 0.995,
+                         max_value: float = 1.0) -> Model:
+    """A thresholded *data-prediction* :class:`~deis_jax.Model` from a model in any
+    parameterisation: with an x0-model solver (DPM-Solver++, UniPC) every model output is
+    thresholded. The base model, ``percentile`` and ``max_value`` are data of the compiled
+    sampler (new values do not recompile).
 
     Args:
-      model_fn: the model predicting ``prediction``.
-      schedule: its noise schedule.
-      prediction: what ``model_fn`` predicts (see :data:`deis_jax.parameterization.PREDICTIONS`).
+      model: the base model.
       percentile, max_value: see :func:`threshold`.
     """
-    as_x0_fn(model_fn, schedule, prediction)  # validates prediction eagerly
+    check_type("model", model, Model, "a deis_jax.Model (build one with deis_jax.as_model)")
     _check(percentile, max_value)
-    return functools.partial(_thresholded, model_fn, schedule, prediction, float(percentile),
-                             float(max_value))
+    params = {"base": model, "percentile": jnp.asarray(percentile),
+              "max_value": jnp.asarray(max_value)}
+    return Model(_thresholded, params, model.schedule, "x0", "t", None, None)

@@ -1,6 +1,6 @@
 """No module imports from a layer above it (DESIGN.md, section 3).
 
-schedules -> grids -> parameterisation -> solvers -> sampling -> applications -> training ->
+schedules -> grids -> parameterisation and the Model -> solvers -> plan and sampling -> applications -> training ->
 evaluation/demo -> cli. Every ``deis_jax`` import in every module (including imports inside
 functions) is read with ``ast`` and its layer compared with the importer's.
 """
@@ -23,8 +23,10 @@ LAYERS = [  # (module prefix, layer); the longest matching prefix wins
     ("deis_jax.grid_files", 2),
     ("deis_jax.quadrature", 2),
     ("deis_jax.parameterization", 3),
+    ("deis_jax.model", 3),
     ("deis_jax.thresholding", 3),
     ("deis_jax.solvers", 4),
+    ("deis_jax.plan", 5),
     ("deis_jax.sampling", 5),
     ("deis_jax.adaptive", 6),
     ("deis_jax.likelihood", 6),

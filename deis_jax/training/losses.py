@@ -9,7 +9,7 @@ model's noise prediction on ``eps`` (Vincent 2011; Song et al. 2021, eq. 7):
    - \epsilon\rVert^2 ,
 
 with the model in any parameterisation converted to ``eps`` by
-:func:`deis_jax.parameterization.as_eps_fn`. Its minimiser is
+:func:`deis_jax.parameterization.convert`. Its minimiser is
 ``eps*(x, t) = E[eps | x_t = x]`` for every positive ``w``. The flow-matching loss
 (:func:`flow_matching_loss`) regresses a velocity network on ``alpha' x_0 + sigma' eps``
 instead. Losses take ``(model_fn, x0, key)`` and return a scalar; ``make_loss`` closes over
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from deis_jax._checks import check_choice, check_scalar
 from deis_jax.parameterization import (
-    PREDICTIONS, as_eps_fn, derivatives, edm_precondition, velocity_det, velocity_from)
+    PREDICTIONS, convert, derivatives, edm_precondition, velocity_det, velocity_from)
 from deis_jax.schedules import Schedule
 
 __all__ = ["LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "check_loss_options", "drop_labels",
@@ -61,6 +61,7 @@ def _weight(schedule: Schedule, t, weighting: str, prediction: str):
         "score": 1.0 / sigma**2,
         "v": ((alpha**2 + sigma**2) / alpha) ** 2,
         "edm": (sigma / alpha) ** 2,
+        "flow": ((alpha + sigma) / alpha) ** 2,  # d u / d eps at fixed x, u = eps - x0
     }[prediction]
 
 
@@ -114,7 +115,12 @@ def dsm_loss(model_fn: Callable, schedule: Schedule, x0, key, *, prediction: str
     t = sample_times(k_t, x0.shape[0], x0.dtype, t_min, t_max)
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     x_t = _bcast(schedule.alpha(t), x0) * x0 + _bcast(schedule.sigma(t), x0) * eps
-    eps_hat = as_eps_fn(model_fn, schedule, prediction)(x_t, t)
+    if prediction == "edm":  # a denoiser D(x / alpha, rho) predicts x0
+        alpha = schedule.alpha(t)
+        eps_hat = convert(model_fn(x_t / _bcast(alpha, x_t), schedule.sigma(t) / alpha), "x0",
+                          "eps", x_t, t, schedule)
+    else:
+        eps_hat = convert(model_fn(x_t, t), prediction, "eps", x_t, t, schedule)
     return jnp.mean(_weight(schedule, t, weighting, prediction) * _mean_sq(eps_hat - eps))
 
 
@@ -191,7 +197,8 @@ def ddpm_loss(model_fn: Callable, schedule: Schedule, x0, key):
 
     ``n ~ U{0, ..., N-1}``, ``x_n = sqrt(abar_n) x0 + sqrt(1 - abar_n) eps`` and the model is
     called at the integer step ``n`` (as a float): ``L = E ||eps_theta(x_n, n) - eps||^2 / d``.
-    Sample with ``discrete_time_model(model_fn, N)``.
+    Sample with ``as_model(network, schedule, timestep="index")`` (the step ``N t - 1``
+    as a float) or ``timestep="discrete"`` (rounded to the integer step).
     """
     if schedule.name != "vp_discrete":
         raise ValueError(f"ddpm_loss needs a vp_discrete schedule, got schedule={schedule.name!r}")
