@@ -140,9 +140,10 @@ def cmd_sample(args) -> int:
         args.solver = made["solver"] if args.solver is None else args.solver
         args.nfe = made["nfe"] if args.nfe is None else args.nfe
         source = made.get("model") or {}
-        if source.get("step") not in (None, model.step):
+        if source.get("step") not in (None, model.info["step"]):
             warnings.warn(f"{path} was tuned on step {source.get('step')} of "
-                          f"{source.get('ckpt')}; sampling step {model.step} of {args.ckpt}")
+                          f"{source.get('ckpt')}; sampling step {model.info['step']} of "
+                          f"{args.ckpt}")
     args.solver = "tab3" if args.solver is None else args.solver
     args.nfe = 10 if args.nfe is None else args.nfe
     guidance = 0.0 if args.guidance is None else args.guidance
@@ -151,14 +152,14 @@ def cmd_sample(args) -> int:
                               guidance=guidance)
     extra = {} if args.label is None else {"label": args.label, "guidance": guidance}
     np.savez(stem + ".npz", samples=x, solver=args.solver, nfe=args.nfe, seed=args.seed,
-             step=model.step, **extra)
+             step=model.info["step"], **extra)
     written = [stem + ".npz"]
     what = f"{args.solver}, NFE {args.nfe}" + (
         f", label {args.label}, guidance {guidance:g}" if args.label is not None else "")
     if ext == ".png":
-        plots.save_samples(args.out, x, f"{model.spec.data.get('name', '')}: {what}")
+        plots.save_samples(args.out, x, f"{model.info['spec'].data.get('name', '')}: {what}")
         written.append(args.out)
-    print(f"{args.n} samples ({what}, step {model.step}) -> " + ", ".join(written))
+    print(f"{args.n} samples ({what}, step {model.info['step']}) -> " + ", ".join(written))
     return 0
 
 
@@ -169,16 +170,15 @@ def cmd_tune_grid(args) -> int:
     model = training.load_model(args.ckpt)
     key = jax.random.fold_in(jax.random.key(args.seed), 1)  # not the noise `sample` draws
     k_cal, k_val, k_batch = jax.random.split(key, 3)
-    shape = tuple(model.spec.data["shape"])
+    shape = tuple(model.info["spec"].data["shape"])
     result = optimize_timesteps(
-        model.model_fn, model.schedule, params=model.params, prediction=model.prediction,
-        solver=args.solver, nfe=args.nfe,
+        model, solver=args.solver, nfe=args.nfe,
         x_T_calibration=model.schedule.prior_sample(k_cal, (args.n_calibration, *shape)),
         x_T_validation=model.schedule.prior_sample(k_val, (args.n_validation, *shape)),
         teacher_tol=args.teacher_tol, init_grid=args.init, steps=args.steps, loss=args.loss,
         learning_rate=args.lr, batch_size=args.batch_size,
         key=None if args.batch_size is None else k_batch,
-        model={"ckpt": os.path.abspath(args.ckpt), "step": model.step},
+        model_info={"ckpt": os.path.abspath(args.ckpt), "step": model.info["step"]},
         progress=args.progress)
     save_grid(args.out, result.ts, schedule=model.schedule)
     what = "RMSE" if args.loss == "mse" else "mean error"

@@ -128,14 +128,14 @@ def _pretrained_part(name: str, n: int, nfes: tuple[int, ...], progress: str):
     its figure rows."""
     t0 = time.perf_counter()
     model = pretrained.load(name)
-    data = load_dataset(model.spec.data["name"])
+    data = load_dataset(model.info["spec"].data["name"])
     rows, samples = _sample_and_score(
         model, data, DEMO_SOLVERS, nfes, n, f"{name}: the pretrained model, {n} samples per "
         f"sampler, {len(DEMO_SOLVERS)} solvers at NFE {', '.join(map(str, nfes))} and the "
         "adaptive reference", progress)
     figure = _figure_rows(rows, samples, data.test[:n], data.kind, nfes)
     seconds = time.perf_counter() - t0
-    rec = model.meta
+    rec = model.info["meta"]
     header = (f"### {name}: pretrained ({rec['n_params']:,} parameters, {rec['step']} steps, "
               f"`{rec['command']}`), {n} samples per sampler, {seconds:.0f}s")
     return header + "\n\n" + quality_table(name, data.kind, rows), rows, figure
@@ -154,10 +154,10 @@ def _train_part(out: str, *, steps: int, n: int, nfe: int, progress: str):
     model = load_model(ckpt)
     rows, samples = _sample_and_score(model, data, ("tab3",), (nfe,), n,
                                       "train: the reloaded checkpoint", progress)
-    header = (f"### train: small checkerboard MLP from scratch, {model.step} steps in "
+    header = (f"### train: small checkerboard MLP from scratch, {model.info["step"]} steps in "
               f"{result.seconds:.0f}s ({result.steps_per_s:.0f} steps/s), checkpoint "
               f"`{ckpt}`, reloaded and sampled")
-    cells = [(f"trained here ({model.step} steps): reference", samples["reference"],
+    cells = [(f"trained here ({model.info["step"]} steps): reference", samples["reference"],
               _caption(rows[0], "points")),
              (f"trained here: tab3 (log_snr), NFE {nfe}", samples[f"tab3, NFE {nfe}"],
               _caption(rows[1], "points"))]

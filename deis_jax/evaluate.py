@@ -1,9 +1,10 @@
 """Sample a trained model with several solvers and score the samples against held-out data.
 
-The model is a :class:`~deis_jax.training.LoadedModel` (from a checkpoint with
-:func:`~deis_jax.training.load_model`, or from parameters in memory with
-``LoadedModel.from_spec``); its parameters enter the samplers as ``params=``, so every solver
-and every evaluation during training reuses its compiled executable.
+The model is a :class:`deis_jax.Model` that knows its training spec (``model.info["spec"]``):
+from a checkpoint with :func:`~deis_jax.training.load_model`, a shipped one with
+:func:`deis_jax.pretrained.load`, or parameters in memory with ``spec.as_model(params)``. Its
+parameters are data of the samplers, so every solver and every evaluation during training
+reuses its compiled executable.
 
 Scores: the energy distance for points; for 8x8 digits the Frechet distance in the shipped
 classifier's features and the fraction of samples it recognises (see
@@ -24,18 +25,21 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from deis_jax._checks import check_choice, check_int, check_scalar
+from deis_jax._checks import check_choice, check_int, check_scalar, check_type
 from deis_jax.adaptive import solve_ode
 from deis_jax.grids import GRID_KINDS
 from deis_jax.guidance import classifier_free
+from deis_jax.model import Model
+from deis_jax.plan import make_plan
 from deis_jax.sampling import sample
 from deis_jax.solvers import get_solver
-from deis_jax.training import (
-    Dataset, DiffusionSpec, LoadedModel, digit_quality, energy_distance, in_squares)
+from deis_jax.training import Dataset, DiffusionSpec, digit_quality, energy_distance, in_squares
 
 __all__ = [
+    "spec_of",
     "draw_samples",
     "evaluate_solvers",
     "guided_model",
@@ -48,19 +52,31 @@ __all__ = [
 _KINDS = ("points", "images")
 
 
-def _prior(model: LoadedModel, n: int, seed: int):
+def spec_of(model: Model) -> DiffusionSpec:
+    """The training spec a loaded model carries (``model.info["spec"]``)."""
+    check_type("model", model, Model, "a deis_jax.Model from load_model, pretrained.load or "
+               "spec.as_model")
+    spec = model.info.get("spec")
+    if spec is None:
+        raise ValueError("model carries no training spec (model.info['spec']): evaluation "
+                         "needs a model from training.load_model, pretrained.load or "
+                         "spec.as_model(params)")
+    return spec
+
+
+def _prior(model: Model, n: int, seed: int):
     """``(x_T, solver_key)`` for ``n`` samples, both determined by ``seed``."""
     n = check_int("n", n, minimum=1)
     key_prior, key_solver = jax.random.split(jax.random.key(seed))
-    shape = (n, *model.spec.data["shape"])
+    shape = (n, *spec_of(model).data["shape"])
     return model.schedule.prior_sample(key_prior, shape), key_solver
 
 
-def guided_model(model: LoadedModel, label=None, guidance=0.0) -> Callable:
-    """``model.model_fn`` (the unconditional prediction) without a ``label``; with one, the
+def guided_model(model: Model, label=None, guidance=0.0) -> Model:
+    """``model`` (the unconditional prediction) without a ``label``; with one, the
     class-conditional model under classifier-free guidance of weight ``guidance``
     (:func:`deis_jax.guidance.classifier_free`: ``(1 + w) eps(x, t, y) - w eps(x, t,
-    null)``; ``0`` is the plain conditional model).
+    null)``, the null label being ``num_classes``; ``0`` is the plain conditional model).
 
     Raises:
       ValueError: a ``label`` for an unconditional model, a label outside ``[0,
@@ -70,15 +86,26 @@ def guided_model(model: LoadedModel, label=None, guidance=0.0) -> Callable:
     if label is None:
         if guidance != 0.0:
             raise ValueError(f"guidance={guidance!r} needs a label to guide towards")
-        return model.model_fn
-    if model.spec.num_classes is None:
+        return model
+    n_classes = spec_of(model).num_classes
+    if n_classes is None:
         raise ValueError(f"label={label!r} given, but the model is unconditional (trained "
                          "without labels); train one with conditional=True (deis-jax train "
                          "--conditional)")
-    return classifier_free(model.model_fn, label, guidance, n_classes=model.spec.num_classes)
+    label = jnp.asarray(label)
+    if not jnp.issubdtype(label.dtype, jnp.integer) or label.ndim > 1:
+        raise TypeError(f"label must be an integer class index (a scalar or (batch,)), got "
+                        f"label={label!r}")
+    values = np.asarray(label).reshape(-1)
+    if values.size and not (0 <= values.min() and values.max() < n_classes):
+        raise ValueError(f"label must lie in [0, num_classes) = [0, {n_classes}), got "
+                         f"values in [{values.min()}, {values.max()}]")
+    label = label.astype(jnp.int32)
+    return classifier_free(model.replace(cond=label), guidance,
+                           null_cond=jnp.full(label.shape or (1,), n_classes, jnp.int32))
 
 
-def draw_samples(model: LoadedModel, n: int, *, solver: str, nfe: int, seed: int = 0,
+def draw_samples(model: Model, n: int, *, solver: str, nfe: int, seed: int = 0,
                  grid="quadratic", label=None, guidance=0.0) -> np.ndarray:
     """``n`` samples of ``model`` with ``solver`` at ``nfe`` model calls.
 
@@ -97,22 +124,20 @@ def draw_samples(model: LoadedModel, n: int, *, solver: str, nfe: int, seed: int
     Returns:
       float32 array ``(n, *shape)``.
     """
-    model_fn = guided_model(model, label, guidance)
+    guided = guided_model(model, label, guidance)
     x_T, key = _prior(model, n, seed)
     if isinstance(grid, str):
-        where = dict(nfe=nfe, grid=grid)
+        plan = make_plan(model.schedule, solver, nfe=nfe, grid=grid)
     else:
-        calls = get_solver(solver).nfe_for_steps(len(grid) - 1)
-        if calls != nfe:
-            raise ValueError(f"a grid of {len(grid) - 1} steps gives {solver!r} {calls} model "
-                             f"calls, not nfe={nfe}")
-        where = dict(ts=grid)
-    x = sample(model_fn, model.schedule, x_T, params=model.params, solver=solver,
-               prediction=model.prediction, key=key, **where)
+        plan = make_plan(model.schedule, solver, ts=grid)
+        if plan.nfe != nfe:
+            raise ValueError(f"a grid of {plan.n_steps} steps gives {solver!r} {plan.nfe} "
+                             f"model calls, not nfe={nfe}")
+    x = sample(guided, x_T, plan, key=key)
     return np.asarray(x, np.float32)
 
 
-def reference_samples(model: LoadedModel, n: int, *, seed: int = 0,
+def reference_samples(model: Model, n: int, *, seed: int = 0,
                       tol: float = 1e-5) -> tuple[np.ndarray, str]:
     """Near-exact probability-flow ODE solutions from the ``x_T`` of :func:`draw_samples`:
     :func:`deis_jax.adaptive.solve_ode` (Tsit5, ``rtol = atol = tol``).
@@ -122,8 +147,7 @@ def reference_samples(model: LoadedModel, n: int, *, seed: int = 0,
       number of model calls it took.
     """
     x_T, _ = _prior(model, n, seed)
-    sol = solve_ode(model.model_fn, model.schedule, x_T, params=model.params, rtol=tol,
-                    atol=tol, prediction=model.prediction)
+    sol = solve_ode(model, x_T, rtol=tol, atol=tol)
     return np.asarray(sol.x, np.float32), f"adaptive Tsit5 tol {tol:g}, NFE {int(sol.nfe)}"
 
 
@@ -158,7 +182,7 @@ def _row(solver: str, nfe: int | None, grid: str | None, score: tuple[float, flo
             "recognised": recognised, "seconds": time.perf_counter() - t0}
 
 
-def evaluate_solvers(model: LoadedModel, data: Dataset, solvers: Sequence[str], *,
+def evaluate_solvers(model: Model, data: Dataset, solvers: Sequence[str], *,
                      nfe: int | Sequence[int], n: int, seed: int = 0,
                      grid: str | Mapping[str, str] = "quadratic",
                      on_row: Callable[[dict], Any] | None = None,
@@ -268,11 +292,10 @@ def sample_quality_eval(spec: DiffusionSpec, data: Dataset, *, n: int | None = N
     _check_scorable(data)
     get_solver(solver)
     n = (1000 if data.kind == "points" else 256) if n is None else check_int("n", n, minimum=1)
-    model = LoadedModel.from_spec(spec, None)
     names = ("frechet", "recognised") if data.kind == "images" else ("energy", "in_squares")
 
     def eval_fn(state) -> dict[str, float]:
-        trained = model._replace(params=state.ema_params, step=int(state.step))
+        trained = spec.as_model(state.ema_params, step=int(state.step))
         score = score_samples(draw_samples(trained, n, solver=solver, nfe=nfe), data)
         return {f"{solver}_{name}": value for name, value in zip(names, score)
                 if value is not None}

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 from typing import Any
 
 import jax
@@ -207,16 +208,22 @@ class Model:
       timestep: one of :data:`TIMESTEPS`, or a function ``t -> time input``.
       dtype: the dtype the network receives ``x`` in (None: the state's dtype).
       cond: the condition (any pytree, or None for an unconditional call).
+      module: the Flax NNX module whose current state the model reads, or None.
+      info: a read-only record that travels with the model outside traced code (a loaded
+        checkpoint's ``{"spec", "step", "meta"}``); not part of the pytree, so it is absent
+        from a model rebuilt inside ``jax.jit``.
     """
 
     __slots__ = ("network", "params", "schedule", "prediction", "timestep", "dtype", "cond",
-                 "module")
+                 "module", "info")
 
     def __init__(self, network, params, schedule, prediction, timestep, dtype, cond,
-                 module=None):
+                 module=None, info=None):
+        info = types.MappingProxyType(dict(info or {}))
         for name, value in (("network", network), ("params", params), ("schedule", schedule),
                             ("prediction", prediction), ("timestep", timestep),
-                            ("dtype", dtype), ("cond", cond), ("module", module)):
+                            ("dtype", dtype), ("cond", cond), ("module", module),
+                            ("info", info)):
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name, value):

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import serialization
 
-from deis_jax.training import DiffusionSpec, LoadedModel, load_model
+from deis_jax.model import Model
+from deis_jax.training import DiffusionSpec, load_model
 
 __all__ = ["ASSET_DIR", "RECIPES", "available", "export", "load", "record"]
 
@@ -65,17 +66,16 @@ def record(name: str, *, directory: str = ASSET_DIR) -> dict:
         return json.load(f)
 
 
-def load(name: str, *, directory: str = ASSET_DIR) -> LoadedModel:
-    """The shipped model ``name`` as :func:`~deis_jax.training.load_model` returns a
-    checkpoint: ``model_fn``, ``schedule``, ``prediction``, ``spec``, (EMA) ``params``,
-    ``step`` and ``meta`` (the asset's record).
+def load(name: str, *, directory: str = ASSET_DIR) -> Model:
+    """The shipped model ``name`` as a :class:`deis_jax.Model`, as
+    :func:`~deis_jax.training.load_model` returns a checkpoint: (EMA) parameters as data,
+    ``model.info`` = ``{"spec", "step", "meta"}`` (``meta``: the asset's record).
 
     Example::
 
-        m = pretrained.load("digits")
-        x_T = m.schedule.prior_sample(jax.random.key(0), (16, 8, 8, 1))
-        x0 = deis_jax.sample(m.model_fn, m.schedule, x_T, params=m.params, solver="tab3",
-                             nfe=10, prediction=m.prediction)
+        model = pretrained.load("digits")
+        x_T = model.schedule.prior_sample(jax.random.key(0), (16, 8, 8, 1))
+        x0 = deis_jax.sample(model, x_T, solver="tab3", nfe=10)
 
     Raises:
       ValueError: unknown ``name`` (the message lists the available ones).
@@ -84,7 +84,7 @@ def load(name: str, *, directory: str = ASSET_DIR) -> LoadedModel:
     with open(_path(name, ".msgpack", directory), "rb") as f:
         params = jax.tree.map(jnp.asarray, serialization.msgpack_restore(f.read()))
     spec = DiffusionSpec.from_dict(meta["spec"])
-    return LoadedModel.from_spec(spec, params, step=int(meta["step"]), meta=meta)
+    return spec.as_model(params, step=int(meta["step"]), meta=meta)
 
 
 def export(ckpt_dir, name: str, *, recipe: tuple[str, ...], wall_seconds: float,
@@ -103,13 +103,13 @@ def export(ckpt_dir, name: str, *, recipe: tuple[str, ...], wall_seconds: float,
     os.makedirs(directory, exist_ok=True)
     with open(_path(name, ".msgpack", directory), "wb") as f:
         f.write(serialization.to_bytes(jax.device_get(model.params)))
-    meta = model.meta
+    meta = model.info["meta"]
     rec = {
         "name": name,
         "recipe": list(recipe),
         "command": "deis-jax train " + " ".join(recipe) + " --out <dir>",
-        "spec": model.spec.to_dict(),
-        "step": model.step,
+        "spec": model.info["spec"].to_dict(),
+        "step": model.info["step"],
         "config": meta["config"],
         "train_seconds": round(float(meta["train_seconds"]), 1),
         "wall_seconds": round(float(wall_seconds), 1),

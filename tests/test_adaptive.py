@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deis_jax import schedules, testing
+from deis_jax import as_model, schedules, testing
 from deis_jax.adaptive import solve_ode
 
 GMM_ARGS = dict(dim=2, n_modes=3, std=0.3, seed=0)
@@ -47,10 +47,10 @@ def _counted(fn):
 def test_matches_float64_ground_truth(x64, sched_name, solver, per_sample):
     _, gmm, x_T, gt = _problem(sched_name)
     sched = getattr(schedules, sched_name)()
+    model = as_model(gmm.eps_fn(sched), sched)
     errs = []
     for tol in (1e-4, 1e-7):
-        sol = solve_ode(gmm.eps_fn(sched), sched, x_T, solver=solver, rtol=tol, atol=tol,
-                        per_sample=per_sample)
+        sol = solve_ode(model, x_T, solver=solver, rtol=tol, atol=tol, per_sample=per_sample)
         assert bool(jnp.all(sol.success))
         err = float(jnp.max(jnp.abs(sol.x - gt)))
         # Local tolerance -> global error: allow the accumulation over the adaptive steps.
@@ -63,11 +63,12 @@ def test_matches_float64_ground_truth(x64, sched_name, solver, per_sample):
 def test_reported_nfe_matches_model_calls(x64, solver):
     sched = schedules.vp_linear()
     gmm = testing.gaussian_mixture(**GMM_ARGS)
-    model, calls = _counted(gmm.eps_fn(sched))
+    counted, calls = _counted(gmm.eps_fn(sched))
+    model = as_model(counted, sched)
     x_T = sched.prior_sample(jax.random.key(1), (8, 2))
     for tol in (1e-3, 1e-6):
         calls[0] = 0
-        sol = solve_ode(model, sched, x_T, solver=solver, rtol=tol, atol=tol)
+        sol = solve_ode(model, x_T, solver=solver, rtol=tol, atol=tol)
         jax.effects_barrier()
         assert int(sol.nfe) == calls[0] > 0
     if solver != "tsit5":
@@ -75,12 +76,12 @@ def test_reported_nfe_matches_model_calls(x64, solver):
     # Per-sample steps: each sample's NFE is that of solving it alone; the vmapped (batched)
     # model runs as often as the most expensive sample needs.
     calls[0] = 0
-    sol = solve_ode(model, sched, x_T, solver=solver, rtol=1e-6, atol=1e-6, per_sample=True)
+    sol = solve_ode(model, x_T, solver=solver, rtol=1e-6, atol=1e-6, per_sample=True)
     jax.effects_barrier()
     assert int(jnp.max(sol.nfe)) == calls[0]
     for b in (0, 5):
-        alone = solve_ode(gmm.eps_fn(sched), sched, x_T[b:b + 1], solver=solver, rtol=1e-6,
-                          atol=1e-6)
+        alone = solve_ode(as_model(gmm.eps_fn(sched), sched), x_T[b:b + 1], solver=solver,
+                          rtol=1e-6, atol=1e-6)
         assert int(alone.nfe) == int(sol.nfe[b])
         np.testing.assert_allclose(alone.x[0], sol.x[b], rtol=1e-12, atol=1e-12)
 
@@ -91,14 +92,16 @@ def test_new_tolerances_do_not_recompile():
     traces = [0]
     eps_fn = gmm.eps_fn(sched)
 
-    def model(x, t):
+    def network(x, t):
         traces[0] += 1  # runs at trace time only
         return eps_fn(x, t)
+
+    model = as_model(network, sched)
 
     x_T = sched.prior_sample(jax.random.key(2), (8, 2))
     nfes = []
     for tol in (1e-2, 1e-3, 1e-4, 1e-5):
-        nfes.append(int(solve_ode(model, sched, x_T, rtol=tol, atol=tol).nfe))
+        nfes.append(int(solve_ode(model, x_T, rtol=tol, atol=tol).nfe))
         if tol == 1e-2:
             after_first = traces[0]
     assert traces[0] == after_first > 0
@@ -106,22 +109,24 @@ def test_new_tolerances_do_not_recompile():
 
 
 def test_new_params_do_not_recompile():
-    """params= is traced data of the solve; the parameters do take effect."""
+    """The model's params are traced data of the solve; the parameters do take effect."""
     sched = schedules.vp_linear()
     traces = [0]
 
-    def model(params, x, t):
+    def network(params, x, t):
         traces[0] += 1  # runs at trace time only
         return params["scale"] * jnp.tanh(x + t[:, None])
 
+    model = as_model(network, sched, params={"scale": jnp.float32(0.5)})
     x_T = sched.prior_sample(jax.random.key(2), (8, 2))
-    a = solve_ode(model, sched, x_T, params={"scale": jnp.float32(0.5)}, rtol=1e-4, atol=1e-4)
+    a = solve_ode(model, x_T, rtol=1e-4, atol=1e-4)
     after_first = traces[0]
-    b = solve_ode(model, sched, x_T, params={"scale": jnp.float32(0.7)}, rtol=1e-4, atol=1e-4)
+    b = solve_ode(model.replace(params={"scale": jnp.float32(0.7)}), x_T, rtol=1e-4,
+                  atol=1e-4)
     assert traces[0] == after_first > 0
     assert float(jnp.max(jnp.abs(a.x - b.x))) > 1e-3
-    with pytest.raises(ValueError, match=r"model_fn\(x, t\).*pass them with params="):
-        solve_ode(model, sched, x_T)
+    with pytest.raises(ValueError, match=r"network\(x, t\).*needs params="):
+        solve_ode(as_model(network, sched), x_T)
 
 
 def test_encodes_data_into_noise(x64):
@@ -129,11 +134,11 @@ def test_encodes_data_into_noise(x64):
     gmm = testing.gaussian_mixture(**GMM_ARGS)
     x0, _ = gmm.sample(jax.random.key(3), 16)
     gt, _ = testing.ode_ground_truth(gmm, sched, x0, sched.t_min, sched.t_max)
-    enc = solve_ode(gmm.eps_fn(sched), sched, x0, t_start=sched.t_min, t_end=sched.t_max,
-                    rtol=1e-8, atol=1e-8)
+    model = as_model(gmm.eps_fn(sched), sched)
+    enc = solve_ode(model, x0, t_start=sched.t_min, t_end=sched.t_max, rtol=1e-8, atol=1e-8)
     scale = float(jnp.max(jnp.abs(gt)))
     assert float(jnp.max(jnp.abs(enc.x - gt))) < 1e-5 * scale
-    dec = solve_ode(gmm.eps_fn(sched), sched, enc.x, rtol=1e-8, atol=1e-8)
+    dec = solve_ode(model, enc.x, rtol=1e-8, atol=1e-8)
     np.testing.assert_allclose(dec.x, x0, atol=1e-5)
 
 
@@ -141,7 +146,8 @@ def test_float32_default_and_jit():
     _, gmm, x_T, gt = _problem("vp_linear")
     sched = schedules.vp_linear()
     gmm = testing.gaussian_mixture(**GMM_ARGS)
-    fn = jax.jit(lambda x, rtol: solve_ode(gmm.eps_fn(sched), sched, x, rtol=rtol, atol=1e-4).x)
+    model = as_model(gmm.eps_fn(sched), sched)
+    fn = jax.jit(lambda x, rtol: solve_ode(model, x, rtol=rtol, atol=1e-4).x)
     x = fn(jnp.asarray(x_T, jnp.float32), 1e-4)
     assert x.dtype == jnp.float32
     assert float(testing.rmse(x, jnp.asarray(gt, jnp.float32))) < 1e-3
@@ -152,7 +158,7 @@ def test_max_steps_exhausted_raises():
     gmm = testing.ring_mixture()
     x_T = sched.prior_sample(jax.random.key(5), (4, 2))
     with pytest.raises(RuntimeError, match="max_steps"):
-        solve_ode(gmm.eps_fn(sched), sched, x_T, rtol=1e-8, atol=1e-8, max_steps=3)
+        solve_ode(as_model(gmm.eps_fn(sched), sched), x_T, rtol=1e-8, atol=1e-8, max_steps=3)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -175,7 +181,7 @@ def test_bad_arguments(kwargs, match):
     gmm = testing.ring_mixture()
     x_T = kwargs.pop("x_T", jnp.zeros((2, 2)))
     with pytest.raises(ValueError, match=match):
-        solve_ode(gmm.eps_fn(sched), sched, x_T, **kwargs)
+        solve_ode(as_model(gmm.eps_fn(sched), sched), x_T, **kwargs)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -188,4 +194,4 @@ def test_bad_types(kwargs, match):
     sched = kwargs.pop("schedule", schedules.vp_linear())
     model = kwargs.pop("model_fn", testing.ring_mixture().eps_fn(schedules.vp_linear()))
     with pytest.raises(TypeError, match=match):
-        solve_ode(model, sched, kwargs.pop("x_T", jnp.zeros((2, 2))))
+        solve_ode(as_model(model, sched), kwargs.pop("x_T", jnp.zeros((2, 2))))

@@ -2,7 +2,6 @@
 sharding and sample-quality metrics. See ``deis-jax train --help`` for the command line."""
 
 from deis_jax.training.checkpoint import MARKER
-from deis_jax.training.checkpoint import LoadedModel
 from deis_jax.training.checkpoint import RefusedError
 from deis_jax.training.checkpoint import checkpoint_dir
 from deis_jax.training.checkpoint import checkpoint_manager
@@ -70,7 +69,6 @@ __all__ = [
     "Dataset",
     "DiffusionSpec",
     "FitResult",
-    "LoadedModel",
     "NoisyClassifier",
     "RefusedError",
     "TrainConfig",

@@ -27,19 +27,18 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from typing import Any, Callable, NamedTuple
+from typing import Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from deis_jax._checks import all_finite, check_int, check_writable_dir
-from deis_jax.schedules import Schedule
+from deis_jax.model import Model
 from deis_jax.training.spec import DiffusionSpec
 
 __all__ = [
     "MARKER",
-    "LoadedModel",
     "RefusedError",
     "checkpoint_dir",
     "checkpoint_manager",
@@ -272,44 +271,9 @@ def restore_checkpoint(directory, template=None, *, step: int | None = None,
     return (tree if template is None else type(template)(**tree)), meta
 
 
-class LoadedModel(NamedTuple):
-    """A trained model ready for :func:`deis_jax.sample` and
-    :func:`deis_jax.adaptive.solve_ode` with ``params=``.
-
-    Attributes:
-      model_fn: ``model_fn(params, x, t)``, predicting ``prediction`` (see
-        :meth:`DiffusionSpec.sampling_model`); a bound method of a Flax module (or a partial
-        of one), which the samplers compare by the module's value, so every model of the
-        same spec -- and new parameters -- reuses the compiled sampler.
-      schedule: the training schedule.
-      prediction: pass as ``sample(..., prediction=prediction)``.
-      spec: the recorded :class:`DiffusionSpec`.
-      params: the parameters (EMA by default); pass as ``sample(..., params=params)``.
-      step: the training step of the parameters.
-      meta: the full metadata record.
-
-    :func:`load_model` has an example.
-    """
-
-    model_fn: Callable
-    schedule: Schedule
-    prediction: str
-    spec: DiffusionSpec
-    params: Any
-    step: int
-    meta: dict
-
-    @classmethod
-    def from_spec(cls, spec: DiffusionSpec, params, *, step: int = 0,
-                  meta: dict | None = None) -> "LoadedModel":
-        """The model of ``spec`` with ``params`` held in memory (e.g. during training)."""
-        model_fn, prediction = spec.sampling_model()
-        meta = {"spec": spec, "step": step} if meta is None else meta
-        return cls(model_fn, spec.build_schedule(), prediction, spec, params, step, meta)
-
-
-def load_model(directory, *, step: int | None = None, ema: bool = True) -> LoadedModel:
-    """Load a checkpoint as a sampler (EMA parameters unless ``ema=False``).
+def load_model(directory, *, step: int | None = None, ema: bool = True) -> Model:
+    """Load a checkpoint as a :class:`deis_jax.Model` (EMA parameters unless ``ema=False``;
+    ``model.info`` holds the ``spec``, the ``step`` and the whole ``meta`` record).
 
     Reads only the parameters and the metadata (not the optimizer state) of the newest intact
     step, warning about any newer step it had to skip (see the module docstring), or of
@@ -317,12 +281,12 @@ def load_model(directory, *, step: int | None = None, ema: bool = True) -> Loade
 
     Example::
 
-        m = load_model("runs/checkerboard")
-        x_T = m.schedule.prior_sample(jax.random.key(0), (512, *m.spec.data["shape"]))
-        x0 = deis_jax.sample(m.model_fn, m.schedule, x_T, params=m.params, solver="tab3",
-                             nfe=10, prediction=m.prediction)
+        model = load_model("runs/checkerboard")
+        shape = model.info["spec"].data["shape"]
+        x_T = model.schedule.prior_sample(jax.random.key(0), (512, *shape))
+        x0 = deis_jax.sample(model, x_T, solver="tab3", nfe=10)
     """
     out, _, _ = _restore(directory, items=("model",), step=step)
     tree, meta = _merge(out)
     params = tree["ema_params"] if ema else tree["params"]
-    return LoadedModel.from_spec(meta["spec"], params, step=int(meta["step"]), meta=meta)
+    return meta["spec"].as_model(params, step=int(meta["step"]), meta=meta)

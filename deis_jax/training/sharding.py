@@ -10,9 +10,8 @@ Example::
     mesh = make_mesh()                              # all devices on one "batch" axis
     state = replicate(state, mesh)
     state, metrics = train_step(state, shard_batch(batch, mesh))
-    model_fn, prediction = spec.sampling_model()     # model_fn(params, x, t)
-    x0 = deis_jax.sample(model_fn, schedule, shard_batch(x_T, mesh), params=state.ema_params,
-                         solver="tab3", nfe=10, prediction=prediction)
+    model = spec.as_model(state.ema_params)          # a deis_jax.Model
+    x0 = deis_jax.sample(model, shard_batch(x_T, mesh), solver="tab3", nfe=10)
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What a checkpoint must record to sample: model config, schedule, loss and parameterisation.
 
 :class:`DiffusionSpec` is JSON-serialisable; ``spec.sampling_model()`` returns the
-``(model_fn, prediction)`` pair that :func:`deis_jax.sample` takes with ``params=``, so
+``spec.as_model(params)`` returns the :class:`deis_jax.Model` every entry point takes, so
 sampling needs nothing but the checkpoint.
 """
 
@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
 from deis_jax._checks import check_choice, check_scalar, check_type
 from deis_jax.models import model_from_config
-from deis_jax.parameterization import discrete_time_model, edm_precondition
+from deis_jax.model import Model, as_model
+from deis_jax.parameterization import edm_precondition
 from deis_jax.schedules import FAMILIES, Schedule, check_range
 from deis_jax.training.losses import check_loss_options
 
@@ -112,39 +113,37 @@ class DiffusionSpec:
     def build_schedule(self) -> Schedule:
         return schedule_from_dict(self.schedule)
 
-    def sampling_model(self) -> tuple[Callable, str]:
-        """``(model_fn, prediction)`` for ``deis_jax.sample(..., params=params)``.
+    def as_model(self, params, *, step: int = 0, meta: dict | None = None) -> Model:
+        """The trained network with ``params`` as a :class:`deis_jax.Model`; ``model.info``
+        holds ``{"spec": self, "step": step, "meta": meta}``.
 
-        ``model_fn(params, x, t)`` (for a class-conditional model also ``model_fn(params, x,
-        t, label)``, the form :func:`deis_jax.guidance.classifier_free` takes; without a
-        label it is the unconditional prediction, the null label's) is the network's
-        ``apply`` (a bound method of a Flax module, which compares by value), or a ``functools.partial`` of a module-level function with
-        the module and the loss's static constants (EDM preconditioning, DDPM step index).
-        Rebuilding it -- a new :func:`~deis_jax.training.load_model`, every evaluation during
-        training -- therefore reuses the compiled sampler.
+        The network is the Flax module's ``apply`` (a bound method, which compares by the
+        module's value), or a ``functools.partial`` of a module-level function with the module
+        and the loss's constants (EDM preconditioning), so every model of the same spec -- a
+        new :func:`~deis_jax.training.load_model`, every evaluation during training, new
+        parameters -- reuses the compiled sampler. A class-conditional network takes its label
+        as the condition (``model.replace(cond=labels)``); without one it gives the
+        unconditional (null-label) prediction. A ``"ddpm"``-loss network takes the DDPM step
+        ``N t - 1`` (``timestep="index"``).
 
         Example::
 
-            model_fn, prediction = spec.sampling_model()
-            x0 = deis_jax.sample(model_fn, spec.build_schedule(), x_T, params=params,
-                                 solver="tab3", nfe=10, prediction=prediction)
+            model = spec.as_model(params)
+            x0 = deis_jax.sample(model, x_T, solver="tab3", nfe=10)
         """
-        model = self.build_model()
+        module = self.build_model()
+        meta = {"spec": self, "step": step} if meta is None else meta
+        info = {"spec": self, "step": step, "meta": meta}
+        schedule = self.build_schedule()
         if self.loss == "edm":
-            return functools.partial(_edm_denoiser, model, self.sigma_data), "edm"
-        if self.loss == "ddpm":
-            n_train = len(self.schedule["params"]["log_alpha"])
-            return functools.partial(_discrete_time_net, model, n_train), "eps"
-        return model.apply, self.prediction
+            network = functools.partial(_edm_denoiser, module, self.sigma_data)
+            return Model(network, params, schedule, "edm", "rho", None, None, info=info)
+        timestep = "index" if self.loss == "ddpm" else "t"
+        return as_model(module, schedule, params=params, prediction=self.prediction,
+                        timestep=timestep).replace(info=info)
 
 
 def _edm_denoiser(model, sigma_data: float, params, y, rho, label=None):
     """The EDM denoiser ``D(y; rho)`` of the raw network ``model`` (``edm_precondition``)."""
     net = functools.partial(model.apply, params, label=label)
     return edm_precondition(net, sigma_data)(y, rho)
-
-
-def _discrete_time_net(model, n_train: int, params, x, t, label=None):
-    """``model`` trained on DDPM steps ``0..n_train-1``, queried at continuous ``t``."""
-    net = functools.partial(model.apply, params, label=label)
-    return discrete_time_model(net, n_train)(x, t)
