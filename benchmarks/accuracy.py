@@ -32,7 +32,8 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from deis_jax import get_solver, sample, schedules, solver_names, testing, timesteps  # noqa: E402
+from deis_jax import (as_model, get_solver, make_plan, sample, schedules,  # noqa: E402
+                      solver_names, testing)
 
 NFES = (5, 6, 8, 10, 12, 15, 20, 25, 50)
 GRIDS = ("quadratic", "log_snr", "edm", "uniform")
@@ -52,16 +53,20 @@ def deterministic_solvers():
     return [n for n in solver_names() if not get_solver(n).stochastic]
 
 
-def reachable(name, nfe):
-    """``(solver, steps)`` making exactly ``nfe`` calls (DPM-Solver-fast: its plan for
-    ``nfe``), or None."""
-    solver = get_solver(name)
-    if solver.for_nfe is not None:
-        solver = solver.for_nfe(solver, nfe)
+def reachable(sched, name, nfe, grid):
+    """The :class:`deis_jax.Plan` making exactly ``nfe`` calls on ``grid`` (DPM-Solver-fast:
+    its plan for ``nfe``), or None."""
     try:
-        return solver, solver.steps_for_nfe(nfe)
+        return make_plan(sched, name, nfe=nfe, grid=grid)
     except ValueError:
         return None
+
+
+@jax.jit
+def _run(model, x, plan):
+    """One executable per solver plan and grid length: the model, ``x_T`` and the plan's
+    grid and coefficients are data."""
+    return sample(model, x, plan, check_finite=False)
 
 
 def run(quick: bool = False, only=None):
@@ -86,18 +91,14 @@ def run(quick: bool = False, only=None):
                 "max_steps": int(steps.max()),
                 "seconds": time.perf_counter() - t0,
             }
-            eps_fn = gmm.eps_fn(sched)
+            model = as_model(gmm.eps_fn(sched), sched)
             for name in names:
                 for nfe in nfes:
-                    plan = reachable(name, nfe)
-                    if plan is None:
-                        continue
-                    solver, n_steps = plan
-                    fn = jax.jit(lambda x, ts, solver=solver: sample(
-                        eps_fn, sched, x, solver=solver, ts=ts, check_finite=False))
                     for grid in grids:
-                        ts = timesteps(sched, n_steps, grid)
-                        x = fn(x_T, ts)
+                        plan = reachable(sched, name, nfe, grid)
+                        if plan is None:
+                            continue
+                        x = _run(model, x_T, plan)
                         flips = np.asarray(testing.mode_flips(gmm, x, gt))
                         err = np.asarray(testing.rmse(x, gt, axis=-1))
                         finite = bool(np.all(np.isfinite(np.asarray(x))))
@@ -116,15 +117,16 @@ def run(quick: bool = False, only=None):
 
 def float32_check(gmm, sched, x_T, gt):
     """RMSE of tAB3 at NFE 10 run in float32 vs in float64, against the same ground truth."""
-    err64 = float(testing.rmse(sample(gmm.eps_fn(sched), sched, x_T, solver="tab3", nfe=10),
-                               gt))
+    err64 = float(testing.rmse(sample(as_model(gmm.eps_fn(sched), sched), x_T, solver="tab3",
+                                      nfe=10), gt))
     gt_np, x_np = np.asarray(gt), np.asarray(x_T, np.float32)
     with jax.enable_x64(False):
         gmm32 = testing.GaussianMixture(*(jnp.asarray(np.asarray(a), jnp.float32) for a in gmm))
         sched32 = type(sched)(sched.family, {k: jnp.asarray(np.asarray(v), jnp.float32)
                                              for k, v in sched.params.items()},
                               sched.t_min, sched.t_max)
-        x32 = sample(gmm32.eps_fn(sched32), sched32, jnp.asarray(x_np), solver="tab3", nfe=10)
+        x32 = sample(as_model(gmm32.eps_fn(sched32), sched32), jnp.asarray(x_np), solver="tab3",
+                     nfe=10)
         assert x32.dtype == jnp.float32
         err32 = float(np.sqrt(np.mean((np.asarray(x32, np.float64) - gt_np) ** 2)))
     return {"rmse_float64": err64, "rmse_float32": err32}

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deis_jax import schedules, testing, timesteps
+from deis_jax import as_model, schedules, testing, timesteps
 from deis_jax.inversion import decode, encode, reconstruction_error
 from deis_jax.likelihood import fixed_grid_log_likelihood, log_likelihood
 
@@ -56,7 +56,7 @@ def _data(d, n, seed=0):
     sched = schedules.vp_linear()
     gmm = testing.gaussian_mixture(d, 4, std=0.5, seed=seed)
     x = gmm.sample_marginal(jax.random.key(seed), n, sched.t_min, sched)
-    return sched, gmm, gmm.eps_fn(sched), x
+    return sched, gmm, as_model(gmm.eps_fn(sched), sched), x
 
 
 def likelihood_rows():
@@ -65,9 +65,9 @@ def likelihood_rows():
         sched, gmm, model, x = _data(d, 64)
         exact = gmm.marginal_logp(x, sched.t_min, sched)
         for tol in TOLS:
-            out = jax.block_until_ready(log_likelihood(model, sched, x, rtol=tol, atol=tol))
+            out = jax.block_until_ready(log_likelihood(model, x, rtol=tol, atol=tol))
             start = time.perf_counter()  # compiled once (the tolerances are traced): timed
-            out = jax.block_until_ready(log_likelihood(model, sched, x, rtol=tol, atol=tol))
+            out = jax.block_until_ready(log_likelihood(model, x, rtol=tol, atol=tol))
             seconds = time.perf_counter() - start
             ode = out.delta_logp + gmm.marginal_logp(out.x_T, sched.t_max, sched)
             rows.append(dict(d=d, rtol=tol, nfe=int(out.nfe),
@@ -86,7 +86,7 @@ def fixed_grid_rows():
         for solver in ("ddim", "tab3"):
             for nfe in (10, 20, 40, 80):
                 run = jax.jit(lambda x, solver=solver, nfe=nfe: fixed_grid_log_likelihood(
-                    model, sched, x, solver=solver, nfe=nfe, grid="log_snr").logp)
+                    model, x, solver=solver, nfe=nfe, grid="log_snr").logp)
                 jax.block_until_ready(run(x))
                 start = time.perf_counter()
                 logp = jax.block_until_ready(run(x))
@@ -99,13 +99,13 @@ def fixed_grid_rows():
 
 def hutchinson_rows():
     sched, _, model, x = _data(64, 8, seed=3)
-    exact = log_likelihood(model, sched, x).logp
+    exact = log_likelihood(model, x).logp
     rows = []
     keys = jax.random.split(jax.random.key(11), 32)
     for probe in ("rademacher", "gaussian"):
         for k in KS:
             run = jax.jit(jax.vmap(lambda key, k=k, probe=probe: log_likelihood(
-                model, sched, x, divergence="hutchinson", probe=probe, n_probes=k,
+                model, x, divergence="hutchinson", probe=probe, n_probes=k,
                 key=key).logp))
             draws = run(keys)  # (32, 8)
             std = jnp.std(draws, axis=0, ddof=1)
@@ -125,12 +125,10 @@ def inversion_rows():
             errs, enc, dec = [], [], []
             for n in STEPS:
                 ts = timesteps(sched, n, grid)
-                _, err = reconstruction_error(model, sched, x, solver=solver, ts=ts)
+                _, err = reconstruction_error(model, x, solver=solver, ts=ts)
                 errs.append(float(jnp.mean(err)))
-                enc.append(float(testing.rmse(encode(model, sched, x, solver=solver, ts=ts),
-                                              z_true)))
-                dec.append(float(testing.rmse(decode(model, sched, z_true, solver=solver,
-                                                     ts=ts), x)))
+                enc.append(float(testing.rmse(encode(model, x, solver=solver, ts=ts), z_true)))
+                dec.append(float(testing.rmse(decode(model, z_true, solver=solver, ts=ts), x)))
             slopes = [float(np.log2(a / b)) for a, b in zip(errs, errs[1:])]
             rows.append(dict(solver=solver, grid=grid, errors=errs, slopes=slopes,
                              encode_errors=enc, decode_errors=dec))
@@ -148,7 +146,8 @@ def digits_model(work: pathlib.Path, conditional: bool, steps: int = DIGIT_STEPS
     """The small digits U-Net (class-conditional with label dropout 0.1, or not) trained for
     ``steps`` into ``work/digits_{cond,uncond}``; a finished checkpoint there is loaded.
 
-    Returns ``(LoadedModel, data, train_seconds)``."""
+    Returns ``(model, data, train_seconds)``: the loaded :class:`deis_jax.Model` (its
+    ``info`` holds the spec, step and metadata)."""
     from deis_jax.training import (
         TrainConfig, default_spec, fit, latest_step, load_dataset, load_model)
 
@@ -160,7 +159,7 @@ def digits_model(work: pathlib.Path, conditional: bool, steps: int = DIGIT_STEPS
                              log_every=500, ckpt_every=1000, keep=1)
         fit(spec, data, config, ckpt_dir=ckpt, progress="log")
     model = load_model(ckpt)
-    return model, data, float(model.meta["train_seconds"])
+    return model, data, float(model.info["meta"]["train_seconds"])
 
 
 INV_NFES = (10, 20, 50, 100, 200)
@@ -188,10 +187,8 @@ def bits_per_dim(work: pathlib.Path, n_exact: int = 32):
 
     def run(x, key, divergence, **kw):
         start = time.perf_counter()
-        out = log_likelihood(model.model_fn, model.schedule, x, params=model.params,
-                             data_range=DIGITS_RANGE, n_bins=N_BINS, rtol=1e-5, atol=1e-5,
-                             prediction=model.prediction, divergence=divergence, key=key,
-                             **kw)
+        out = log_likelihood(model, x, data_range=DIGITS_RANGE, n_bins=N_BINS, rtol=1e-5,
+                             atol=1e-5, divergence=divergence, key=key, **kw)
         bpd = np.asarray(jax.block_until_ready(out.bpd))
         return dict(divergence=divergence, n=int(x.shape[0]), bpd=float(bpd.mean()),
                     bpd_std=float(bpd.std()), nfe=int(out.nfe),
@@ -220,18 +217,17 @@ def digits_inversion(work: pathlib.Path):
 
     model, data, _ = digits_model(work, conditional=False)
     x = jnp.asarray(data.test)
-    kw = dict(params=model.params, prediction=model.prediction, grid="log_snr")
-    z_ref = encode(model.model_fn, model.schedule, x, solver="tab3", nfe=400, **kw)
+    kw = dict(grid="log_snr")
+    z_ref = encode(model, x, solver="tab3", nfe=400, **kw)
     rows = []
     for solver in ("ddim", "tab3"):
         for nfe in INV_NFES:
             start = time.perf_counter()
-            _, err = reconstruction_error(model.model_fn, model.schedule, x, solver=solver,
-                                          nfe=nfe, **kw)
+            _, err = reconstruction_error(model, x, solver=solver, nfe=nfe, **kw)
             err = np.asarray(err)
             seconds = time.perf_counter() - start
-            z = encode(model.model_fn, model.schedule, x, solver=solver, nfe=nfe, **kw)
-            x_dec = decode(model.model_fn, model.schedule, z_ref, solver=solver, nfe=nfe, **kw)
+            z = encode(model, x, solver=solver, nfe=nfe, **kw)
+            x_dec = decode(model, z_ref, solver=solver, nfe=nfe, **kw)
             rows.append(dict(solver=solver, nfe=nfe, rmse=float(err.mean()),
                              mse=float(np.mean(err**2)), seconds=seconds,
                              encode_rmse=float(testing.rmse(z, z_ref)),
@@ -240,12 +236,12 @@ def digits_inversion(work: pathlib.Path):
         jax.clear_caches()
     first = [int(np.flatnonzero(data.test_labels == c)[0]) for c in range(10)]
     ends = x[np.asarray(first)]  # pairs 0-1, 2-3, 4-5, 6-7, 8-9: the first of each class
-    z = encode(model.model_fn, model.schedule, ends, solver="tab3", nfe=100, **kw)
+    z = encode(model, ends, solver="tab3", nfe=100, **kw)
     z0, z1 = z[0::2], z[1::2]
     weights = jnp.linspace(0.0, 1.0, 9)
     path = jax.vmap(lambda w: slerp(z0, z1, w))(weights)  # (9, pairs, ...)
     path = jnp.swapaxes(path, 0, 1).reshape((-1, *data.shape))
-    frames = decode(model.model_fn, model.schedule, path, solver="tab3", nfe=100, **kw)
+    frames = decode(model, path, solver="tab3", nfe=100, **kw)
     save_image_grids(str(RESULTS / "applications_interpolation.png"),
                      {"slerp of tAB3 latents (NFE 100), decoded": np.asarray(frames)}, cols=9)
     return dict(rows=rows, n=int(x.shape[0]))
@@ -273,11 +269,11 @@ def _class_stats(clf, samples, labels):
 
 
 def _scale_sweep(model, guide, scales, n_per_class, shape, extra=None):
-    """Samples of ``guide(labels, scale, extra)`` (a guided model) with tAB3 at NFE 10 for
-    every scale, ``n_per_class`` per class from one ``x_T``, in one jitted ``jax.vmap`` over
-    the scale (the parameters and ``extra`` are data). Returns ``(samples (S, n, ...), rows
-    of :func:`_class_stats` per scale, seconds of the first call, seconds of a second,
-    compiled, call)``."""
+    """Samples of ``guide(model, labels, scale, extra)`` (a guided :class:`deis_jax.Model`)
+    with tAB3 at NFE 10 for every scale, ``n_per_class`` per class from one ``x_T``, in one
+    jitted ``jax.vmap`` over the scale (the model -- its parameters -- and ``extra`` are
+    data). Returns ``(samples (S, n, ...), rows of :func:`_class_stats` per scale, seconds of
+    the first call, seconds of a second, compiled, call)``."""
     from deis_jax import sample
     from deis_jax.training import digit_classifier
 
@@ -285,17 +281,16 @@ def _scale_sweep(model, guide, scales, n_per_class, shape, extra=None):
     x_T = model.schedule.prior_sample(jax.random.key(5), (labels.shape[0], *shape))
 
     @jax.jit
-    def run(scales, params, extra):
+    def run(scales, model, extra):
         def one(w):
-            return sample(guide(labels, w, extra), model.schedule, x_T, params=params,
-                          solver="tab3", nfe=10, prediction=model.prediction)
+            return sample(guide(model, labels, w, extra), x_T, solver="tab3", nfe=10)
         return jax.vmap(one)(scales)
 
     scales = jnp.asarray(scales, jnp.float32)
     seconds = []
     for _ in range(2):
         start = time.perf_counter()
-        out = jax.block_until_ready(run(scales, model.params, extra))
+        out = jax.block_until_ready(run(scales, model, extra))
         seconds.append(time.perf_counter() - start)
     out, clf = np.clip(np.asarray(out), -1, 1), digit_classifier()
     rows = [dict(scale=float(w), **_class_stats(clf, x, np.asarray(labels)))
@@ -313,8 +308,9 @@ def cfg(work: pathlib.Path, n_per_class: int = 100):
 
     model, data, train_s = digits_model(work, conditional=True)
 
-    def guide(labels, w, _):
-        return classifier_free(model.model_fn, labels, w, n_classes=10)
+    def guide(model, labels, w, _):  # null label: class 10 (of 10 classes)
+        return classifier_free(model.replace(cond=labels), w,
+                               null_cond=jnp.full_like(labels, 10))
 
     out, rows, first, again = _scale_sweep(model, guide, CFG_SCALES, n_per_class, data.shape)
     panels = {f"w = {w:g}": x[:80] for w, x in zip(CFG_SCALES, out) if w in (0.0, 1.0, 3.0, 6.0)}
@@ -349,9 +345,9 @@ def classifier(work: pathlib.Path, steps: int = 3000, n_per_class: int = 100):
         pred = jnp.argmax(clf.classifier_fn(clf.params, x_t, tt), -1)
         accuracy.append(float(jnp.mean(pred == data.test_labels)))
 
-    def guide(labels, s, clf_params):
-        return classifier_guidance(model.model_fn, clf.classifier_fn, labels, s, n_classes=10,
-                                   schedule=model.schedule, classifier_params=clf_params)
+    def guide(model, labels, s, clf_params):
+        return classifier_guidance(model, clf.classifier_fn, s, label=labels,
+                                   classifier_params=clf_params)
 
     _, rows, seconds, _ = _scale_sweep(model, guide, CLF_SCALES, n_per_class, data.shape,
                                        clf.params)
@@ -379,8 +375,7 @@ def inpainting(work: pathlib.Path):
     for solver, nfe in (("pc", 20), ("pc", 100), ("pc", 1000), ("tab3", 10), ("tab3", 20),
                         ("tab3", 50)):
         start = time.perf_counter()
-        x = inpaint(model.model_fn, model.schedule, x_T, y, mask, key=jax.random.key(4),
-                    params=model.params, prediction=model.prediction, solver=solver, nfe=nfe)
+        x = inpaint(model, x_T, y, mask, key=jax.random.key(4), solver=solver, nfe=nfe)
         x = np.clip(np.asarray(jax.block_until_ready(x)), -1, 1)
         seconds = time.perf_counter() - start
         probs = np.asarray(clf.probs(x))

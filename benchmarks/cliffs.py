@@ -33,7 +33,7 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
 
-from deis_jax import get_solver, schedules, testing, timesteps  # noqa: E402
+from deis_jax import as_model, get_solver, make_plan, schedules, testing  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "tests"))  # the shared sweep helper lives with the tests
@@ -84,8 +84,8 @@ def run(quick=False, only=None):
                    for r in records):
                 continue
             t0 = time.perf_counter()
-            grids = [timesteps(sched, solver.steps_for_nfe(n), g) for g in GRIDS for n in NFES]
-            xs = np.asarray(sweep(solver, gmm.eps_fn(sched), sched, x_T, grids))
+            grids = [make_plan(sched, solver, nfe=n, grid=g).ts for g in GRIDS for n in NFES]
+            xs = np.asarray(sweep(solver, as_model(gmm.eps_fn(sched), sched), x_T, grids))
             sq = np.mean((xs - gt[None]) ** 2, axis=-1)  # (runs, batch)
             err = np.where(np.all(np.isfinite(xs), axis=(1, 2)), np.sqrt(sq.mean(-1)), np.inf)
             flipped = np.stack([np.asarray(testing.mode_flips(gmm, x, gt)) for x in xs])

@@ -32,7 +32,7 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
 
-from deis_jax import get_solver, schedules, solver_names, testing, timesteps  # noqa: E402
+from deis_jax import as_model, get_solver, make_plan, schedules, solver_names, testing  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "tests"))  # the shared sweep helper lives with the tests
@@ -51,15 +51,13 @@ def problems(quick: bool):
     return [(n, g, b // 4) for n, g, b in out] if quick else out
 
 
-def plans(name, nfes):
-    """``{nfe: (solver, steps)}`` for the NFEs the solver can make exactly."""
+def plans(sched, name, nfes):
+    """``{nfe: {grid: Plan}}`` for the NFEs the solver can make exactly (DPM-Solver-fast: its
+    plan for each NFE), on every grid of :data:`GRIDS`."""
     out = {}
     for nfe in nfes:
-        solver = get_solver(name)
-        if solver.for_nfe is not None:
-            solver = solver.for_nfe(solver, nfe)
         try:
-            out[nfe] = (solver, solver.steps_for_nfe(nfe))
+            out[nfe] = {grid: make_plan(sched, name, nfe=nfe, grid=grid) for grid in GRIDS}
         except ValueError:
             continue
     return out
@@ -82,17 +80,17 @@ def run(quick: bool):
         gt_checks[pname] = {"rmse_vs_half_tolerance": float(testing.rmse(gt, half)),
                             "max_steps": int(steps.max()),
                             "seconds": time.perf_counter() - t0}
-        model = gmm.velocity_fn(sched)
+        model = as_model(gmm.velocity_fn(sched), sched, prediction="velocity")
         for name in names:
             t1 = time.perf_counter()
             by_solver = {}  # one compiled sweep per step plan (DPM-Solver-fast: per NFE)
-            for nfe, (solver, n_steps) in plans(name, nfes).items():
-                by_solver.setdefault(solver.final_steps, (solver, []))[1].append((nfe, n_steps))
+            for nfe, by_grid in plans(sched, name, nfes).items():
+                solver = by_grid[GRIDS[0]].solver
+                by_solver.setdefault(solver.final_steps, (solver, []))[1].append((nfe, by_grid))
             for solver, cells in by_solver.values():
                 runs = [(nfe, grid) for nfe, _ in cells for grid in GRIDS]
-                grids = [timesteps(sched, n_steps, grid) for _, n_steps in cells
-                         for grid in GRIDS]
-                xs = np.asarray(sweep(solver, model, sched, x_T, grids, prediction="velocity"))
+                grids = [by_grid[grid].ts for _, by_grid in cells for grid in GRIDS]
+                xs = np.asarray(sweep(solver, model, x_T, grids))
                 for (nfe, grid), x in zip(runs, xs):
                     finite = bool(np.all(np.isfinite(x)))
                     flips = np.asarray(testing.mode_flips(gmm, x, gt)) if finite else None

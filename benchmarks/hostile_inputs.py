@@ -17,14 +17,18 @@ Outcomes:
 
 Categories follow issue 10: ``1-training`` (NaN/inf in training), ``2-checkpoints``,
 ``3-cli``, ``4-numeric`` (values that used to give silent wrong answers: schedules, grids,
-times, directions, x_T), ``5-types`` (keys, hooks, schedules, models, registries, configs).
+times, directions, x_T), ``5-types`` (keys, hooks, schedules, models -- the one door
+``as_model``: networks, predictions, time inputs, conditions, compute dtypes, guidance --,
+plans, the old call forms, registries, configs).
 
     python benchmarks/hostile_inputs.py                 # all categories (~5-10 min, 2 cores)
     python benchmarks/hostile_inputs.py --only 4-numeric --verbose
     python benchmarks/hostile_inputs.py --out benchmarks/results/hostile_inputs.md
 
-The script only uses the public API, so the same file runs on older commits of the library
-(that is how the "before" column of ``results/hostile_inputs.md`` was measured).
+The script only uses the public API. Since the one-door API (issue 27: every entry point takes
+a ``deis_jax.Model`` built by ``as_model``) its cases use that API, so it no longer runs on
+commits before it; the "before" column of ``results/hostile_inputs.md`` was measured by the
+version of this file from before that change, on older commits.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import deis_jax
-from deis_jax import sample, schedules, solve_ode, testing, timesteps
+from deis_jax import as_model, make_plan, sample, schedules, solve_ode, testing, timesteps
 
 OUTCOMES = ("clear", "handled", "internal", "silent", "data_loss")
 CATEGORIES = ("1-training", "2-checkpoints", "3-cli", "4-numeric", "5-types")
@@ -146,28 +150,38 @@ def classify(c: Case) -> tuple[str, str]:
 
 def _downstream(sched):
     """A schedule is usable when a DDIM sample on it is finite."""
-    x = sample(GMM.eps_fn(sched), sched, sched.prior_sample(jax.random.key(0), (4, 2)),
-               solver="ddim", nfe=5)
+    x = sample(as_model(GMM.eps_fn(sched), sched),
+               sched.prior_sample(jax.random.key(0), (4, 2)), solver="ddim", nfe=5)
     return _finite(x)
 
 
-def _sample(**kw):
+MODEL_ARGS = ("params", "prediction", "timestep", "cond", "dtype")
+
+
+def _model(kw):
+    """The case's model: ``as_model(network, schedule, **options)``, with ``network``,
+    ``schedule`` and the options of :data:`MODEL_ARGS` popped from ``kw`` (default: the
+    mixture's exact eps under VP-linear)."""
     sched = kw.pop("schedule", schedules.vp_linear())
-    model = kw.pop("model_fn", GMM.eps_fn(sched))
+    network = kw.pop("network", GMM.eps_fn(sched))
+    return as_model(network, sched, **{k: kw.pop(k) for k in MODEL_ARGS if k in kw})
+
+
+def _sample(**kw):
+    model = _model(kw)
     x_T = kw.pop("x_T", jnp.ones((4, 2)))
     kw.setdefault("solver", "ddim")
     if "ts" not in kw:
         kw.setdefault("nfe", 5)
-    return sample(model, sched, x_T, **kw)
+    return sample(model, x_T, **kw)
 
 
 def _solve(**kw):
-    sched = kw.pop("schedule", schedules.vp_linear())
-    model = kw.pop("model_fn", GMM.eps_fn(sched))
+    model = _model(kw)
     x_T = kw.pop("x_T", jnp.ones((4, 2)))
     kw.setdefault("rtol", 1e-3)
     kw.setdefault("atol", 1e-3)
-    return solve_ode(model, sched, x_T, **kw)
+    return solve_ode(model, x_T, **kw)
 
 
 def _grid_ok(ts, sched=None) -> bool:
@@ -384,10 +398,10 @@ def types_cases():
     # schedules of the wrong type
     for label, s in {"a string": "vp_linear", "None": None, "a dict": {"beta_min": 0.1},
                      "a solver": deis_jax.get_solver("ddim")}.items():
-        case("5-types", f"sample(schedule={label})",
-             lambda s=s: sample(eps, s, jnp.ones((4, 2)), solver="ddim", nfe=5), ("schedule",))
-        case("5-types", f"solve_ode(schedule={label})",
-             lambda s=s: solve_ode(eps, s, jnp.ones((4, 2))), ("schedule",))
+        case("5-types", f"as_model(network, schedule={label})", lambda s=s: as_model(eps, s),
+             ("schedule",))
+        case("5-types", f"make_plan(schedule={label})",
+             lambda s=s: make_plan(s, "ddim", nfe=5), ("schedule",))
         case("5-types", f"timesteps(schedule={label})", lambda s=s: timesteps(s, 5),
              ("schedule",))
 
@@ -406,9 +420,9 @@ def types_cases():
         case("5-types", f"solve_ode(x_T={label})", lambda x=x: _solve(x_T=x).x,
              ("x_T", tok))
 
-    # models
+    # networks (through the one door, as_model)
     models = {
-        "not callable (42)": 42, "None": None,
+        "not callable (42)": 42, "None": None, "a string": "eps",
         "returning int32": lambda x, t: jnp.zeros(x.shape, jnp.int32),
         "returning complex": lambda x, t: jnp.zeros(x.shape, jnp.complex64),
         "returning another shape": lambda x, t: x[:, :1],
@@ -418,24 +432,17 @@ def types_cases():
         "raising inside": lambda x, t: x @ jnp.ones((5, 5)),
     }
     for label, m in models.items():
-        case("5-types", f"sample(model_fn {label})", lambda m=m: _sample(model_fn=m),
-             ("model_fn",))
-        case("5-types", f"solve_ode(model_fn {label})", lambda m=m: _solve(model_fn=m).x,
-             ("model_fn",))
-    case("5-types", "sample(unhashable callable model) (must work)",
-         lambda: _sample(model_fn=_Unhashable(sched)), accept=lambda x, w: _finite(x))
-    case("5-types", "sample(model needing params, none given)",
-         lambda: _sample(model_fn=lambda p, x, t: x * p), ("params",))
+        case("5-types", f"sample(as_model(network {label}))", lambda m=m: _sample(network=m),
+             ("network",))
+        case("5-types", f"solve_ode(as_model(network {label}))",
+             lambda m=m: _solve(network=m).x, ("network",))
+    case("5-types", "sample(as_model(unhashable callable network)) (must work)",
+         lambda: _sample(network=_Unhashable(sched)), accept=lambda x, w: _finite(x))
+    case("5-types", "sample(as_model(network needing params, none given))",
+         lambda: _sample(network=lambda p, x, t: x * p), ("params",))
+    model_cases(sched, eps)
 
-    # prediction / solver names
-    for p in ("noise", None, 3, "EPS"):
-        case("5-types", f"sample(prediction={p!r})", lambda p=p: _sample(prediction=p),
-             ("prediction",))
-        case("5-types", f"solve_ode(prediction={p!r})", lambda p=p: _solve(prediction=p).x,
-             ("prediction",))
-        case("5-types", f"parameterization.as_eps_fn(prediction={p!r})",
-             lambda p=p: deis_jax.parameterization.as_eps_fn(eps, sched, p),
-             ("prediction",))
+    # solver names
     for s in (3, None, "TAB3", object(), "rk45"):
         case("5-types", f"sample(solver={s!r})", lambda s=s: _sample(solver=s), ("solver",))
     case("5-types", "solve_ode(solver='rk45')", lambda: _solve(solver="rk45").x, ("solver",))
@@ -587,9 +594,8 @@ def _fit_data(train):
 
 def _sample_fitted(result, warns):
     """Training on data the spec does not describe "worked": sampling the spec fails."""
-    from deis_jax import training as T
     from deis_jax.evaluate import draw_samples
-    model = T.LoadedModel.from_spec(_spec(), result.state.ema_params)
+    model = _spec().as_model(result.state.ema_params)
     return _finite(draw_samples(model, 4, solver="ddim", nfe=4))
 
 
@@ -736,8 +742,8 @@ def checkpoint_cases(tmp):
             return T.load_model(path), steps
 
         case("2-checkpoints", f"load_model(newest step damaged: {how})", load,
-             accept=lambda r, w: r[0].step == r[1][-2] and any(str(r[1][-1]) in m
-                                                                for m in w))
+             accept=lambda r, w: r[0].info["step"] == r[1][-2] and any(str(r[1][-1]) in m
+                                                                       for m in w))
 
         def resume(how=how):
             path = tmp / f"resume_{how}"
@@ -758,7 +764,7 @@ def checkpoint_cases(tmp):
         return T.load_model(path)
 
     case("2-checkpoints", "load_model(newest step: optimizer-state storage damaged)", opt_only,
-         accept=lambda m, w: m.step == 20 and _finite(m.params))
+         accept=lambda m, w: m.info["step"] == 20 and _finite(m.params))
 
     def all_damaged():
         path = tmp / "all_damaged"

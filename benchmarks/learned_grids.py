@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deis_jax import sample, schedules, testing, timesteps
+from deis_jax import as_model, sample, schedules, testing, timesteps
 from deis_jax.learned_grids import optimize_timesteps, sweep_grid_family
 
 RESULTS = pathlib.Path(__file__).parent / "results"
@@ -87,8 +87,8 @@ def noises(gmm, sched, seed=0):
     return out
 
 
-def measure(gmm, eps, sched, solver, ts, x, gt):
-    out = sample(eps, sched, x, solver=solver, ts=ts)
+def measure(gmm, model, solver, ts, x, gt):
+    out = sample(model, x, solver=solver, ts=ts)
     row = {"rmse": float(testing.rmse(out, gt))}
     if gmm.dim > 2:
         flips = np.asarray(testing.mode_flips(gmm, out, gt))
@@ -101,16 +101,16 @@ def learn_cell(gmm, sched, data, solver, nfe, batch_size=None, every_start=False
     """Fixed grids, the sweep and the learned grid for one (solver, NFE): started from the
     fixed grid best on validation, or (``every_start``) from each fixed grid, the best
     outcome on validation kept."""
-    eps = gmm.eps_fn(sched)
+    model = as_model(gmm.eps_fn(sched), sched)
     (xc, yc), (xv, yv), (xh, yh) = data["calibration"], data["validation"], data["held_out"]
     n_steps = nfe  # all four solvers take one model call per step
     grids = {k: timesteps(sched, n_steps, k) for k in FIXED}
-    sweep = sweep_grid_family(eps, sched, xc, yc, solver=solver, nfe=nfe)
+    sweep = sweep_grid_family(model, xc, yc, solver=solver, nfe=nfe)
     grids["sweep"] = sweep.ts
-    val = {k: float(testing.rmse(sample(eps, sched, xv, solver=solver, ts=ts), yv))
+    val = {k: float(testing.rmse(sample(model, xv, solver=solver, ts=ts), yv))
            for k, ts in grids.items()}
     names = list(grids) if every_start else [min(val, key=val.get)]
-    res = optimize_timesteps(eps, sched, solver=solver, nfe=nfe, x_T_calibration=xc,
+    res = optimize_timesteps(model, solver=solver, nfe=nfe, x_T_calibration=xc,
                              x_T_validation=xv, teacher=(yc, yv),
                              init_grid=[grids[k] for k in names], batch_size=batch_size,
                              key=jax.random.key(nfe), loss=loss, progress="none", **OPT)
@@ -120,7 +120,7 @@ def learn_cell(gmm, sched, data, solver, nfe, batch_size=None, every_start=False
            "seconds": res.seconds, "best_step": res.best_step, "steps_run": res.steps_run,
            "ts": [float(t) for t in np.asarray(res.ts)]}
     for k, ts in {**grids, "learned": res.ts}.items():
-        row[k] = measure(gmm, eps, sched, solver, ts, xh, yh)
+        row[k] = measure(gmm, model, solver, ts, xh, yh)
     fixed_best = min(row[k]["rmse"] for k in (*FIXED, "sweep"))
     row["gain"] = fixed_best / row["learned"]["rmse"]
     print(f"{solver} nfe {nfe}: fixed best {fixed_best:.3e} learned "
@@ -155,7 +155,7 @@ def tails(mix):
     out = []
     for sname, make in SCHEDULES.items():
         sched = make()
-        eps = gmm.eps_fn(sched)
+        model = as_model(gmm.eps_fn(sched), sched)
         xh, yh = noises(gmm, sched)["held_out"]
         for row in mix[f"ring2d/{sname}"]["rows"]:
             best = min((*FIXED, "sweep"), key=lambda k: row[k]["rmse"])
@@ -164,17 +164,17 @@ def tails(mix):
             cell = {"schedule": sname, "solver": row["solver"], "nfe": row["nfe"],
                     "best_fixed": best}
             for k, grid in ts.items():
-                cell[k] = _tail_stats(eps, sched, row["solver"], grid, xh, yh)
+                cell[k] = _tail_stats(model, row["solver"], grid, xh, yh)
             out.append(cell)
         jax.clear_caches()
     return out
 
 
-def _tail_stats(eps, sched, solver, ts, x, y):
+def _tail_stats(model, solver, ts, x, y):
     """RMSE, median per-sample error and the worst 10 samples' share of the squared error;
     the per-sample error is the RMS over the coordinates (the RMSE is their RMS)."""
     err = np.sort(np.sqrt(np.mean(np.square(np.asarray(
-        sample(eps, sched, x, solver=solver, ts=jnp.asarray(np.asarray(ts), jnp.float32))
+        sample(model, x, solver=solver, ts=jnp.asarray(np.asarray(ts), jnp.float32))
         - y)), axis=-1)))
     return {"rmse": float(np.sqrt(np.mean(err ** 2))), "median": float(np.median(err)),
             "worst10_share": float(np.sum(err[-10:] ** 2) / np.sum(err ** 2))}
@@ -186,13 +186,13 @@ def losses(mix):
     out = []
     for sname, make in SCHEDULES.items():
         sched = make()
-        eps = gmm.eps_fn(sched)
+        model = as_model(gmm.eps_fn(sched), sched)
         data = noises(gmm, sched)
         for row in mix[f"ring2d/{sname}"]["rows"]:
             new = learn_cell(gmm, sched, data, row["solver"], row["nfe"], loss="mean_error")
             out.append({"schedule": sname, "solver": row["solver"], "nfe": row["nfe"],
                         "seconds": new["seconds"], "init": new["init"],
-                        **_tail_stats(eps, sched, row["solver"], new["ts"],
+                        **_tail_stats(model, row["solver"], new["ts"],
                                       *data["held_out"])})
         jax.clear_caches()
     return out
@@ -230,7 +230,7 @@ def transfer(kept):
     for sname, make in SCHEDULES.items():
         sched = make()
         data = noises(other, sched, seed=5)
-        eps = other.eps_fn(sched)
+        model = as_model(other.eps_fn(sched), sched)
         xh, yh = data["held_out"]
         for row in kept[f"ring2d/{sname}"]["rows"]:
             if row["solver"] not in ("tab3", "dpmpp_3m") or row["nfe"] not in (5, 8, 10):
@@ -241,7 +241,7 @@ def transfer(kept):
             out.append({"schedule": sname, "solver": solver, "nfe": nfe,
                         "fixed_best": min(own[k]["rmse"] for k in (*FIXED, "sweep")),
                         "own_learned": own["learned"]["rmse"],
-                        "ring_learned": measure(other, eps, sched, solver, ring_grid, xh,
+                        "ring_learned": measure(other, model, solver, ring_grid, xh,
                                                 yh)["rmse"]})
             print("transfer", out[-1], flush=True)
         jax.clear_caches()
@@ -259,7 +259,7 @@ def digits(steps: int, work: pathlib.Path):
     fit(default_spec(data), data, config, ckpt_dir=str(ckpt), progress="log")
     models = {s: load_model(str(ckpt), step=s) for s in (steps // 2, steps)}
     final = models[steps]
-    train_s = final.meta["train_seconds"]  # cumulative, also when resumed from --work
+    train_s = final.info["meta"]["train_seconds"]  # cumulative, also when resumed from --work
     sched, shape = final.schedule, tuple(data.shape)
     kc, kv, kh = jax.random.split(jax.random.key(21), 3)
     xc = sched.prior_sample(kc, (1024, *shape))
@@ -274,10 +274,9 @@ def digits(steps: int, work: pathlib.Path):
         for step in (steps, steps // 2) if transfer else (steps,):
             m = models[step]
             learned[step] = optimize_timesteps(
-                m.model_fn, sched, params=m.params, prediction=m.prediction, solver=solver,
-                nfe=nfe, x_T_calibration=xc, x_T_validation=xv, batch_size=128,
-                key=jax.random.key(3), init_grid="log_snr", progress="log",
-                model={"step": step}, steps=100, eval_every=10, patience=4)
+                m, solver=solver, nfe=nfe, x_T_calibration=xc, x_T_validation=xv,
+                batch_size=128, key=jax.random.key(3), init_grid="log_snr", progress="log",
+                model_info={"step": step}, steps=100, eval_every=10, patience=4)
         res = learned[steps]
         grids = {k: timesteps(sched, nfe, k) for k in FIXED}
         grids["learned"] = res.ts
@@ -287,9 +286,7 @@ def digits(steps: int, work: pathlib.Path):
                "teacher_seconds": res.teacher_seconds, "validation_error": res.validation_error,
                "init_validation_error": res.init_validation_error}
         for k, ts in grids.items():
-            x = sample(final.model_fn, sched, xh, params=final.params, solver=solver,
-                       ts=jnp.asarray(np.asarray(ts), jnp.float32),
-                       prediction=final.prediction)
+            x = sample(final, xh, solver=solver, ts=jnp.asarray(np.asarray(ts), jnp.float32))
             q = digit_quality(np.asarray(x), data.test)
             row[k] = {"frechet": q.frechet, "recognised": q.recognised}
         print("digits", row, flush=True)

@@ -121,7 +121,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deis_jax import get_solver, sample, schedules, testing, timesteps
+from deis_jax import as_model, get_solver, make_plan, sample, schedules, testing, timesteps
 from deis_jax.solvers import Solver, dpm_solver_pp, logrho_deis, unipc
 from deis_jax.solvers.dpm_solver import fast_orders
 
@@ -154,7 +154,8 @@ class Problem(NamedTuple):
     sched: schedules.Schedule
     x_T: np.ndarray  # (B, d) float64
     gt: np.ndarray  # (B, d) float64 solution at sched.t_min
-    eps_fn: Callable  # eps_fn(x, t), one object per problem (our compiled samplers reuse it)
+    eps_fn: Callable  # eps_fn(x, t), one object per problem (our compiled samplers reuse it:
+    #                   as_model compares a plain function by identity)
     eps_jit: Callable  # jitted eps_fn for the peers' model wrapper
 
 
@@ -673,11 +674,11 @@ def peer_plan(peer: Peer, target: int) -> tuple[int, int]:
 
 def our_plan(solver, target: int) -> tuple[Solver, int, int]:
     """``(solver, steps, nfe)`` of our solver for the requested NFE ``target``
-    (DPM-Solver-fast: its plan for ``target``)."""
+    (DPM-Solver-fast: its plan for exactly ``target``, :func:`deis_jax.make_plan`'s)."""
     solver = get_solver(solver)
-    if solver.for_nfe is not None:
-        solver = solver.for_nfe(solver, target)
-        return solver, solver.steps_for_nfe(target), target
+    if solver.for_nfe is not None:  # the step plan depends on the NFE, not on the schedule
+        plan = make_plan(schedules.vp_linear(), solver, nfe=target)
+        return plan.solver, plan.n_steps, plan.nfe
     n = _nearest_steps(solver.nfe_for_steps, target, solver.min_steps)
     return solver, n, solver.nfe_for_steps(n)
 
@@ -736,8 +737,9 @@ def run_peer(peer: str | Peer, prob: Problem, ts, nfe: int) -> PeerRun:
 def run_ours(solver, prob: Problem, ts) -> np.ndarray:
     """Final sample of our ``solver`` (a name or a :class:`Solver`) on grid ``ts``."""
     with jax.enable_x64(True):
-        x = sample(prob.eps_fn, prob.sched, jnp.asarray(prob.x_T), solver=get_solver(solver),
-                   ts=jnp.asarray(ts, jnp.float64), check_finite=False)
+        x = sample(as_model(prob.eps_fn, prob.sched), jnp.asarray(prob.x_T),
+                   solver=get_solver(solver), ts=jnp.asarray(ts, jnp.float64),
+                   check_finite=False)
         return np.asarray(x, np.float64)
 
 

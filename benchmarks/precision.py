@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deis_jax import sample, schedules, testing
+from deis_jax import as_model, sample, schedules, testing
 from deis_jax.schedules import FAMILIES
 
 RESULTS = pathlib.Path(__file__).parent / "results"
@@ -49,7 +49,7 @@ BF16 = jnp.bfloat16
 
 def bf16_model(eps_fn):
     """The exact model with its output rounded to bfloat16 (its input arrives in bfloat16
-    through ``sample(..., model_dtype="bfloat16")``)."""
+    through ``as_model(..., dtype="bfloat16")``, or from a bfloat16 ``x_T``)."""
 
     def fn(x, t):
         return eps_fn(x, t).astype(BF16)
@@ -75,14 +75,17 @@ def analytic(batch: int = 1000):
                                              sched.t_max, sched.t_min)
             gt = np.asarray(gt)
         eps = gmm.eps_fn(sched)
+        model32 = as_model(eps, sched)
+        bf_fn = bf16_model(eps)
+        model_bf = as_model(bf_fn, sched, dtype="bfloat16")
+        model_bf_from_x = as_model(bf_fn, sched)  # computes in x_T's dtype: bfloat16 below
         for solver in SOLVERS:
             for nfe in NFES:
                 n, grid = grid_for(solver, nfe)
                 run = dict(solver=solver, nfe=n, grid=grid)
-                x32 = sample(eps, sched, x_T.astype(jnp.float32), **run)
-                xb_from32 = sample(bf16_model(eps), sched, x_T.astype(jnp.float32),
-                                   model_dtype="bfloat16", **run)
-                xb_frombf = sample(bf16_model(eps), sched, x_T, **run)
+                x32 = sample(model32, x_T.astype(jnp.float32), **run)
+                xb_from32 = sample(model_bf, x_T.astype(jnp.float32), **run)
+                xb_frombf = sample(model_bf_from_x, x_T, **run)
                 x32, xb = np.asarray(x32, np.float64), np.asarray(xb_from32, np.float64)
                 f32, fb = (np.asarray(testing.mode_flips(gmm, x, gt)) for x in (x32, xb))
                 kept = ~(f32 | fb)
@@ -105,7 +108,7 @@ def nan_sweep():
     out = {}
     for family in FAMILIES:
         sched = schedules.from_name(family)
-        eps = bf16_model(gmm.eps_fn(sched))
+        model = as_model(bf16_model(gmm.eps_fn(sched)), sched)
         x_T = sched.prior_sample(jax.random.key(1), (64, 2)).astype(BF16)
         bad, runs = [], 0
         for solver in SOLVERS:
@@ -113,8 +116,7 @@ def nan_sweep():
                 n, grid = grid_for(solver, nfe)
                 if solver == "edm_heun" and n % 2 == 0:  # Heun reaches odd NFEs only
                     n -= 1
-                x = sample(eps, sched, x_T, solver=solver, nfe=n, grid=grid,
-                           check_finite=False)
+                x = sample(model, x_T, solver=solver, nfe=n, grid=grid, check_finite=False)
                 runs += 1
                 if not bool(jnp.all(jnp.isfinite(x))):
                     bad.append(f"{solver}@{n}")
@@ -138,20 +140,18 @@ def digits(steps: int):
         t0 = time.perf_counter()
         result = fit(spec, data, config, progress="log")
         wall = time.perf_counter() - t0
-        model_fn, prediction = spec.sampling_model()
-        sched = spec.build_schedule()
+        model = spec.as_model(result.state.ema_params)
+        sched = model.schedule
         if x_T is None:
             x_T = sched.prior_sample(jax.random.key(7), (1000, *data.shape))
-        params = result.state.ema_params
-        x = sample(model_fn, sched, x_T, params=params, solver="tab3", nfe=10,
-                   prediction=prediction)
+        x = sample(model, x_T, solver="tab3", nfe=10)
         q = digit_quality(np.asarray(x), data.test)
         out[precision] = {"steps_per_s": result.steps_per_s, "wall_s": wall,
                           "frechet": q.frechet, "recognised": q.recognised}
         if precision == "float32":
-            bf_model = spec.build_model().clone(dtype=BF16)
-            xb = sample(bf_model.apply, sched, x_T, params=params, solver="tab3", nfe=10,
-                        prediction=prediction)
+            # The same model and parameters, its network computing in bfloat16.
+            bf_model = model.replace(network=spec.build_model().clone(dtype=BF16).apply)
+            xb = sample(bf_model, x_T, solver="tab3", nfe=10)
             qb = digit_quality(np.asarray(xb), data.test)
             out["float32_params_bf16_compute"] = {
                 "frechet": qb.frechet, "recognised": qb.recognised,
@@ -172,24 +172,25 @@ def unet(steps: int):
     config = TrainConfig(steps=steps, batch_size=128, lr=2e-3, warmup_steps=100,
                          log_every=steps, ckpt_every=0)
     params = fit(spec, data, config, progress="none").state.ema_params
-    model = spec.build_model()
+    net = spec.build_model()
     sched = spec.build_schedule()
+    model = as_model(net, sched, params=params)  # the Linen module: net.apply
+    model_bf = as_model(net.clone(dtype=BF16), sched, params=params)
     x_T = sched.prior_sample(jax.random.key(11), (500, *data.shape))
-    ref = solve_ode(model.apply, sched, x_T, params=params, rtol=1e-6, atol=1e-6).x
+    ref = solve_ode(model, x_T, rtol=1e-6, atol=1e-6).x
     # Each network's own reference: the bf16-compute network is another vector field (its
     # input and output rounded), whose solution differs from the float32 one by the network's
     # rounding alone. tAB3 at NFE 400 on the log-SNR grid solves both (the float32 one agrees
     # with the adaptive reference to ``ref_gap_f32``).
-    high = dict(params=params, solver="tab3", nfe=400, grid="log_snr")
-    own_ref = {"f32": sample(model.apply, sched, x_T, **high),
-               "bf16": sample(model.clone(dtype=BF16).apply, sched, x_T, **high)}
+    high = dict(solver="tab3", nfe=400, grid="log_snr")
+    own_ref = {"f32": sample(model, x_T, **high), "bf16": sample(model_bf, x_T, **high)}
     rows = []
     for solver in SOLVERS:
         for nfe in NFES:
             n, grid = grid_for(solver, nfe)
-            run = dict(params=params, solver=solver, nfe=n, grid=grid)
-            x32 = sample(model.apply, sched, x_T, **run)
-            xbf = sample(model.clone(dtype=BF16).apply, sched, x_T, **run)
+            run = dict(solver=solver, nfe=n, grid=grid)
+            x32 = sample(model, x_T, **run)
+            xbf = sample(model_bf, x_T, **run)
             e32, ebf = float(testing.rmse(x32, ref)), float(testing.rmse(xbf, ref))
             own32 = float(testing.rmse(x32, own_ref["f32"]))
             ownbf = float(testing.rmse(xbf, own_ref["bf16"]))
@@ -212,7 +213,7 @@ def write(rows, nans, dig, net=()):
              "Produced by `python benchmarks/precision.py`. RMSE against the float64 ground "
              "truth from the same `x_T` (VP-linear, 1,000 samples; log-SNR grid, EDM grid for "
              "EDM Heun). *bf16* = the exact model with input and output rounded to bfloat16 "
-             "(`model_dtype=\"bfloat16\"`); target ratio bf16 / float32 <= 1.25. *Flips*: "
+             "(`as_model(..., dtype=\"bfloat16\")`); target ratio bf16 / float32 <= 1.25. *Flips*: "
              "samples ending nearest another mixture component than their ground truth (a "
              "sample on a mode boundary goes either way under any perturbation, the bf16 "
              "rounding included); the flip-free columns drop the samples that flip in either "

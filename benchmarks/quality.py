@@ -46,7 +46,7 @@ def main() -> None:
         rows, _ = evaluate_solvers(model, data, DEMO_SOLVERS, nfe=NFES, n=SAMPLES[name],
                                    grid=DEMO_GRIDS)
         jax.clear_caches()
-        lines += [f"## {name} ({SAMPLES[name]} samples per sampler; `{model.meta['command']}`)",
+        lines += [f"## {name} ({SAMPLES[name]} samples per sampler; `{model.info['meta']['command']}`)",
                   "", quality_table(name, data.kind, rows), ""]
         ref = rows[0]
         for col, field in enumerate(("metric", "recognised")):

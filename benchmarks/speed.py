@@ -2,14 +2,14 @@
 
 For each solver family at NFE ~5, 10, 20, 50 (the nearest NFE the solver reaches) and two
 models -- an MLP eps-model (d = 64, width 512, 3 hidden layers, batch 256) and the digits
-U-Net (8x8x1, channels (32, 64) with attention, batch 64), both float32 with their
-parameters passed as data (``params=``):
+U-Net (8x8x1, channels (32, 64) with attention, batch 64), both float32, built once as a
+:class:`deis_jax.Model` whose parameters are data (``as_model(..., params=)``):
 
 (a) ``t(jitted sampler) / t(compute limit)``, the limit being one jitted ``lax.scan`` that
     makes the same NFE model calls and nothing else (each call's output is the next call's
     input). Rounds of the two are interleaved, so load from other processes hits both alike;
     the minimum over rounds is reported.
-(b) ``t(eager sample(...) with new params) / t(eager sample(...) with the same params)``:
+(b) ``t(eager sample(model.replace(params=new), ...)) / t(eager sample(model, ...))``:
     new parameters must reuse the executable (no retrace, no recompile), interleaved.
 (c) the pattern stateful scheduler libraries force: a Python loop that calls a jitted
     "model + DDIM step" NFE times, against our single scan (DDIM and tAB3); ratio loop/scan.
@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deis_jax import get_solver, sample, schedules, timesteps
+from deis_jax import as_model, get_solver, make_plan, sample, schedules, timesteps
 from deis_jax.models import UNet
 from deis_jax.solvers.ei import exp_linear
 
@@ -98,11 +98,12 @@ def _interleaved_min(fns, rounds):
     return best
 
 
-def _reachable(solver, target):
+def _reachable(sched, solver, target):
+    """The NFE nearest ``target`` (tried in the order target, +1, -1, +2, +3) that
+    ``solver`` makes exactly."""
     for nfe in (target, target + 1, target - 1, target + 2, target + 3):
         try:
-            solver.steps_for_nfe(nfe)
-            return nfe
+            return make_plan(sched, solver, nfe=nfe).nfe
         except ValueError:
             continue
     raise ValueError(f"{solver.name}: no NFE near {target}")
@@ -121,12 +122,13 @@ def _limit_fn(model_fn, batch):
     return limit
 
 
-def _sampler_fn(model_fn, sched, name, nfe):
+def _sampler_fn(name, nfe):
+    """``run(model, x)``: the sampler, with the model (its parameters) as an argument."""
     solver = get_solver(name)
     key = jax.random.key(0) if solver.stochastic else None
 
-    def run(params, x):
-        return sample(model_fn, sched, x, params=params, solver=name, nfe=nfe, key=key)
+    def run(model, x):
+        return sample(model, x, solver=name, nfe=nfe, key=key)
 
     return run
 
@@ -146,23 +148,24 @@ def _ddim_step_fn(model_fn, sched):
 def measure(model_name, model_fn, params, x, sched, solvers, nfes, rounds, lines):
     batch = x.shape[0]
     limit = _limit_fn(model_fn, batch)
-    pool = [_perturb(params, s) for s in range(1, 4)]
+    model = as_model(model_fn, sched, params=params)
+    pool = [model.replace(params=_perturb(params, s)) for s in range(1, 4)]  # new checkpoints
     rows, compile_s = [], {}
     for name in solvers:
         solver = get_solver(name)
         for target in nfes:
-            nfe = _reachable(solver, target)
-            run = _sampler_fn(model_fn, sched, name, nfe)
+            nfe = _reachable(sched, solver, target)
+            run = _sampler_fn(name, nfe)
             t0 = time.perf_counter()
-            compiled = jax.jit(run).lower(params, x).compile()
+            compiled = jax.jit(run).lower(model, x).compile()
             compile_s[(name, target)] = time.perf_counter() - t0
             ts_limit = jnp.linspace(1.0, 1e-3, nfe)
             t_limit, t_sampler = _interleaved_min(
                 [lambda: jax.block_until_ready(limit(params, x, ts_limit)),
-                 lambda: jax.block_until_ready(compiled(params, x))], rounds)
+                 lambda: jax.block_until_ready(compiled(model, x))], rounds)
             counter = iter(range(10**9))
             t_same, t_new = _interleaved_min(
-                [lambda: jax.block_until_ready(run(params, x)),
+                [lambda: jax.block_until_ready(run(model, x)),
                  lambda: jax.block_until_ready(run(pool[next(counter) % len(pool)], x))],
                 max(3, rounds // 3))
             rows.append((name, nfe, t_sampler, t_limit, t_new / t_same,
@@ -176,6 +179,7 @@ def measure(model_name, model_fn, params, x, sched, solvers, nfes, rounds, lines
 
 def loop_vs_scan(model_name, model_fn, params, x, sched, nfes, rounds, lines):
     step = _ddim_step_fn(model_fn, sched)
+    model = as_model(model_fn, sched, params=params)
     for nfe in nfes:
         ts = timesteps(sched, nfe, "quadratic")
         ts_host = [jnp.asarray(v) for v in np.asarray(ts)]
@@ -186,14 +190,14 @@ def loop_vs_scan(model_name, model_fn, params, x, sched, nfes, rounds, lines):
                 y = step(params, y, t, t_next)
             return jax.block_until_ready(y)
 
-        scans = {n: jax.jit(_sampler_fn(model_fn, sched, n, nfe)) for n in ("ddim", "tab3")}
+        scans = {n: jax.jit(_sampler_fn(n, nfe)) for n in ("ddim", "tab3")}
         t_loop, t_ddim, t_tab3 = _interleaved_min(
-            [loop] + [lambda f=f: jax.block_until_ready(f(params, x)) for f in scans.values()],
+            [loop] + [lambda f=f: jax.block_until_ready(f(model, x)) for f in scans.values()],
             rounds)
         lines.append(f"| {model_name} | {nfe} | {1e3 * t_loop:.2f} | {1e3 * t_ddim:.2f} | "
                      f"{1e3 * t_tab3:.2f} | {t_loop / t_ddim:.2f} | {t_loop / t_tab3:.2f} |")
         print(lines[-1], flush=True)
-        np.testing.assert_allclose(np.asarray(loop()), np.asarray(scans["ddim"](params, x)),
+        np.testing.assert_allclose(np.asarray(loop()), np.asarray(scans["ddim"](model, x)),
                                    rtol=1e-4, atol=1e-4)
 
 
@@ -216,14 +220,14 @@ def main():
         "# Sampler speed, measured side by side",
         "",
         f"CPU ({jax.devices()[0].device_kind}, {jax.device_count()} device), float32, parameters "
-        "passed as data (`params=`). Generated by `python benchmarks/speed.py "
+        "passed as data (`as_model(..., params=)`). Generated by `python benchmarks/speed.py "
         + " ".join(sys.argv[1:]) + f"`; best of {args.rounds} interleaved rounds.",
         "MLP: d = 64, width 512, 3 hidden layers, batch 256. U-Net: digits 8x8x1, channels "
         "(32, 64), attention, batch 64.",
         "",
         "(a) `limit` = one jitted `lax.scan` making the same NFE model calls and nothing else; "
-        "`/ limit` = sampler / limit. (b) `new/same` = eager `sample(...)` with new parameters "
-        "over the same call with the same parameters. (d) compile = trace + lower + compile of "
+        "`/ limit` = sampler / limit. (b) `new/same` = eager `sample(model.replace(params=new), "
+        "...)` over the same call with the same model. (d) compile = trace + lower + compile of "
         "the jitted sampler.",
         "",
         "| model | solver | NFE | sampler ms | limit ms | (a) / limit | (b) new/same | "

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deis_jax import get_solver, sample, schedules, testing, timesteps
+from deis_jax import as_model, get_solver, sample, schedules, testing, timesteps
 from deis_jax.solvers.pc import pc
 
 RESULTS = pathlib.Path(__file__).parent / "results"
@@ -73,14 +73,15 @@ def run(quick: bool):
                   exact_marginal(sched, jax.random.key(2 * i + 102), batch)) for i in range(5)]
         floor = float(np.std([float(testing.energy_distance(a, b)) for a, b in pairs]))
         x_T = sched.prior_sample(jax.random.key(0), (batch, 2))
+        model = as_model(GMM.eps_fn(sched), sched)
         table = {}
         for name in SOLVERS:
             solver = solver_for(name)
             row = []
             for nfe in nfes:
                 n = n_steps_for(solver, nfe)
-                x = sample(GMM.eps_fn(sched), sched, x_T, solver=solver,
-                           ts=timesteps(sched, n, grid), key=jax.random.key(1))
+                x = sample(model, x_T, solver=solver, ts=timesteps(sched, n, grid),
+                           key=jax.random.key(1))
                 row.append((solver.nfe_for_steps(n), float(testing.energy_distance(x, ref))))
             table[name] = row
             print(title, name, [f"{d:.2e}" for _, d in row], flush=True)

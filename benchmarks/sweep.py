@@ -74,21 +74,18 @@ def _three_ways(one, values, repeats: int) -> dict:
 
 def _sweeps(model, n: int, repeats: int, held_out) -> tuple[dict, dict]:
     """Both sweeps at ``n`` samples per value: ``({name: timings}, curves)``."""
-    sched, params = model.schedule, model.params
+    sched = model.schedule
     x_T = sched.prior_sample(jax.random.key(0), (n, 2))
-    ref = adaptive.solve_ode(model.model_fn, sched, x_T, params=params, rtol=1e-6,
-                             atol=1e-6, prediction=model.prediction).x
+    ref = adaptive.solve_ode(model, x_T, rtol=1e-6, atol=1e-6).x
 
     def rho_run(rho):
         ts = timesteps(sched, 10, "edm", rho=rho)
-        x = sample(model.model_fn, sched, x_T, params=params, solver="tab3", ts=ts,
-                   prediction=model.prediction)
+        x = sample(model, x_T, solver="tab3", ts=ts)
         return testing.rmse(x, ref)
 
     def eta_run(eta):
-        return sample(model.model_fn, sched, x_T, params=params,
-                      solver=solvers.stochastic_ddim(eta), nfe=20,
-                      prediction=model.prediction, key=jax.random.key(1))
+        return sample(model, x_T, solver=solvers.stochastic_ddim(eta), nfe=20,
+                      key=jax.random.key(1))
 
     rho = _three_ways(rho_run, RHOS, repeats)
     eta = _three_ways(eta_run, ETAS, repeats)

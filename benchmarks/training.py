@@ -120,9 +120,10 @@ def main():
         verdict = f"tab3 / reference = {tab3['ratio']:.2f} (target <= 1.5)"
         if data.kind == "images":
             verdict += f"; tab3 recognised {100 * tab3['recognised']:.1f}% (target >= 90%)"
-        model = loaded.spec.model
-        if "train_seconds" in loaded.meta:
-            ran = f"{loaded.meta['train_seconds']:.0f}s of training wall time in all"
+        model = loaded.info["spec"].model
+        meta = loaded.info["meta"]
+        if "train_seconds" in meta:
+            ran = f"{meta['train_seconds']:.0f}s of training wall time in all"
         else:
             ran = "loaded from a finished checkpoint in the work directory"
         sections.append(

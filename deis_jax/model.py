@@ -278,9 +278,10 @@ class Model:
         tail = ", cond" if self.cond is not None else ""
         return f"network({head}x, t{tail})"
 
-    def output(self, x, t):
+    def output(self, x, t, *, _cast: bool = True):
         """The network's own prediction (kind ``prediction``; an EDM denoiser's ``x0``) at
-        ``x: (batch, ...)`` and ``t`` (scalar or ``(batch,)``), in ``x``'s dtype."""
+        ``x: (batch, ...)`` and ``t`` (scalar or ``(batch,)``), in ``x``'s dtype (``_cast=False``:
+        the network's raw output, which :func:`check_model` inspects)."""
         network, params = self._live()
         dtype = state_dtype(x.dtype)
         t = jnp.broadcast_to(jnp.asarray(t, dtype), x.shape[:1])
@@ -293,7 +294,8 @@ class Model:
             args.append(batched_cond(self.cond, x.shape[0]))
         if params is not None or self.module is not None:
             args.insert(0, params)
-        return network(*args).astype(x.dtype)
+        out = network(*args)
+        return out.astype(x.dtype) if _cast else out
 
     def _to(self, target: str, x, t):
         t = jnp.broadcast_to(jnp.asarray(t, state_dtype(x.dtype)), x.shape[:1])
@@ -489,7 +491,8 @@ def _describe(model: Model, x) -> str:
 
 def _check_call(model: Model, x) -> None:
     try:
-        out = jax.eval_shape(lambda m, x: m.output(x, jnp.ones(x.shape[:1], x.dtype)), model, x)
+        out = jax.eval_shape(lambda m, x: m.output(x, jnp.ones(x.shape[:1], x.dtype),
+                                                   _cast=False), model, x)
     except ValueError as err:
         if "cond has a leaf" in str(err):
             raise ValueError(f"{err} (as_model's cond=)") from None
@@ -510,7 +513,7 @@ def _call_error(model: Model, x, err) -> ValueError:
     hints = []
     if model.params is None and model.module is None:
         hints.append("a network with parameters needs params=")
-    elif model.module is None:
+    elif model.module is None and not isinstance(model.network, _Pytree):
         hints.append("a network without parameters takes no params=")
     hints.append("a network without a condition takes no cond=" if model.cond is not None
                  else "a conditional network needs cond=")

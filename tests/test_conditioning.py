@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deis_jax import sample, schedules, testing, timesteps
+from deis_jax import as_model, sample, schedules, testing, timesteps
 from deis_jax.conditioning import inpaint, inpaint_hook, measure, measurement_hook
 
 SCHED = schedules.vp_linear()
@@ -53,7 +53,7 @@ def _check_marginal(u2, reference=None):
 def test_inpainting_with_a_deterministic_solver_gives_the_exact_conditional():
     gmm, _, u1, x_T = _problem(0.0)
     y = jnp.stack([u1, jnp.full((N,), 7.0)], -1)  # the unknown entries are never read
-    x = inpaint(gmm.eps_fn(SCHED), SCHED, x_T, y, jnp.array([1.0, 0.0]),
+    x = inpaint(as_model(gmm.eps_fn(SCHED), SCHED), x_T, y, jnp.array([1.0, 0.0]),
                 key=jax.random.key(2), solver="tab3", nfe=20, grid="log_snr")
     np.testing.assert_array_equal(x[:, 0], u1)
     _check_marginal(x[:, 1])
@@ -62,8 +62,8 @@ def test_inpainting_with_a_deterministic_solver_gives_the_exact_conditional():
 def test_linear_measurement_of_a_rotated_coordinate():
     """``A = R[:1]`` mixes both data coordinates: the pseudo-inverse path, exact here."""
     gmm, rot, u1, x_T = _problem(0.6)
-    x = measure(gmm.eps_fn(SCHED), SCHED, x_T, u1[:, None], rot[:1], key=jax.random.key(2),
-                solver="tab3", nfe=20, grid="log_snr")
+    x = measure(as_model(gmm.eps_fn(SCHED), SCHED), x_T, u1[:, None], rot[:1],
+                key=jax.random.key(2), solver="tab3", nfe=20, grid="log_snr")
     u = x @ rot.T
     np.testing.assert_allclose(u[:, 0], u1, atol=1e-5)
     _check_marginal(u[:, 1])
@@ -75,9 +75,9 @@ def test_inpainting_with_predictor_corrector_matches_unconditional_pc():
     gmm, _, u1, x_T = _problem(0.0)
     y = jnp.stack([u1, jnp.zeros(N)], -1)
     kw = dict(solver="pc", nfe=200, grid="uniform")
-    x = inpaint(gmm.eps_fn(SCHED), SCHED, x_T, y, jnp.array([[1.0, 0.0]]),
-                key=jax.random.key(2), **kw)
-    free = sample(gmm.eps_fn(SCHED), SCHED, x_T, key=jax.random.key(3), **kw)
+    model = as_model(gmm.eps_fn(SCHED), SCHED)
+    x = inpaint(model, x_T, y, jnp.array([[1.0, 0.0]]), key=jax.random.key(2), **kw)
+    free = sample(model, x_T, key=jax.random.key(3), **kw)
     np.testing.assert_array_equal(x[:, 0], u1)
     _check_marginal(x[:, 1], reference=free[:, 1])
 
@@ -87,7 +87,7 @@ def test_known_entries_follow_the_forward_noising_path():
     gmm, _, u1, x_T = _problem(0.0)
     y = jnp.stack([u1, jnp.zeros(N)], -1)[:8]
     hook = inpaint_hook(jax.random.key(4), y, jnp.array([1.0, 0.0]), SCHED)
-    out = sample(gmm.eps_fn(SCHED), SCHED, x_T[:8], solver="ddim", nfe=5, hook=hook,
+    out = sample(as_model(gmm.eps_fn(SCHED), SCHED), x_T[:8], solver="ddim", nfe=5, hook=hook,
                  full_output=True, return_trajectory=True)
     z = jax.random.normal(jax.random.key(4), y.shape, y.dtype)[:, 0]
     grid = timesteps(SCHED, 5, "quadratic")
@@ -121,16 +121,16 @@ def test_bad_measurement(matrix, axis, match):
 def test_colorization_and_a_broadcast_mask_on_images():
     """NHWC data: the grey level ``(1, 1, 1)/sqrt(3)`` on the channel axis, and a
     ``(H, W, 1)`` mask; both end exactly on the measurement and leave the rest free."""
-    model = lambda x, t: 0.5 * x  # noqa: E731 -- any eps-model; the measurement is exact
+    model = as_model(lambda x, t: 0.5 * x, SCHED)  # any eps-model; the measurement is exact
     x_T = SCHED.prior_sample(jax.random.key(0), (2, 4, 4, 3))
     img = jax.random.uniform(jax.random.key(1), (2, 4, 4, 3), minval=-1, maxval=1)
     grey = jnp.ones((1, 3)) / np.sqrt(3)
-    x = measure(model, SCHED, x_T, jnp.tensordot(img, grey.T, axes=1), grey,
+    x = measure(model, x_T, jnp.tensordot(img, grey.T, axes=1), grey,
                 key=jax.random.key(2), solver="ddim", nfe=4)
     np.testing.assert_allclose(jnp.tensordot(x, grey.T, axes=1),
                                jnp.tensordot(img, grey.T, axes=1), atol=1e-5)
     assert float(jnp.max(jnp.abs(x - img))) > 0.1  # the colour is generated, not copied
     mask = jnp.zeros((4, 4, 1)).at[:2].set(1.0)
-    x = inpaint(model, SCHED, x_T, img, mask, key=jax.random.key(2), solver="ddim", nfe=4)
+    x = inpaint(model, x_T, img, mask, key=jax.random.key(2), solver="ddim", nfe=4)
     np.testing.assert_array_equal(x[:, :2], img[:, :2])
     assert float(jnp.max(jnp.abs(x[:, 2:] - img[:, 2:]))) > 0.1

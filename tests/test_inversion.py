@@ -6,12 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deis_jax import get_solver, schedules, testing, timesteps
+from deis_jax import as_model, get_solver, schedules, testing, timesteps
 from deis_jax.inversion import decode, encode, reconstruction_error, slerp
 
 SCHED = schedules.vp_linear()
 GMM = testing.gaussian_mixture(2, 4, std=0.5, seed=0)
-MODEL = GMM.eps_fn(SCHED)
+MODEL = as_model(GMM.eps_fn(SCHED), SCHED)
 
 
 def _x():
@@ -23,7 +23,7 @@ def test_reconstruction_error_falls_at_the_solver_order(solver, steps):
     """log-SNR grids; the round trip's RMSE halves ``2^order`` times per doubling (measured
     slopes: DDIM 0.92, tAB3 4.72 -- tAB3 is order 4 here, ``get_solver('tab3').order``)."""
     x = _x()
-    errs = [float(jnp.mean(reconstruction_error(MODEL, SCHED, x, solver=solver,
+    errs = [float(jnp.mean(reconstruction_error(MODEL, x, solver=solver,
                                                 ts=timesteps(SCHED, n, "log_snr"))[1]))
             for n in steps]
     slope = np.log2(errs[0] / errs[1])
@@ -35,9 +35,9 @@ def test_encode_decode_are_the_reversed_grid():
     """encode = sample on ts[::-1]; decode inverts it up to the solver's error; the latent
     has the prior's scale."""
     x = _x()
-    z = encode(MODEL, SCHED, x, solver="tab3", nfe=30, grid="log_snr")
+    z = encode(MODEL, x, solver="tab3", nfe=30, grid="log_snr")
     assert 0.7 < float(jnp.std(z)) < 1.3
-    x_rec = decode(MODEL, SCHED, z, solver="tab3", nfe=30, grid="log_snr")
+    x_rec = decode(MODEL, z, solver="tab3", nfe=30, grid="log_snr")
     assert float(testing.rmse(x_rec, x)) < 0.01
 
 
@@ -60,7 +60,7 @@ def test_slerp_closed_forms():
 ])
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        encode(MODEL, SCHED, jnp.zeros((2, 2)), **kwargs)
+        encode(MODEL, jnp.zeros((2, 2)), **kwargs)
 
 
 def test_slerp_bad_shapes():

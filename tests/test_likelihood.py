@@ -9,18 +9,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deis_jax import schedules, testing
+from deis_jax import as_model, schedules, testing
 from deis_jax.likelihood import dequantize, fixed_grid_log_likelihood, log_likelihood
 
 
 @functools.lru_cache(maxsize=None)
 def _data(d, n, seed=0):
-    """VP-linear, a mixture in ``d`` dimensions, its model (one function object, so the tests
+    """VP-linear, a mixture in ``d`` dimensions, its Model (one function object, so the tests
     share compilations) and ``n`` exact draws of its ``p_{t_min}``."""
     sched = schedules.vp_linear()
     gmm = testing.gaussian_mixture(d, 4, std=0.5, seed=seed)
     x = gmm.sample_marginal(jax.random.key(seed), n, sched.t_min, sched)
-    return sched, gmm, gmm.eps_fn(sched), x
+    return sched, gmm, as_model(gmm.eps_fn(sched), sched), x
 
 
 @pytest.mark.parametrize("d, per_sample", [(2, True), (16, False)])
@@ -30,8 +30,7 @@ def test_exact_divergence_matches_the_mixture_density(d, per_sample):
     ``log p_{t_max}(x_T)`` in its place the integrated divergence is ten times closer
     (measured 1.2e-5 and 1.0e-5 nats per dimension against 1.0e-3 and 4.9e-4 in total)."""
     sched, gmm, model, x = _data(d, 32)
-    out = log_likelihood(model, sched, x, rtol=1e-5, atol=1e-5,
-                         per_sample=per_sample)
+    out = log_likelihood(model, x, rtol=1e-5, atol=1e-5, per_sample=per_sample)
     exact = gmm.marginal_logp(x, sched.t_min, sched)
     assert float(jnp.mean(jnp.abs(out.logp - exact))) / d <= 0.01
     ode = out.delta_logp + gmm.marginal_logp(out.x_T, sched.t_max, sched)
@@ -45,10 +44,10 @@ def test_hutchinson_is_unbiased():
     """d = 64: the mean over probe draws agrees with the exact divergence within three
     standard errors, for both probe kinds, and the draws do vary."""
     sched, _, model, x = _data(64, 8, seed=3)
-    exact = float(jnp.mean(log_likelihood(model, sched, x).logp))
+    exact = float(jnp.mean(log_likelihood(model, x).logp))
     for probe in ("rademacher", "gaussian"):
         def one(key):
-            return log_likelihood(model, sched, x, divergence="hutchinson", probe=probe,
+            return log_likelihood(model, x, divergence="hutchinson", probe=probe,
                                   key=key, n_probes=2).logp
 
         draws = jnp.mean(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(7), 16)),
@@ -63,7 +62,7 @@ def test_fixed_grid_likelihood_is_the_change_of_variables_of_the_solver():
     """tAB3 at NFE 40 on a log-SNR grid: within 0.01 nats per dimension of the exact density
     (measured 1.6e-3; DDIM at NFE 40: 4.0e-2, converging at order 1)."""
     sched, gmm, model, x = _data(2, 32)
-    out = fixed_grid_log_likelihood(model, sched, x, solver="tab3", nfe=40, grid="log_snr")
+    out = fixed_grid_log_likelihood(model, x, solver="tab3", nfe=40, grid="log_snr")
     exact = gmm.marginal_logp(x, sched.t_min, sched)
     assert float(jnp.mean(jnp.abs(out.logp - exact))) / 2 <= 0.01
     assert out.nfe == 40
@@ -71,16 +70,17 @@ def test_fixed_grid_likelihood_is_the_change_of_variables_of_the_solver():
 
 
 def test_params_are_data_and_jit_works():
-    """The mixture's means as ``params=``: new values reuse the executable and take effect;
-    the whole call runs under ``jax.jit``."""
+    """The mixture's means as the Model's ``params``: new values reuse the executable and
+    take effect; the whole call runs under ``jax.jit``."""
     sched, gmm, _, x = _data(2, 32)
     traces = [0]
 
-    def model(means, x, t):
+    def network(means, x, t):
         traces[0] += 1
         return gmm._replace(means=means).eps(x, t, sched)
 
-    run = jax.jit(lambda p, x: log_likelihood(model, sched, x, params=p, rtol=1e-4,
+    model = as_model(network, sched, params=gmm.means)
+    run = jax.jit(lambda p, x: log_likelihood(model.replace(params=p), x, rtol=1e-4,
                                               atol=1e-4).logp)
     a = run(gmm.means, x)
     after = traces[0]
@@ -96,8 +96,8 @@ def test_scaling_offset_and_dequantisation_bound():
     """``data_range`` adds ``d log(high - low)``, ``n_bins`` subtracts ``d log n_bins`` (bits
     per dimension: ``-log2(high - low) + log2(n_bins)``); the same solve otherwise."""
     sched, _, model, x = _data(2, 32)
-    plain = log_likelihood(model, sched, x, rtol=1e-4, atol=1e-4, per_sample=True)
-    out = log_likelihood(model, sched, x, rtol=1e-4, atol=1e-4, per_sample=True,
+    plain = log_likelihood(model, x, rtol=1e-4, atol=1e-4, per_sample=True)
+    out = log_likelihood(model, x, rtol=1e-4, atol=1e-4, per_sample=True,
                          data_range=(-6.0, 6.0), n_bins=256)
     np.testing.assert_allclose(out.logp, plain.logp + 2 * math.log(12) - 2 * math.log(256),
                                rtol=1e-6)
@@ -129,7 +129,7 @@ def test_bad_input(kwargs, error, match):
     sched = schedules.vp_linear()
     x = kwargs.pop("x", jnp.zeros((1, 2)))
     with pytest.raises(error, match=match):
-        log_likelihood(testing.ring_mixture().eps_fn(sched), sched, x, **kwargs)
+        log_likelihood(as_model(testing.ring_mixture().eps_fn(sched), sched), x, **kwargs)
 
 
 def test_dequantize_bad_levels():

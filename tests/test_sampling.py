@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deis_jax import get_solver, sample, schedules, solver_names, solvers, testing, timesteps
+from deis_jax import (as_model, get_solver, sample, schedules, solver_names, solvers, testing,
+                      timesteps)
 from deis_jax.sampling import _run
 from schedule_cases import ALL_SCHEDULES
 
@@ -20,6 +21,8 @@ SCHEDULES = {k: v for k, v in ALL_SCHEDULES.items() if k != "flow"}
 FOUNDATION = ["euler", "ddim", "tab1", "tab2", "tab3", "rhoab1", "rhoab2", "rhoab3",
               "rho_midpoint", "rho_heun", "rho_kutta3", "rho_rk4", "ipndm"]
 GMM = testing.gaussian_mixture(2, 3, std=0.3, seed=0)
+VP = schedules.vp_linear()
+MODEL = as_model(GMM.eps_fn(VP), VP)  # the float32 mixture under VP-linear, built once
 
 
 def _deterministic_solvers():
@@ -31,47 +34,48 @@ def test_every_solver_works_with_every_schedule(x64, sched_name):
     sched = SCHEDULES[sched_name]()
     x_T = sched.prior_sample(jax.random.key(0), (16, 2))
     gt, _ = testing.ode_ground_truth(GMM, sched, x_T, sched.t_max, sched.t_min)
+    model = as_model(GMM.eps_fn(sched), sched)
     for name in FOUNDATION:
-        x = sample(GMM.eps_fn(sched), sched, x_T, solver=name, nfe=96, grid="log_snr")
+        x = sample(model, x_T, solver=name, nfe=96, grid="log_snr")
         err = float(testing.rmse(x, gt))
         # Euler in t is the slow baseline; the exponential integrators are far tighter.
         assert err < (0.2 if name == "euler" else 2e-2), (sched_name, name, err)
 
 
 def test_jit_and_no_retrace():
-    sched = schedules.vp_linear()
+    sched = VP
     ts = timesteps(sched, 10, "quadratic")
 
     @jax.jit
     @chex.assert_max_traces(n=1)
-    def run(x_T):
-        return sample(GMM.eps_fn(sched), sched, x_T, solver="tab3", ts=ts)
+    def run(model, x_T):
+        return sample(model, x_T, solver="tab3", ts=ts)
 
     for seed in range(3):
         x_T = sched.prior_sample(jax.random.key(seed), (8, 2))
-        eager = sample(GMM.eps_fn(sched), sched, x_T, solver="tab3", ts=ts)
-        np.testing.assert_allclose(run(x_T), eager, rtol=1e-5, atol=1e-5)
+        eager = sample(MODEL, x_T, solver="tab3", ts=ts)
+        # a Model rebuilt from the same network each time: the same trace
+        model = as_model(MODEL.network, sched)
+        np.testing.assert_allclose(run(model, x_T), eager, rtol=1e-5, atol=1e-5)
 
 
 def test_eager_calls_compile_once_per_solver_and_shape():
-    sched = schedules.vp_linear()
-    eps_fn = GMM.eps_fn(sched)
-    ts = timesteps(sched, 7, "log_snr")
-    sample(eps_fn, sched, jnp.ones((4, 2)), solver="tab2", ts=ts)
+    ts = timesteps(VP, 7, "log_snr")
+    sample(MODEL, jnp.ones((4, 2)), solver="tab2", ts=ts)
     before = _run._cache_size()
     for seed in range(3):
         x_T = jax.random.normal(jax.random.key(seed), (4, 2))
-        sample(eps_fn, sched, x_T, solver="tab2", ts=ts)
+        sample(MODEL, x_T, solver="tab2", ts=ts)
     assert _run._cache_size() == before
 
 
 def test_vmap_over_seeds_matches_loop():
     sched = schedules.ve()
+    model = as_model(GMM.eps_fn(sched), sched)
     keys = jax.random.split(jax.random.key(0), 3)
 
     def one(key):
-        return sample(GMM.eps_fn(sched), sched, sched.prior_sample(key, (4, 2)), solver="tab3",
-                      nfe=8)
+        return sample(model, sched.prior_sample(key, (4, 2)), solver="tab3", nfe=8)
 
     batched = jax.jit(jax.vmap(one))(keys)
     for i in range(3):
@@ -80,6 +84,7 @@ def test_vmap_over_seeds_matches_loop():
 
 def test_vmap_over_grid_exponent_compiles_once():
     sched = schedules.edm()
+    model = as_model(GMM.eps_fn(sched), sched)
     x_T = sched.prior_sample(jax.random.key(0), (4, 2))
 
     @jax.jit
@@ -87,13 +92,12 @@ def test_vmap_over_grid_exponent_compiles_once():
     def sweep(exponents):
         def one(p):
             ts = timesteps(sched, 6, "edm", rho=p)
-            return sample(GMM.eps_fn(sched), sched, x_T, solver="tab3", ts=ts)
+            return sample(model, x_T, solver="tab3", ts=ts)
 
         return jax.vmap(one)(exponents)
 
     out = sweep(jnp.array([3.0, 7.0]))
-    ref = sample(GMM.eps_fn(sched), sched, x_T, solver="tab3",
-                 ts=timesteps(sched, 6, "edm", rho=7.0))
+    ref = sample(model, x_T, solver="tab3", ts=timesteps(sched, 6, "edm", rho=7.0))
     np.testing.assert_allclose(out[1], ref, rtol=1e-4, atol=1e-4)
     sweep(jnp.array([5.0, 9.0]))
 
@@ -101,7 +105,8 @@ def test_vmap_over_grid_exponent_compiles_once():
 def test_vmap_over_schedule_parameter():
     def one(beta_max):
         sched = schedules.vp_linear(0.1, beta_max)
-        return sample(GMM.eps_fn(sched), sched, jnp.ones((4, 2)), solver="ddim", nfe=5)
+        return sample(as_model(GMM.eps_fn(sched), sched), jnp.ones((4, 2)), solver="ddim",
+                      nfe=5)
 
     out = jax.jit(jax.vmap(one))(jnp.array([10.0, 20.0]))
     np.testing.assert_allclose(out[1], one(20.0), rtol=1e-5, atol=1e-5)
@@ -118,23 +123,23 @@ def test_nfe_is_exact(name):
 
     solver = get_solver(name)
     nfe = 4 * solver.nfe_per_step * 3
-    out = sample(counting, sched, jnp.ones((3, 2)), solver=name, nfe=nfe, full_output=True)
+    out = sample(as_model(counting, sched), jnp.ones((3, 2)), solver=name, nfe=nfe,
+                 full_output=True)
     jax.effects_barrier()
     assert out.nfe == nfe == len(calls)
     assert int(out.nonfinite_step) == -1
 
 
 def test_trajectory_and_hook():
-    sched = schedules.vp_linear()
-    ts = timesteps(sched, 5)
+    ts = timesteps(VP, 5)
     seen = []
 
     def hook(x, t):
         jax.debug.callback(lambda t: seen.append(float(t)), t)
         return x.at[:, 0].set(0.0)
 
-    out = sample(GMM.eps_fn(sched), sched, jnp.ones((3, 2)), solver="tab2", ts=ts, hook=hook,
-                 full_output=True, return_trajectory=True)
+    out = sample(MODEL, jnp.ones((3, 2)), solver="tab2", ts=ts, hook=hook, full_output=True,
+                 return_trajectory=True)
     jax.effects_barrier()
     assert out.trajectory.shape == (6, 3, 2)
     np.testing.assert_allclose(out.trajectory[0], 1.0)
@@ -148,8 +153,9 @@ def test_encode_then_decode_round_trips(x64, name):
     sched = schedules.vp_linear()
     x0, _ = GMM.sample(jax.random.key(0), 16)
     ts = timesteps(sched, 200, "log_snr")
-    z = sample(GMM.eps_fn(sched), sched, x0, solver=name, ts=ts[::-1])
-    back = sample(GMM.eps_fn(sched), sched, z, solver=name, ts=ts)
+    model = as_model(GMM.eps_fn(sched), sched)
+    z = sample(model, x0, solver=name, ts=ts[::-1])
+    back = sample(model, z, solver=name, ts=ts)
     assert float(testing.rmse(back, x0)) < 1e-4
     assert float(jnp.std(z)) > 0.5  # actually moved to the noise end
 
@@ -157,10 +163,11 @@ def test_encode_then_decode_round_trips(x64, name):
 def test_gradients_through_the_sampler(x64):
     sched = schedules.vp_linear()
     x_T = sched.prior_sample(jax.random.key(0), (4, 2))
+    model = as_model(GMM.eps_fn(sched), sched)
 
     def loss(power):
         ts = timesteps(sched, 8, "power", power=power)
-        return jnp.sum(sample(GMM.eps_fn(sched), sched, x_T, solver="tab3", ts=ts) ** 2)
+        return jnp.sum(sample(model, x_T, solver="tab3", ts=ts) ** 2)
 
     g = jax.grad(loss)(2.0)
     fd = (loss(2.0 + 1e-5) - loss(2.0 - 1e-5)) / 2e-5
@@ -174,12 +181,13 @@ def test_float32_matches_float64_accuracy():
         gmm = testing.ring_mixture(8, std=0.05)
         x_T = sched.prior_sample(jax.random.key(0), (512, 2))
         gt, _ = testing.ode_ground_truth(gmm, sched, x_T, sched.t_max, sched.t_min)
-        x64_out = sample(gmm.eps_fn(sched), sched, x_T, solver="tab3", nfe=10)
+        x64_out = sample(as_model(gmm.eps_fn(sched), sched), x_T, solver="tab3", nfe=10)
         err64 = float(testing.rmse(x64_out, gt))
         gt, x_T = np.asarray(gt), np.asarray(x_T, np.float32)
     sched32 = schedules.vp_linear()
     gmm32 = testing.ring_mixture(8, std=0.05)
-    x32 = sample(gmm32.eps_fn(sched32), sched32, jnp.asarray(x_T), solver="tab3", nfe=10)
+    x32 = sample(as_model(gmm32.eps_fn(sched32), sched32), jnp.asarray(x_T), solver="tab3",
+                 nfe=10)
     assert x32.dtype == jnp.float32
     err32 = float(testing.rmse(np.asarray(x32, np.float64), gt))
     assert abs(err32 / err64 - 1) < 0.02, (err32, err64)
@@ -189,10 +197,16 @@ def test_float32_matches_float64_accuracy():
 
 
 def _run_bad(**kwargs):
-    sched = schedules.vp_linear()
-    args = dict(model_fn=GMM.eps_fn(sched), schedule=sched, x_T=jnp.ones((4, 2)))
-    args.update(kwargs)
-    return sample(args.pop("model_fn"), args.pop("schedule"), args.pop("x_T"), **args)
+    """``sample(as_model(model_fn, schedule, prediction=...), x_T, **rest)``; the default
+    model is :data:`MODEL` (built once)."""
+    model_args = {k: kwargs.pop(k) for k in ("model_fn", "schedule", "prediction")
+                  if k in kwargs}
+    x_T = kwargs.pop("x_T", jnp.ones((4, 2)))
+    model = MODEL
+    if model_args:
+        model = as_model(model_args.pop("model_fn", GMM.eps_fn(VP)),
+                         model_args.pop("schedule", VP), **model_args)
+    return sample(model, x_T, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -208,7 +222,8 @@ def _run_bad(**kwargs):
         ({"ts": jnp.array([1.0, 0.5]), "nfe": 5}, ValueError, "only one"),
         ({"x_T": jnp.ones(())}, ValueError, "batch axis"),
         ({"x_T": jnp.ones((4, 2), jnp.int32), "nfe": 5}, TypeError, "floating"),
-        ({"model_fn": lambda x, t: x[:, :1], "nfe": 5}, ValueError, r"model_fn must return"),
+        ({"model_fn": lambda x, t: x[:, :1], "nfe": 5}, ValueError,
+         r"the network must return an array of x's shape \(4, 2\).*returned \(4, 1\)"),
         ({"prediction": "noise", "nfe": 5}, ValueError, "prediction"),
         ({"nfe": 5, "grid": "cosine"}, ValueError, "grid='cosine'.*valid choices"),
         ({"nfe": 5, "return_trajectory": True}, ValueError, "full_output"),
@@ -223,9 +238,9 @@ def _run_bad(**kwargs):
         ({"solver": "ddpm", "key": jax.random.key(0),
           "ts": timesteps(schedules.vp_linear(), 5)[::-1]}, ValueError, "ts must be decreasing"),
         ({"model_fn": lambda x, t: jnp.zeros(x.shape, jnp.int32), "nfe": 5}, TypeError,
-         "model_fn must return floating-point values.*int32"),
+         "the network must return floating-point values.*int32"),
         ({"model_fn": lambda x, t: jnp.zeros(x.shape, jnp.complex64), "nfe": 5}, TypeError,
-         "model_fn must return floating-point.*complex64"),
+         "the network must return floating-point.*complex64"),
         # Category 5 (used to be errors from inside JAX).
         ({"solver": "ddpm", "key": 0, "nfe": 5}, TypeError,
          r"key must be a PRNG key from jax.random.key\(seed\).*got key=0"),
@@ -236,7 +251,8 @@ def _run_bad(**kwargs):
          "schedule must be a deis_jax Schedule .*got schedule='vp_linear'"),
         ({"x_T": (jnp.ones((4, 2)), jnp.ones((4, 2))), "nfe": 5}, TypeError,
          r"x_T must be an array of shape \(batch, ...\).*a tuple"),
-        ({"model_fn": 42, "nfe": 5}, TypeError, r"model_fn must be callable as model_fn\(x, t\)"),
+        ({"model_fn": 42, "nfe": 5}, TypeError,
+         r"network must be callable as network\(x, t\).*got network=42"),
         ({"hook": 3, "nfe": 5}, TypeError, "hook must be callable"),
         ({"hook": lambda x: x, "nfe": 5}, ValueError,
          r"hook failed when called as hook\(x, t\).*TypeError"),
@@ -245,6 +261,27 @@ def _run_bad(**kwargs):
 def test_bad_input_is_reported_before_tracing(kwargs, err, match):
     with pytest.raises(err, match=match):
         _run_bad(**kwargs)
+
+
+@pytest.mark.parametrize("legacy", [{}, {"params": {"w": jnp.ones(2)}}, {"prediction": "x0"},
+                                    {"model_dtype": "bf16"}],
+                         ids=["schedule", "params", "prediction", "model_dtype"])
+def test_the_old_call_form_says_to_use_as_model(legacy):
+    """``sample(model_fn, schedule, x_T, params=..., prediction=..., model_dtype=...)`` is
+    gone: the TypeError says to build the model with ``as_model``."""
+    match = (r"sample\(model_fn, schedule, x_T, params=\.\.\., prediction=\.\.\.\) is gone"
+             r".*deis_jax.as_model")
+    if not legacy:
+        with pytest.raises(TypeError, match=match):
+            sample(GMM.eps_fn(VP), VP, jnp.ones((4, 2)), solver="ddim", nfe=5)
+    else:
+        with pytest.raises(TypeError, match=match):
+            sample(MODEL, jnp.ones((4, 2)), solver="ddim", nfe=5, **legacy)
+
+
+def test_a_bare_function_is_not_a_model():
+    with pytest.raises(TypeError, match=r"model must be a deis_jax.Model, got function.*as_model"):
+        sample(GMM.eps_fn(VP), jnp.ones((4, 2)), solver="ddim", nfe=5)
 
 
 def test_register_solver_checks_the_factory_where_it_is_registered():
@@ -296,16 +333,15 @@ def test_first_step_failure_names_x_T():
 def test_checks_do_not_change_jit_or_vmap():
     """The eager checks pass tracers through: inside jit (traced x_T, key, grid) nothing is
     checked that would need a value, and the result equals the eager one."""
-    sched = schedules.vp_linear()
-    ts = timesteps(sched, 6)
+    ts = timesteps(VP, 6)
 
     @jax.jit
     def run(x_T, key, ts):
-        return sample(GMM.eps_fn(sched), sched, x_T, solver="ddim_eta", ts=ts, key=key)
+        return sample(MODEL, x_T, solver="ddim_eta", ts=ts, key=key)
 
     x_T = jnp.ones((4, 2))
     np.testing.assert_allclose(run(x_T, jax.random.key(0), ts),
-                               sample(GMM.eps_fn(sched), sched, x_T, solver="ddim_eta", ts=ts,
+                               sample(MODEL, x_T, solver="ddim_eta", ts=ts,
                                       key=jax.random.key(0)), rtol=1e-5, atol=1e-6)
     keys = jax.random.split(jax.random.key(1), 3)
     assert jax.vmap(lambda k: run(x_T, k, ts))(keys).shape == (3, 4, 2)
@@ -317,9 +353,10 @@ def test_nan_from_the_model_is_reported():
     def broken(x, t):
         return jnp.where(t[:, None] < 0.3, jnp.nan, GMM.eps(x, t, sched))
 
+    model = as_model(broken, sched)
     with pytest.raises(FloatingPointError, match="non-finite values .* at step"):
-        sample(broken, sched, jnp.ones((4, 2)), solver="tab3", nfe=10)
-    out = jax.jit(functools.partial(sample, broken, sched, solver="tab3", nfe=10,
+        sample(model, jnp.ones((4, 2)), solver="tab3", nfe=10)
+    out = jax.jit(functools.partial(sample, model, solver="tab3", nfe=10,
                                     full_output=True))(jnp.ones((4, 2)))
     assert int(out.nonfinite_step) >= 0
 
@@ -327,8 +364,8 @@ def test_nan_from_the_model_is_reported():
 def test_x_T_of_the_wrong_shape_for_the_model_is_reported():
     sched = schedules.vp_linear()
     w = jnp.ones((2, 2))
-    with pytest.raises(ValueError, match=r"model_fn failed .* on x of shape \(4, 3\)"):
-        sample(lambda x, t: x @ w, sched, jnp.ones((4, 3)), solver="ddim", nfe=5)
+    with pytest.raises(ValueError, match=r"the network failed: .* with x of shape \(4, 3\)"):
+        sample(as_model(lambda x, t: x @ w, sched), jnp.ones((4, 3)), solver="ddim", nfe=5)
 
 
 # ------------------------------------------------------------------ parameters are data
@@ -345,54 +382,65 @@ def _mlp(params, x, t):
 
 
 def test_new_params_partials_and_rebuilt_solvers_do_not_recompile():
-    """Zero new compilations for new parameters (params=), a new functools.partial over new
+    """Zero new compilations for new parameters (``model.replace(params=...)`` and a model
+    built anew with ``as_model(..., params=...)``), a new functools.partial over new
     parameters, and a rebuilt stochastic solver with equal or new hyper-parameters."""
     sched = schedules.vp_linear()
     x_T = jnp.ones((4, 2))
     p0, p1 = _mlp_params(jax.random.key(0)), _mlp_params(jax.random.key(1))
-    a = sample(_mlp, sched, x_T, params=p0, solver="tab3", nfe=6)
-    sample(functools.partial(_mlp, p0), sched, x_T, solver="tab3", nfe=6)
-    sample(_mlp, sched, x_T, params=p0, solver=solvers.stochastic_ddim(0.5), nfe=6,
-           key=jax.random.key(0))
+    model = as_model(_mlp, sched, params=p0)
+    a = sample(model, x_T, solver="tab3", nfe=6)
+    sample(as_model(functools.partial(_mlp, p0), sched), x_T, solver="tab3", nfe=6)
+    sample(model, x_T, solver=solvers.stochastic_ddim(0.5), nfe=6, key=jax.random.key(0))
     before = _run._cache_size()
-    b = sample(_mlp, sched, x_T, params=p1, solver="tab3", nfe=6)
-    c = sample(functools.partial(_mlp, p1), sched, x_T, solver="tab3", nfe=6)
+    new = model.replace(params=p1)
+    b = sample(new, x_T, solver="tab3", nfe=6)
+    c = sample(as_model(functools.partial(_mlp, p1), sched), x_T, solver="tab3", nfe=6)
+    d = sample(as_model(_mlp, sched, params=p1), x_T, solver="tab3", nfe=6)
     for eta in (0.5, 0.7):
-        sample(_mlp, sched, x_T, params=p1, solver=solvers.stochastic_ddim(eta), nfe=6,
-               key=jax.random.key(0))
+        sample(new, x_T, solver=solvers.stochastic_ddim(eta), nfe=6, key=jax.random.key(0))
     assert _run._cache_size() == before
     np.testing.assert_allclose(b, c, rtol=1e-6)
+    np.testing.assert_array_equal(b, d)
     assert float(jnp.max(jnp.abs(a - b))) > 1e-3  # the new parameters were used
 
 
 def test_sample_inside_a_user_jit_traces_once():
     sched = schedules.vp_linear()
     x_T = jnp.ones((4, 2))
+    model = as_model(_mlp, sched, params=_mlp_params(jax.random.key(0)))
 
     @jax.jit
     @chex.assert_max_traces(n=1)
     def run(params, x):
-        return sample(_mlp, sched, x, params=params, solver="dpmpp_3m", nfe=8)
+        return sample(model.replace(params=params), x, solver="dpmpp_3m", nfe=8)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run_model(model, x):  # the Model itself as the argument
+        return sample(model, x, solver="dpmpp_3m", nfe=8)
 
     for seed in range(3):
-        out = run(_mlp_params(jax.random.key(seed)), x_T)
-        ref = sample(_mlp, sched, x_T, params=_mlp_params(jax.random.key(seed)),
-                     solver="dpmpp_3m", nfe=8)
+        params = _mlp_params(jax.random.key(seed))
+        out = run(params, x_T)
+        ref = sample(model.replace(params=params), x_T, solver="dpmpp_3m", nfe=8)
+        np.testing.assert_allclose(run_model(as_model(_mlp, sched, params=params), x_T), ref,
+                                   rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_flax_apply_with_params_and_a_rebuilt_module():
-    """A Flax Linen model.apply enters unchanged with params=; an equal module rebuilt (as a
-    checkpoint loader does) reuses the compiled sampler."""
+    """A Flax Linen module (or its model.apply) enters as_model unchanged with params=; an
+    equal module rebuilt (as a checkpoint loader does) reuses the compiled sampler."""
     from deis_jax.models import MLPScore
 
     sched = schedules.vp_linear()
     x_T = jnp.ones((4, 2))
-    model = MLPScore(hidden=16, depth=2)
-    params = model.init(jax.random.key(0), x_T, jnp.ones((4,)))
-    first = sample(model.apply, sched, x_T, params=params, solver="unipc3", nfe=6)
+    module = MLPScore(hidden=16, depth=2)
+    params = module.init(jax.random.key(0), x_T, jnp.ones((4,)))
+    first = sample(as_model(module, sched, params=params), x_T, solver="unipc3", nfe=6)
     before = _run._cache_size()
-    again = sample(MLPScore(hidden=16, depth=2).apply, sched, x_T, params=params,
+    again = sample(as_model(MLPScore(hidden=16, depth=2).apply, sched, params=params), x_T,
                    solver="unipc3", nfe=6)
     assert _run._cache_size() == before
     np.testing.assert_array_equal(first, again)
@@ -402,31 +450,30 @@ def test_flax_apply_with_params_and_a_rebuilt_module():
 def test_wrong_call_form_names_both_forms(with_params):
     sched = schedules.vp_linear()
     params = _mlp_params(jax.random.key(0))
-    if with_params:  # params given to a model that takes (x, t)
-        model, kwargs = GMM.eps_fn(sched), {"params": params}
-        match = r"model_fn\(params, x, t\).*model_fn\(x, t\): drop params="
-    else:  # params omitted for a model that needs them
-        model, kwargs = _mlp, {}
-        match = r"model_fn\(x, t\).*model_fn\(params, x, t\): pass them with params="
+    if with_params:  # params given to a network that takes (x, t)
+        network, kwargs = GMM.eps_fn(sched), {"params": params}
+        match = (r"called as network\(params, x, t\).*a network without parameters takes no "
+                 r"params=")
+    else:  # params omitted for a network that needs them
+        network, kwargs = _mlp, {}
+        match = r"called as network\(x, t\).*a network with parameters needs params="
     with pytest.raises(ValueError, match=match):
-        sample(model, sched, jnp.ones((4, 2)), solver="ddim", nfe=4, **kwargs)
+        sample(as_model(network, sched, **kwargs), jnp.ones((4, 2)), solver="ddim", nfe=4)
 
 
 @pytest.mark.parametrize("hook", [lambda x, t: x[:, :1], lambda x, t: x.astype(jnp.float16)],
                          ids=["shape", "dtype"])
 def test_hook_changing_shape_or_dtype_is_reported(hook):
-    sched = schedules.vp_linear()
     with pytest.raises(ValueError, match=r"hook\(x, t\) must return x's shape \(4, 2\)"):
-        sample(GMM.eps_fn(sched), sched, jnp.ones((4, 2)), solver="ddim", nfe=4, hook=hook)
+        sample(MODEL, jnp.ones((4, 2)), solver="ddim", nfe=4, hook=hook)
 
 
 @pytest.mark.parametrize("name", ["rho_rk4", "edm_heun", "dpm_fast", "unipc3", "edm_sde"])
 def test_hook_runs_once_per_step_at_the_step_end(name):
     """Every solver, multistage or not: one hook call per step, at ts[1], ..., ts[N], and
     the hook's edit is the state the next step starts from."""
-    sched = schedules.vp_linear()
     solver = get_solver(name)
-    ts = timesteps(sched, 4, "log_snr")
+    ts = timesteps(VP, 4, "log_snr")
     seen = []
 
     def hook(x, t):
@@ -434,8 +481,8 @@ def test_hook_runs_once_per_step_at_the_step_end(name):
         return x.at[:, 0].set(0.0)
 
     plan = solver.for_nfe(solver, 10) if solver.for_nfe else solver
-    out = sample(GMM.eps_fn(sched), sched, jnp.ones((3, 2)), solver=plan, ts=ts, hook=hook,
-                 full_output=True, return_trajectory=True, key=jax.random.key(0))
+    out = sample(MODEL, jnp.ones((3, 2)), solver=plan, ts=ts, hook=hook, full_output=True,
+                 return_trajectory=True, key=jax.random.key(0))
     jax.effects_barrier()  # (unordered callbacks: compare the sorted times)
     np.testing.assert_allclose(np.sort(seen)[::-1], np.asarray(ts[1:]), rtol=1e-6)
     assert out.trajectory.shape == (5, 3, 2)
