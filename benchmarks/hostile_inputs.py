@@ -337,13 +337,14 @@ def numeric_cases():
                  lambda name=name, v=v: _solve(**{name: v}).x, (name,))
     case("4-numeric", "solve_ode(max_steps=0)", lambda: _solve(max_steps=0).x, ("max_steps",))
 
-    # low-precision inputs that must keep working
+    # low-precision inputs that must keep working (the sample comes back in the state
+    # dtype, float32: deis_jax.precision)
     for dt in ("float16", "bfloat16"):
         for solver in ("ddim", "tab3", "dpmpp_2m"):
             case("4-numeric", f"sample(x_T {dt}, {solver}) (must work)",
                  lambda dt=dt, solver=solver: _sample(
                      x_T=jnp.ones((4, 2), dt), solver=solver, nfe=6),
-                 accept=lambda x, w, dt=dt: _finite(x) and str(x.dtype) == dt)
+                 accept=lambda x, w: _finite(x) and x.dtype == jnp.float32)
 
 
 # ============================================================================ 5-types
@@ -443,8 +444,10 @@ def types_cases():
     model_cases(sched, eps)
 
     # solver names
-    for s in (3, None, "TAB3", object(), "rk45"):
+    for s in (3, "TAB3", object(), "rk45"):
         case("5-types", f"sample(solver={s!r})", lambda s=s: _sample(solver=s), ("solver",))
+    case("5-types", "sample(solver=None) (the default, tab3) (must work)",
+         lambda: _sample(solver=None), accept=lambda x, w: _finite(x))
     case("5-types", "solve_ode(solver='rk45')", lambda: _solve(solver="rk45").x, ("solver",))
     case("5-types", "solve_ode(per_sample='yes')", lambda: _solve(per_sample="yes").x,
          ("per_sample",))
@@ -549,6 +552,159 @@ def types_cases():
          ("train",))
     case("5-types", "array_dataset(strings)", lambda: T.array_dataset([["a", "b"]] * 4),
          ("train",))
+
+
+def _cond_net(x, t, label):
+    """A class-conditional eps-network: integer labels ``(batch,)`` shift the prediction."""
+    return 0.1 * x - 0.01 * label[:, None].astype(x.dtype)
+
+
+def _index_net(x, t):
+    """A network of DDPM step indices: it insists on int32 steps (``timestep="discrete"``)."""
+    if t.dtype != jnp.int32:
+        raise TypeError(f"_index_net takes int32 steps, got {t.dtype}")
+    return 0.1 * x
+
+
+def model_cases(sched, eps):
+    """The one door (``as_model``) and what it builds: unsupported networks, the Model's
+    options (prediction, timestep, dtype, params, cond), guidance on a Model, plans, networks
+    that fail when called, and the old call forms (which must be refused naming ``as_model``)."""
+    from deis_jax.guidance import classifier_free, classifier_guidance
+    from deis_jax.models import MLPScore
+
+    x = jnp.ones((4, 2))
+    labels = jnp.arange(4, dtype=jnp.int32) % 3
+    null = jnp.full_like(labels, 3)
+
+    def cond_model():
+        return as_model(_cond_net, sched, cond=labels)
+
+    # unsupported objects as the network
+    for label, obj in {"an int (42)": 42, "a string ('eps_fn')": "eps_fn", "None": None,
+                       "a dict of arrays": {"w": jnp.ones(2)}, "a list of functions": [eps]
+                       }.items():
+        case("5-types", f"as_model({label}, schedule)", lambda obj=obj: as_model(obj, sched),
+             ("network",))
+    case("5-types", "as_model(network) without a schedule", lambda: as_model(eps),
+         ("schedule",))
+    case("5-types", "as_model(a Linen module without params=)",
+         lambda: as_model(MLPScore(hidden=8, depth=1), sched), ("params",))
+    case("5-types", "as_model(an existing Model, schedule) (fields go through model.replace)",
+         lambda: as_model(as_model(eps, sched), sched), ("replace",))
+
+    # prediction= (was sample's / solve_ode's prediction=)
+    for p in ("noise", None, 3, "EPS"):
+        case("5-types", f"as_model(prediction={p!r})",
+             lambda p=p: as_model(eps, sched, prediction=p), ("prediction", repr(p)))
+
+    # timestep=
+    for v in ("ms", "seconds", 3):
+        case("5-types", f"as_model(timestep={v!r}) (unknown)",
+             lambda v=v: as_model(eps, sched, timestep=v), ("timestep", repr(v)))
+    for v in ("discrete", "index"):
+        case("5-types", f"as_model(timestep={v!r}) on vp_linear (a DDPM step, vp_discrete only)",
+             lambda v=v: as_model(eps, sched, timestep=v), ("timestep", v, "vp_linear"))
+    case("5-types", "sample(as_model(network of int32 steps, vp_discrete, timestep='discrete')) "
+         "(must work)",
+         lambda: _sample(schedule=schedules.vp_discrete(betas=np.linspace(1e-4, 0.02, 1000)),
+                         network=_index_net, timestep="discrete"),
+         accept=lambda r, w: _finite(r))
+
+    # dtype= (was sample's model_dtype=)
+    for v in ("int8", "float128", "fp8", 3):
+        case("5-types", f"as_model(dtype={v!r})", lambda v=v: as_model(eps, sched, dtype=v),
+             ("dtype", repr(v)))
+    case("5-types", "as_model(dtype='float64') with float64 off",
+         lambda: as_model(eps, sched, dtype="float64"), ("dtype", "float64"))
+    case("5-types", "sample(as_model(dtype='bfloat16')) (must work; float32 state)",
+         lambda: _sample(dtype="bfloat16", solver="tab3", nfe=6),
+         accept=lambda r, w: _finite(r) and r.dtype == jnp.float32)
+
+    # params= (was sample's params=)
+    case("5-types", "sample(as_model(network without parameters, params=...))",
+         lambda: _sample(params={"w": jnp.ones(2)}), ("params",))
+
+    # cond=
+    case("5-types", "sample(as_model(cond whose leading axis is 3), batch 4)",
+         lambda: _sample(network=_cond_net, cond=jnp.zeros((3,), jnp.int32)), ("cond", "(3,)"))
+    case("5-types", "solve_ode(as_model(cond whose leading axis is 2), batch 4)",
+         lambda: _solve(network=_cond_net, cond=jnp.zeros((2,), jnp.int32)).x,
+         ("cond", "(2,)"))
+    case("5-types", "as_model(cond with a string leaf)",
+         lambda: as_model(_cond_net, sched, cond={"label": "cat"}), ("cond", "cat"))
+    case("5-types", "sample(as_model(conditional network, no cond))",
+         lambda: _sample(network=_cond_net), ("cond",))
+    case("5-types", "sample(as_model(unconditional network, cond=labels))",
+         lambda: _sample(cond=labels), ("cond",))
+    case("5-types", "sample(as_model(cond shared, leading axis 1)) (must work)",
+         lambda: _sample(network=_cond_net, cond=jnp.array([2], jnp.int32)),
+         accept=lambda r, w: _finite(r))
+    case("5-types", "sample(as_model(cond a Python int)) (must work)",
+         lambda: _sample(network=_cond_net, cond=2), accept=lambda r, w: _finite(r))
+
+    # networks that fail when called
+    for label, net in {"x only": lambda x: x, "(x, t, a, b)": lambda x, t, a, b: x}.items():
+        case("5-types", f"sample(as_model(network of the wrong arity: {label}))",
+             lambda net=net: _sample(network=net), ("network", "network(x, t)"))
+
+    # guidance on a Model
+    case("5-types", "classifier_free(null_cond of another structure: a dict)",
+         lambda: classifier_free(cond_model(), 2.0, null_cond={"label": null}),
+         ("null_cond", "structure"))
+    case("5-types", "classifier_free(null_cond of another dtype: float32 labels)",
+         lambda: classifier_free(cond_model(), 2.0, null_cond=jnp.full((4,), 3.0)),
+         ("null_cond", "float32"))
+    case("5-types", "classifier_free(null_cond of another trailing shape)",
+         lambda: classifier_free(cond_model(), 2.0, null_cond=jnp.zeros((4, 2), jnp.int32)),
+         ("null_cond", "(4, 2)"))
+    case("5-types", "classifier_free(no null_cond)", lambda: classifier_free(cond_model(), 2.0),
+         ("null_cond",))
+    case("5-types", "classifier_free(a model without a condition)",
+         lambda: classifier_free(as_model(eps, sched), 2.0, null_cond=null), ("cond",))
+    case("5-types", "classifier_free(scale=nan)",
+         lambda: classifier_free(cond_model(), NAN, null_cond=null), ("scale", "nan"))
+    case("5-types", "classifier_free(a network function, not a Model)",
+         lambda: classifier_free(_cond_net, 2.0, cond=labels, null_cond=null),
+         ("model", "as_model"))
+    case("5-types", "sample(classifier_free(conditional Model, 2.0, null_cond)) (must work)",
+         lambda: sample(classifier_free(cond_model(), 2.0, null_cond=null), x, solver="ddim",
+                        nfe=5), accept=lambda r, w: _finite(r))
+    case("5-types", "classifier_guidance(label=float32 array)",
+         lambda: classifier_guidance(as_model(eps, sched), lambda p, x, t: x, 1.0,
+                                     label=jnp.ones(4)), ("label", "float32"))
+
+    # plans
+    case("5-types", "sample(plan and nfe)",
+         lambda: sample(as_model(eps, sched), x, make_plan(sched, "ddim", nfe=5), nfe=10),
+         ("plan",))
+    case("5-types", "sample(plan='ddim')", lambda: sample(as_model(eps, sched), x, "ddim"),
+         ("plan",))
+    case("5-types", "make_plan(nfe and ts)",
+         lambda: make_plan(sched, "ddim", nfe=5, ts=timesteps(sched, 5)), ("nfe", "ts"))
+    case("5-types", "make_plan(neither nfe nor ts)", lambda: make_plan(sched, "ddim"),
+         ("nfe", "ts"))
+    case("5-types", "make_plan(ts=..., rho=7) (a grid option with an explicit grid)",
+         lambda: make_plan(sched, "ddim", ts=timesteps(sched, 5), rho=7.0), ("rho",))
+
+    # the old call forms: refused, naming the door
+    case("5-types", "sample(model_fn, schedule, x_T) (the old call form)",
+         lambda: sample(eps, sched, x, solver="ddim", nfe=5), ("as_model",))
+    for kw in (dict(params={"w": jnp.ones(2)}), dict(prediction="x0"),
+               dict(model_dtype="bfloat16")):
+        case("5-types", f"sample(model, x_T, {next(iter(kw))}=...) (an old argument)",
+             lambda kw=kw: sample(as_model(eps, sched), x, solver="ddim", nfe=5, **kw),
+             ("as_model",))
+    case("5-types", "sample(model_fn, x_T) (a function, not a Model)",
+         lambda: sample(eps, x, solver="ddim", nfe=5), ("model", "as_model"))
+    case("5-types", "solve_ode(model_fn, schedule, x_T) (the old call form)",
+         lambda: solve_ode(eps, sched, x).x, ("as_model",))
+    case("5-types", "solve_ode(model, x_T, prediction='x0') (an old argument)",
+         lambda: solve_ode(as_model(eps, sched), x, prediction="x0").x, ("as_model",))
+    case("5-types", "solve_ode(model_fn, x_T) (a function, not a Model)",
+         lambda: solve_ode(eps, x).x, ("model", "as_model"))
+    case("5-types", "classifier_free(model_fn, label, scale, n_classes=3) (the old call form)",
+         lambda: classifier_free(_cond_net, labels, 2.0, n_classes=3), ("as_model",))
 
 
 SPEC_MODEL = {"name": "mlp", "hidden": 16, "depth": 1}

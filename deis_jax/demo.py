@@ -154,10 +154,10 @@ def _train_part(out: str, *, steps: int, n: int, nfe: int, progress: str):
     model = load_model(ckpt)
     rows, samples = _sample_and_score(model, data, ("tab3",), (nfe,), n,
                                       "train: the reloaded checkpoint", progress)
-    header = (f"### train: small checkerboard MLP from scratch, {model.info["step"]} steps in "
+    header = (f"### train: small checkerboard MLP from scratch, {model.info['step']} steps in "
               f"{result.seconds:.0f}s ({result.steps_per_s:.0f} steps/s), checkpoint "
               f"`{ckpt}`, reloaded and sampled")
-    cells = [(f"trained here ({model.info["step"]} steps): reference", samples["reference"],
+    cells = [(f"trained here ({model.info['step']} steps): reference", samples["reference"],
               _caption(rows[0], "points")),
              (f"trained here: tab3 (log_snr), NFE {nfe}", samples[f"tab3, NFE {nfe}"],
               _caption(rows[1], "points"))]

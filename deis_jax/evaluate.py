@@ -96,10 +96,11 @@ def guided_model(model: Model, label=None, guidance=0.0) -> Model:
     if not jnp.issubdtype(label.dtype, jnp.integer) or label.ndim > 1:
         raise TypeError(f"label must be an integer class index (a scalar or (batch,)), got "
                         f"label={label!r}")
-    values = np.asarray(label).reshape(-1)
-    if values.size and not (0 <= values.min() and values.max() < n_classes):
-        raise ValueError(f"label must lie in [0, num_classes) = [0, {n_classes}), got "
-                         f"values in [{values.min()}, {values.max()}]")
+    bad = [int(v) for v in np.asarray(label).reshape(-1) if not 0 <= v < n_classes]
+    if bad:
+        raise ValueError(f"label must lie in [0, n_classes) = [0, {n_classes}), got "
+                         f"label={bad[0]}" + (f" ({len(bad)} bad values)" if len(bad) > 1
+                                              else ""))
     label = label.astype(jnp.int32)
     return classifier_free(model.replace(cond=label), guidance,
                            null_cond=jnp.full(label.shape or (1,), n_classes, jnp.int32))

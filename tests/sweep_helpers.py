@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from deis_jax import get_solver, testing, timesteps
+from deis_jax import as_model, get_solver, testing, timesteps
 from deis_jax.sampling import run_table, solver_model
 from deis_jax.solvers.ei import MultistepCoeffs
 from deis_jax.solvers.runge_kutta import StageCoeffs
@@ -54,29 +54,31 @@ def _pad(co, length):
     return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=0), rep, co)
 
 
-def sweep(solver, model_fn, schedule, x_T, grids, prediction="eps"):
-    """Final samples of ``solver`` from ``x_T`` on each time grid of ``grids``.
+def sweep(solver, model, x_T, grids):
+    """Final samples of ``solver`` from ``x_T`` on each time grid of ``grids``, for a
+    :class:`deis_jax.Model` ``model`` (:func:`deis_jax.as_model`).
 
     Returns an array ``(len(grids), *x_T.shape)``.
     """
     solver = get_solver(solver)
-    fn = solver_model(model_fn, schedule, prediction, solver)
     grids = [jnp.asarray(ts) for ts in grids]
     lengths = sorted({ts.shape[0] for ts in grids})
     groups = [[i for i, ts in enumerate(grids) if ts.shape[0] == n] for n in lengths]
     order = np.argsort(np.concatenate(groups))  # back to the caller's order
 
     @jax.jit
-    def run(schedule, grouped, x_T):
+    def run(model, grouped, x_T):
+        fn = solver_model(model, solver)
         # One builder per grid length, vmapped over the grids of that length.
-        tables = [jax.vmap(solver.table, in_axes=(None, 0))(schedule, g) for g in grouped]
+        tables = [jax.vmap(solver.table, in_axes=(None, 0))(model.schedule, g)
+                  for g in grouped]
         length = max(ts.shape[1] for ts in grouped) - 1
         padded = [jax.vmap(lambda co: _pad(co, length))(t) for t in tables]
         stacked = jax.tree_util.tree_map(lambda *v: jnp.concatenate(v)[order], *padded)
         ts_next = jnp.zeros((length,), x_T.dtype)  # no hook: the end times are unused
         return jax.vmap(lambda co: run_table(solver, fn, co, x_T, ts_next)[0])(stacked)
 
-    return run(schedule, tuple(jnp.stack([grids[i] for i in g]) for g in groups), x_T)
+    return run(model, tuple(jnp.stack([grids[i] for i in g]) for g in groups), x_T)
 
 
 def measured_order(solver, problem, nfes, grid="log_snr"):
@@ -95,7 +97,7 @@ def measured_order(solver, problem, nfes, grid="log_snr"):
             "different step plans"
         solver = plans[0]
     grids = [timesteps(sched, solver.steps_for_nfe(n), kind, **options) for n in nfes]
-    xs = sweep(solver, gmm.eps_fn(sched), sched, x_T, grids)
+    xs = sweep(solver, as_model(gmm.eps_fn(sched), sched), x_T, grids)
     err = np.sqrt(np.mean((np.asarray(xs) - np.asarray(gt)[None]) ** 2, axis=(1, 2)))
     assert np.all(err >= 1e-9), err  # still above the ground truth's own error
     return -stats.linregress(np.log(nfes), np.log(err)).slope, err

@@ -59,17 +59,16 @@ def test_incomplete_save_is_ignored(tmp_path):
     # A save interrupted mid-write leaves only orbax's temporary directory behind.
     os.makedirs(tmp_path / "7.orbax-checkpoint-tmp-1234" / "state")
     assert latest_step(tmp_path) == 3
-    assert load_model(tmp_path).step == 3
+    assert load_model(tmp_path).info["step"] == 3
 
 
 def test_load_model_samples_from_the_path_alone(tmp_path):
     fit(SPEC, _data(), TrainConfig(steps=5, batch_size=8), ckpt_dir=tmp_path, progress="none")
     m = load_model(tmp_path)
-    assert m.spec == SPEC and m.prediction == "eps" and m.step == 5
+    assert m.info["spec"] == SPEC and m.prediction == "eps" and m.info["step"] == 5
     np.testing.assert_allclose(m.schedule.alpha(0.3), schedules.vp_linear().alpha(0.3))
     x_T = m.schedule.prior_sample(jax.random.key(0), (8, 2))
-    x = deis_jax.sample(m.model_fn, m.schedule, x_T, params=m.params, solver="tab3", nfe=6,
-                        prediction=m.prediction)
+    x = deis_jax.sample(m, x_T, solver="tab3", nfe=6)
     assert x.shape == (8, 2) and bool(jnp.all(jnp.isfinite(x)))
     raw = load_model(tmp_path, ema=False)
     assert any(float(jnp.max(jnp.abs(a - b))) > 0
@@ -106,18 +105,20 @@ def _init(spec: DiffusionSpec, seed: int):
 
 
 @pytest.mark.parametrize("loss,prediction", [("edm", "edm"), ("ddpm", "eps")])
-def test_spec_sampling_model_wraps_the_network(loss, prediction):
+def test_spec_as_model_wraps_the_network(loss, prediction):
     spec = _sampling_spec(loss)
     params = _init(spec, 0)
-    fn, pred = spec.sampling_model()
-    assert pred == prediction
+    model = spec.as_model(params)
+    assert model.prediction == prediction and model.info["spec"] == spec
     x = jnp.ones((3, 2))
     if loss == "ddpm":  # queried at the real-valued DDPM step n = N t - 1
-        np.testing.assert_allclose(fn(params, x, jnp.full((3,), 0.5)),
+        assert model.timestep == "index"
+        np.testing.assert_allclose(model.output(x, jnp.full((3,), 0.5)),
                                    spec.build_model().apply(params, x, jnp.full((3,), 49.0)),
                                    rtol=1e-6)
-    else:  # preconditioned: D(y, rho) -> y as rho -> 0
-        np.testing.assert_allclose(fn(params, x, jnp.full((3,), 1e-4)), x, rtol=1e-3)
+    else:  # preconditioned: D(y, rho) -> y as rho -> 0 (alpha = 1 under EDM)
+        t = model.schedule.t_from_rho(jnp.full((3,), 1e-4))
+        np.testing.assert_allclose(model.output(x, t), x, rtol=1e-3)
 
 
 def _assert_one_executable(draw, a, b):
@@ -136,10 +137,8 @@ def test_rebuilt_model_with_new_parameters_reuses_the_sampler(loss):
     spec = _sampling_spec(loss)
     x_T = spec.build_schedule().prior_sample(jax.random.key(0), (8, 2))
 
-    def draw(params):  # rebuilds the model function and the schedule, as an evaluation does
-        model_fn, prediction = spec.sampling_model()
-        return deis_jax.sample(model_fn, spec.build_schedule(), x_T, params=params,
-                               solver="tab3", nfe=6, prediction=prediction)
+    def draw(params):  # rebuilds the model and the schedule, as an evaluation does
+        return deis_jax.sample(spec.as_model(params), x_T, solver="tab3", nfe=6)
 
     _assert_one_executable(draw, _init(spec, 0), _init(spec, 1))
 
@@ -151,9 +150,7 @@ def test_freshly_loaded_models_reuse_the_sampler(tmp_path):
     x_T = schedules.vp_linear().prior_sample(jax.random.key(0), (8, 2))
 
     def draw(seed):
-        m = load_model(tmp_path / str(seed))
-        return deis_jax.sample(m.model_fn, m.schedule, x_T, params=m.params, solver="tab3",
-                               nfe=6, prediction=m.prediction)
+        return deis_jax.sample(load_model(tmp_path / str(seed)), x_T, solver="tab3", nfe=6)
 
     _assert_one_executable(draw, 0, 1)
 
@@ -196,7 +193,7 @@ def test_damaged_newest_step_falls_back_and_resumes_bitwise(tmp_path):
     _damage(split, 15)
     with pytest.warns(UserWarning, match=r"step 15 in ckpt=.* cannot be read \(.*\); using "
                                          "step 10"):
-        assert load_model(split).step == 10
+        assert load_model(split).info["step"] == 10
     with pytest.warns(UserWarning, match="moved the unreadable checkpoint step 15"):
         resumed = fit(SPEC, data, config, ckpt_dir=split, progress="none")
     assert (split / "15.damaged").is_dir() and latest_step(split) == 20
@@ -209,7 +206,7 @@ def test_load_model_reads_only_what_sampling_needs(tmp_path):
     fit(SPEC, _data(), TrainConfig(steps=10, batch_size=8, ckpt_every=5), ckpt_dir=tmp_path,
         progress="none")
     _damage(tmp_path, 10, "train")
-    assert load_model(tmp_path).step == 10
+    assert load_model(tmp_path).info["step"] == 10
     with pytest.warns(UserWarning, match="step 10 .* cannot be read .* using step 5"):
         state, meta = restore_checkpoint(tmp_path)
     assert int(state["step"]) == 5 and meta["skipped"][0][0] == 10

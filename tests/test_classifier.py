@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deis_jax import sample, schedules, testing
+from deis_jax import as_model, sample, schedules, testing
 from deis_jax.guidance import classifier_guidance
 from deis_jax.training import array_dataset
 from deis_jax.training.classifier import train_noisy_classifier
@@ -58,12 +58,12 @@ def test_classifier_guidance_picks_the_class(trained):
     sched, clf = trained
     gmm = testing.GaussianMixture(jnp.full((2,), 0.5), jnp.asarray(MEANS),
                                   jnp.full((2, 2), STD))
-    eps_fn = gmm.eps_fn(sched)  # the exact unconditional model of the same data
+    model = as_model(gmm.eps_fn(sched), sched)  # the exact unconditional model of the data
     x_T = sched.prior_sample(jax.random.key(0), (400, 2))
     for label in (0, 1):
-        guided = classifier_guidance(eps_fn, clf.classifier_fn, label, 1.0, n_classes=2,
-                                     schedule=sched, classifier_params=clf.params)
-        x = sample(guided, sched, x_T, solver="tab3", nfe=20)
+        guided = classifier_guidance(model, clf.classifier_fn, 1.0, label=label,
+                                     classifier_params=clf.params)
+        x = sample(guided, x_T, solver="tab3", nfe=20)
         near = jnp.argmin(jnp.sum((x[:, None] - MEANS[None]) ** 2, -1), -1)
         assert float(jnp.mean(near == label)) > 0.97
 

@@ -66,8 +66,8 @@ def test_train_bf16_records_the_precision(tmp_path):
     assert main(["train", "--data", "checkerboard", "--steps", "3", "--out", str(out),
                  "--batch-size", "32", "--progress", "none", "--precision", "bf16"]) == 0
     loaded = load_model(out)
-    assert loaded.spec.model["dtype"] == "bfloat16"
-    assert loaded.model_fn.__self__.dtype == np.dtype("bfloat16")  # rebuilt computing in bf16
+    assert loaded.info["spec"].model["dtype"] == "bfloat16"
+    assert loaded.network.__self__.dtype == np.dtype("bfloat16")  # rebuilt computing in bf16
     assert main(["sample", "--ckpt", str(out), "--solver", "ddim", "--nfe", "5", "--n", "8",
                  "--out", str(tmp_path / "s.npz")]) == 0
     with np.load(tmp_path / "s.npz") as z:
@@ -192,7 +192,7 @@ def test_flow_matching_train_and_sample(tmp_path, capsys):
     assert main(["train", "--data", "checkerboard", "--steps", "3", "--out", str(out),
                  "--schedule", "flow", "--time-sampling", "logit_normal", "--batch-size", "32",
                  "--progress", "none"]) == 0
-    spec = training.load_model(out).spec
+    spec = training.load_model(out).info["spec"]
     assert (spec.loss, spec.prediction, spec.time_sampling) == (
         "flow_matching", "velocity", "logit_normal")
     assert spec.schedule["name"] == "flow"
@@ -226,7 +226,7 @@ def test_conditional_train_and_guided_sample(ckpt, tmp_path, capsys):
     assert main(["train", "--data", "digits", "--conditional", "--label-dropout", "0.2",
                  "--steps", "3", "--batch-size", "16", "--out", str(out),
                  "--progress", "none"]) == 0
-    spec = training.load_model(out).spec
+    spec = training.load_model(out).info["spec"]
     assert spec.model["num_classes"] == 10 and spec.label_dropout == 0.2
     common = ["sample", "--ckpt", str(out), "--solver", "ddim", "--nfe", "3", "--n", "4"]
     assert main([*common, "--label", "3", "--guidance", "2.0",

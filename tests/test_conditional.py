@@ -13,7 +13,7 @@ from deis_jax import schedules
 from deis_jax.evaluate import draw_samples, guided_model
 from deis_jax.models import MLPScore, UNet, model_from_config
 from deis_jax.training import (
-    DiffusionSpec, LoadedModel, TrainConfig, array_dataset, default_spec, fit, load_dataset,
+    DiffusionSpec, TrainConfig, array_dataset, default_spec, fit, load_dataset,
     load_model, make_loss, schedule_to_dict)
 from deis_jax.training.losses import drop_labels
 from deis_jax.training.trainer import _check_resume, _objective
@@ -160,7 +160,7 @@ def test_conditional_training_checkpoint_and_guided_sampling(tmp_path):
     fit(spec, data, TrainConfig(steps=300, batch_size=128, lr=5e-3, log_every=300),
         ckpt_dir=tmp_path / "run", progress="none")
     model = load_model(tmp_path / "run")
-    assert model.spec == spec
+    assert model.info["spec"] == spec
     # The label picks the class; unconditional samples cover both.
     for label in (0, 1):
         x = draw_samples(model, 200, solver="tab3", nfe=10, label=label, guidance=1.0)
@@ -170,10 +170,9 @@ def test_conditional_training_checkpoint_and_guided_sampling(tmp_path):
 
 
 def test_guided_model_checks():
-    cond = LoadedModel.from_spec(_cond_spec(), None)
-    plain = LoadedModel.from_spec(
-        DiffusionSpec(model={"name": "mlp"}, schedule=cond.spec.schedule), None)
-    assert guided_model(plain) is plain.model_fn
+    cond = _cond_spec().as_model(None)
+    plain = DiffusionSpec(model={"name": "mlp"}, schedule=_cond_spec().schedule).as_model(None)
+    assert guided_model(plain) is plain
     with pytest.raises(ValueError, match="model is unconditional"):
         guided_model(plain, 1)
     with pytest.raises(ValueError, match=r"label must lie in \[0, n_classes\) = \[0, 2\), "

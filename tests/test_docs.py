@@ -15,7 +15,8 @@ MODULES = ["deis_jax.schedules", "deis_jax.grids", "deis_jax.parameterization",
            "deis_jax.solvers.noise", "deis_jax.models.mlp", "deis_jax.models.unet",
            "deis_jax.precision", "deis_jax.likelihood", "deis_jax.inversion",
            "deis_jax.guidance", "deis_jax.conditioning", "deis_jax.training.classifier",
-           "deis_jax.learned_grids"]
+           "deis_jax.learned_grids", "deis_jax.model", "deis_jax.plan", "deis_jax.adaptive",
+           "deis_jax.thresholding"]
 
 
 @pytest.mark.parametrize("name", MODULES)

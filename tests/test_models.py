@@ -108,15 +108,17 @@ def test_samplers_take_linen_and_nnx_models():
     sched = schedules.vp_linear()
     mean, std = jnp.array([0.5, -1.0]), 0.4
     x_T = sched.prior_sample(jax.random.key(0), (64, 2))
-    want = deis_jax.sample(_linear_gaussian_eps(sched, mean, std), sched, x_T, solver="tab3",
-                           nfe=10)
+    exact = deis_jax.as_model(_linear_gaussian_eps(sched, mean, std), sched)
+    want = deis_jax.sample(exact, x_T, solver="tab3", nfe=10)
 
     linen = _LinenGaussian()
     params = linen.init(jax.random.key(0), x_T[:1], jnp.ones((1,)))
     params = {"params": {"mean": mean, "log_std": jnp.log(jnp.float32(std))}}
-    got_linen = deis_jax.sample(linen.apply, sched, x_T, params=params, solver="tab3", nfe=10)
-    got_partial = deis_jax.sample(functools.partial(linen.apply, params), sched, x_T,
-                                  solver="tab3", nfe=10)
+    got_linen = deis_jax.sample(deis_jax.as_model(linen, sched, params=params), x_T,
+                                solver="tab3", nfe=10)
+    got_partial = deis_jax.sample(
+        deis_jax.as_model(functools.partial(linen.apply, params), sched), x_T, solver="tab3",
+        nfe=10)
 
     nnx_model = _NNXGaussian(2)
     nnx_model.mean[...] = mean
@@ -126,10 +128,11 @@ def test_samplers_take_linen_and_nnx_models():
     def nnx_apply(state, x, t):  # pure function of the NNX state, like Linen's apply
         return nnx.merge(graphdef, state)(x, t)
 
-    got_nnx = deis_jax.sample(nnx_apply, sched, x_T, params=state, solver="tab3", nfe=10)
-    got_nnx_direct = deis_jax.sample(nnx_model, sched, x_T, solver="ddim", nfe=10)
-    want_ddim = deis_jax.sample(_linear_gaussian_eps(sched, mean, std), sched, x_T,
-                                solver="ddim", nfe=10)
+    got_nnx = deis_jax.sample(deis_jax.as_model(nnx_apply, sched, params=state), x_T,
+                              solver="tab3", nfe=10)
+    got_nnx_direct = deis_jax.sample(deis_jax.as_model(nnx_model, sched), x_T, solver="ddim",
+                                     nfe=10)
+    want_ddim = deis_jax.sample(exact, x_T, solver="ddim", nfe=10)
     np.testing.assert_allclose(got_linen, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got_partial, got_linen)
     np.testing.assert_allclose(got_nnx, want, rtol=1e-5, atol=1e-5)

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from deis_jax import get_solver, sample, schedules, testing, timesteps
+from deis_jax import as_model, get_solver, sample, schedules, testing, timesteps
 from deis_jax.solvers import unipc
 from sweep_helpers import ratio_bounds, sweep
 
@@ -31,14 +31,13 @@ def ring():
         gmm = testing.ring_mixture(8, std=0.05)
         x_T = sched.prior_sample(jax.random.key(0), (200, 2))
         gt, _ = testing.ode_ground_truth(gmm, sched, x_T, sched.t_max, sched.t_min)
-    return sched, gmm, x_T, np.asarray(gt)
+    return sched, as_model(gmm.eps_fn(sched), sched), x_T, np.asarray(gt)
 
 
 def _errors(solver, ring, grid="log_snr", ns=NS):
-    sched, gmm, x_T, gt = ring
+    sched, model, x_T, gt = ring
     s = get_solver(solver)
-    xs = sweep(s, gmm.eps_fn(sched), sched, x_T, [timesteps(sched, s.steps_for_nfe(n), grid)
-                                                 for n in ns])
+    xs = sweep(s, model, x_T, [timesteps(sched, s.steps_for_nfe(n), grid) for n in ns])
     return np.sqrt(np.mean((np.asarray(xs) - gt[None]) ** 2, axis=(1, 2)))
 
 
@@ -66,19 +65,19 @@ def gmm64():
         gmm = testing.gaussian_mixture(64, 10, std=0.3, scale=1.0, seed=1)
         x_T = sched.prior_sample(jax.random.key(0), (1000, 64))
         gt, _ = testing.ode_ground_truth(gmm, sched, x_T, sched.t_max, sched.t_min)
-    return sched, gmm, x_T, np.asarray(gt)
+    return sched, as_model(gmm.eps_fn(sched), sched), x_T, np.asarray(gt)
 
 
 def test_unipc3_final_steps_remove_cliff(x64, gmm64):
     """UniPC-3 on the quadratic grid: with the plain UniP-3 last step RMSE(12) is ~1.4x
     RMSE(10) (measured 5.0e-2 -> 7.0e-2); with the lowered final steps there is no cliff
     over 8..14."""
-    sched, gmm, x_T, gt = gmm64
+    sched, model, x_T, gt = gmm64
     ns = (8, 9, 10, 11, 12, 13, 14)
     grids = [timesteps(sched, n, "quadratic") for n in ns]
 
     def errors(solver):
-        xs = np.asarray(sweep(solver, gmm.eps_fn(sched), sched, x_T, grids))
+        xs = np.asarray(sweep(solver, model, x_T, grids))
         return np.sqrt(np.mean((xs - gt[None]) ** 2, axis=(1, 2)))
 
     auto, plain = errors(unipc(3)), errors(unipc(3, final_steps="none"))
@@ -103,12 +102,12 @@ def test_reference_rule_has_a_cliff(x64, ring):
 
 @pytest.mark.parametrize("name", ["dpmpp_3m", "dpm3", "unipc2"])
 def test_sweep_helper_equals_sample(x64, ring, name):
-    sched, gmm, x_T, _ = ring
+    sched, model, x_T, _ = ring
     s = get_solver(name)
     grids = [timesteps(sched, s.steps_for_nfe(n), "quadratic") for n in (9, 15)]
-    xs = sweep(s, gmm.eps_fn(sched), sched, x_T, grids)
+    xs = sweep(s, model, x_T, grids)
     for x, ts in zip(xs, grids):
-        ref = sample(gmm.eps_fn(sched), sched, x_T, solver=s, ts=ts)
+        ref = sample(model, x_T, solver=s, ts=ts)
         np.testing.assert_allclose(np.asarray(x), np.asarray(ref), rtol=0, atol=1e-12)
 
 
@@ -127,8 +126,8 @@ def test_exact_nfe(name, nfe):
         jax.debug.callback(lambda: calls.append(1))
         return fn(x, t)
 
-    out = sample(counted, sched, sched.prior_sample(jax.random.key(0), (4, 2)), solver=name,
-                 nfe=nfe, full_output=True)
+    out = sample(as_model(counted, sched), sched.prior_sample(jax.random.key(0), (4, 2)),
+                 solver=name, nfe=nfe, full_output=True)
     jax.block_until_ready(out.x)
     assert len(calls) == nfe == out.nfe
 
@@ -140,12 +139,12 @@ def test_encode_decode_and_grid_gradient(x64, name):
     sched = schedules.vp_linear()
     gmm = testing.gaussian_mixture(2, 3, std=0.4, seed=1)
     x0 = gmm.sample(jax.random.key(1), 16)[0]
-    fn = gmm.eps_fn(sched)
+    model = as_model(gmm.eps_fn(sched), sched)
     ts = timesteps(sched, 33, "log_snr")
-    z = sample(fn, sched, x0, solver=name, ts=ts[::-1])
-    back = sample(fn, sched, z, solver=name, ts=ts)
+    z = sample(model, x0, solver=name, ts=ts[::-1])
+    back = sample(model, z, solver=name, ts=ts)
     assert float(np.max(np.abs(back - x0))) < 5e-2  # edm_heun (17 steps): 2.2e-2
-    grad = jax.grad(lambda ts: sample(fn, sched, z, solver=name, ts=ts,
+    grad = jax.grad(lambda ts: sample(model, z, solver=name, ts=ts,
                                       check_finite=False).sum())(ts)
     assert bool(np.all(np.isfinite(np.asarray(grad)))) and float(np.abs(grad).max()) > 0
 

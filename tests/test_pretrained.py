@@ -38,7 +38,8 @@ def test_each_2d_model_samples_its_distribution(name):
     measured 1.0-3.4x), where the other toys' data score 5x or more; the checkerboard's
     samples fall in its squares."""
     model = pretrained.load(name)
-    assert model.spec.data["name"] == name and model.step == pretrained.record(name)["step"]
+    assert (model.info["spec"].data["name"] == name
+            and model.info["step"] == pretrained.record(name)["step"])
     data = load_dataset(name, n_train=8, n_test=1000)
     floor = energy_distance(toy_2d(name, 1000, seed=7), data.test)
     x = draw_samples(model, 1000, solver="tab3", nfe=10, grid="log_snr")
@@ -58,7 +59,7 @@ def test_digit_models_sample_recognisable_digits():
     probs = np.asarray(clf.probs(x))
     assert np.mean((probs.argmax(-1) < 10) & (probs.max(-1) > 0.5)) > 0.8
     cond = pretrained.load("digits_conditional")
-    assert cond.spec.num_classes == 10
+    assert cond.info["spec"].num_classes == 10
     x3 = draw_samples(cond, 128, solver="tab3", nfe=10, grid="log_snr", label=3, guidance=1.0)
     assert np.mean(np.asarray(clf.probs(x3)).argmax(-1) == 3) > 0.8
 
@@ -79,14 +80,12 @@ def test_export_round_trip(tmp_path):
                             directory=str(assets))
     assert rec["step"] == 3 and rec["command"].startswith("deis-jax train --data two_moons")
     loaded, direct = pretrained.load("moons3", directory=str(assets)), load_model(ckpt)
-    assert loaded.spec == direct.spec
-    assert loaded.model_fn.__self__ == direct.model_fn.__self__  # equal Flax modules
+    assert loaded.info["spec"] == direct.info["spec"]
+    assert loaded.network.__self__ == direct.network.__self__  # equal Flax modules
     for a, b in zip(jax.tree.leaves(loaded.params),
                     jax.tree.leaves(direct.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     x_T = loaded.schedule.prior_sample(jax.random.key(0), (8, 2))
     np.testing.assert_array_equal(
-        np.asarray(sample(loaded.model_fn, loaded.schedule, x_T, params=loaded.params,
-                          solver="tab3", nfe=5)),
-        np.asarray(sample(direct.model_fn, direct.schedule, x_T, params=direct.params,
-                          solver="tab3", nfe=5)))
+        np.asarray(sample(loaded, x_T, solver="tab3", nfe=5)),
+        np.asarray(sample(direct, x_T, solver="tab3", nfe=5)))

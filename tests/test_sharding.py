@@ -48,9 +48,9 @@ SCRIPT = textwrap.dedent('''
     gmm = deis_jax.testing.ring_mixture()
     x_T = sched.prior_sample(jax.random.key(1), (64, 2))
     for solver in ("tab3", "ddim"):
-        want = deis_jax.sample(gmm.eps_fn(sched), sched, x_T, solver=solver, nfe=10)
-        got = deis_jax.sample(gmm.eps_fn(sched), sched, shard_batch(x_T, mesh), solver=solver,
-                              nfe=10)
+        model = deis_jax.as_model(gmm.eps_fn(sched), sched)
+        want = deis_jax.sample(model, x_T, solver=solver, nfe=10)
+        got = deis_jax.sample(model, shard_batch(x_T, mesh), solver=solver, nfe=10)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         assert got.sharding.spec == PartitionSpec("batch"), got.sharding  # never gathered
     try:

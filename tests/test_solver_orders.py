@@ -26,7 +26,8 @@ import jax
 import numpy as np
 import pytest
 
-from deis_jax import get_solver, sample, schedules, solver_names, solvers, testing, timesteps
+from deis_jax import (as_model, get_solver, sample, schedules, solver_names, solvers, testing,
+                      timesteps)
 from sweep_helpers import measured_order
 
 _FAR = (48, 96, 192)
@@ -126,9 +127,10 @@ def test_ddim_equals_tab0_equals_closed_form(x64, problem):
     sched, gmm, x_T, _ = problem
     x_T = x_T[:32]
     ts = timesteps(sched, 10, "quadratic")
-    a = sample(gmm.eps_fn(sched), sched, x_T, solver="ddim", ts=ts)
-    b = sample(gmm.eps_fn(sched), sched, x_T, solver="tab0", ts=ts)
-    c = sample(gmm.eps_fn(sched), sched, x_T, solver="rhoab0", ts=ts)
+    model = as_model(gmm.eps_fn(sched), sched)
+    a = sample(model, x_T, solver="ddim", ts=ts)
+    b = sample(model, x_T, solver="tab0", ts=ts)
+    c = sample(model, x_T, solver="rhoab0", ts=ts)
     # Closed-form DDIM written out with numpy.
     x = np.asarray(x_T)
     t = np.asarray(ts)
@@ -148,9 +150,10 @@ def test_tab_equals_rhoab_on_edm(x64):
     gmm = testing.gaussian_mixture(2, 3, std=0.3, seed=3)
     x_T = sched.prior_sample(jax.random.key(2), (16, 2))
     ts = timesteps(sched, 8, "edm")
+    model = as_model(gmm.eps_fn(sched), sched)
     for k in (1, 2, 3):
-        a = sample(gmm.eps_fn(sched), sched, x_T, solver=f"tab{k}", ts=ts)
-        b = sample(gmm.eps_fn(sched), sched, x_T, solver=f"rhoab{k}", ts=ts)
+        a = sample(model, x_T, solver=f"tab{k}", ts=ts)
+        b = sample(model, x_T, solver=f"rhoab{k}", ts=ts)
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 

@@ -159,7 +159,8 @@ def test_nonfinite_loss_stops_and_keeps_the_last_finite_checkpoint(tmp_path):
         fit(BLOB_SPEC, data, config, ckpt_dir=tmp_path, progress="none")
     assert latest_step(tmp_path) == k
     model = load_model(tmp_path)
-    assert model.step == k and all(np.isfinite(v).all() for v in jax.tree.leaves(model.params))
+    assert model.info["step"] == k and all(np.isfinite(v).all()
+                                           for v in jax.tree.leaves(model.params))
     state, _ = restore_checkpoint(tmp_path, step=8)  # the older finite checkpoint survives
     assert int(state["step"]) == 8
     # Deterministic: resuming stops at the same step, without writing anything new.
