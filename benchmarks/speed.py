@@ -9,7 +9,7 @@ U-Net (8x8x1, channels (32, 64) with attention, batch 64), both float32, built o
     makes the same NFE model calls and nothing else (each call's output is the next call's
     input). Rounds of the two are interleaved, so load from other processes hits both alike;
     the minimum over rounds is reported.
-(b) ``t(eager sample(model.replace(params=new), ...)) / t(eager sample(model, ...))``:
+(b) ``t(eager sample(model.replace(params=new), ...)) / t(the same with the same params)``:
     new parameters must reuse the executable (no retrace, no recompile), interleaved.
 (c) the pattern stateful scheduler libraries force: a Python loop that calls a jitted
     "model + DDIM step" NFE times, against our single scan (DDIM and tAB3); ratio loop/scan.
@@ -122,13 +122,16 @@ def _limit_fn(model_fn, batch):
     return limit
 
 
-def _sampler_fn(name, nfe):
-    """``run(model, x)``: the sampler, with the model (its parameters) as an argument."""
+def _sampler_fn(model, name, nfe):
+    """``run(params, x)``: the sampler of ``model`` with new parameters,
+    ``sample(model.replace(params=params), x, ...)``. (The parameters, not the Model, are the
+    argument: an ahead-of-time compiled executable, ``jax.jit(run).lower(...).compile()``,
+    refuses a Model argument -- its pytree metadata does not match when called.)"""
     solver = get_solver(name)
     key = jax.random.key(0) if solver.stochastic else None
 
-    def run(model, x):
-        return sample(model, x, solver=name, nfe=nfe, key=key)
+    def run(params, x):
+        return sample(model.replace(params=params), x, solver=name, nfe=nfe, key=key)
 
     return run
 
@@ -149,23 +152,23 @@ def measure(model_name, model_fn, params, x, sched, solvers, nfes, rounds, lines
     batch = x.shape[0]
     limit = _limit_fn(model_fn, batch)
     model = as_model(model_fn, sched, params=params)
-    pool = [model.replace(params=_perturb(params, s)) for s in range(1, 4)]  # new checkpoints
+    pool = [_perturb(params, s) for s in range(1, 4)]  # new checkpoints
     rows, compile_s = [], {}
     for name in solvers:
         solver = get_solver(name)
         for target in nfes:
             nfe = _reachable(sched, solver, target)
-            run = _sampler_fn(name, nfe)
+            run = _sampler_fn(model, name, nfe)
             t0 = time.perf_counter()
-            compiled = jax.jit(run).lower(model, x).compile()
+            compiled = jax.jit(run).lower(params, x).compile()
             compile_s[(name, target)] = time.perf_counter() - t0
             ts_limit = jnp.linspace(1.0, 1e-3, nfe)
             t_limit, t_sampler = _interleaved_min(
                 [lambda: jax.block_until_ready(limit(params, x, ts_limit)),
-                 lambda: jax.block_until_ready(compiled(model, x))], rounds)
+                 lambda: jax.block_until_ready(compiled(params, x))], rounds)
             counter = iter(range(10**9))
             t_same, t_new = _interleaved_min(
-                [lambda: jax.block_until_ready(run(model, x)),
+                [lambda: jax.block_until_ready(run(params, x)),
                  lambda: jax.block_until_ready(run(pool[next(counter) % len(pool)], x))],
                 max(3, rounds // 3))
             rows.append((name, nfe, t_sampler, t_limit, t_new / t_same,
@@ -190,14 +193,14 @@ def loop_vs_scan(model_name, model_fn, params, x, sched, nfes, rounds, lines):
                 y = step(params, y, t, t_next)
             return jax.block_until_ready(y)
 
-        scans = {n: jax.jit(_sampler_fn(n, nfe)) for n in ("ddim", "tab3")}
+        scans = {n: jax.jit(_sampler_fn(model, n, nfe)) for n in ("ddim", "tab3")}
         t_loop, t_ddim, t_tab3 = _interleaved_min(
-            [loop] + [lambda f=f: jax.block_until_ready(f(model, x)) for f in scans.values()],
+            [loop] + [lambda f=f: jax.block_until_ready(f(params, x)) for f in scans.values()],
             rounds)
         lines.append(f"| {model_name} | {nfe} | {1e3 * t_loop:.2f} | {1e3 * t_ddim:.2f} | "
                      f"{1e3 * t_tab3:.2f} | {t_loop / t_ddim:.2f} | {t_loop / t_tab3:.2f} |")
         print(lines[-1], flush=True)
-        np.testing.assert_allclose(np.asarray(loop()), np.asarray(scans["ddim"](model, x)),
+        np.testing.assert_allclose(np.asarray(loop()), np.asarray(scans["ddim"](params, x)),
                                    rtol=1e-4, atol=1e-4)
 
 
@@ -227,7 +230,7 @@ def main():
         "",
         "(a) `limit` = one jitted `lax.scan` making the same NFE model calls and nothing else; "
         "`/ limit` = sampler / limit. (b) `new/same` = eager `sample(model.replace(params=new), "
-        "...)` over the same call with the same model. (d) compile = trace + lower + compile of "
+        "...)` over the same call with the same parameters. (d) compile = trace + lower + compile of "
         "the jitted sampler.",
         "",
         "| model | solver | NFE | sampler ms | limit ms | (a) / limit | (b) new/same | "

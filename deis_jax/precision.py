@@ -7,9 +7,10 @@ and the trainer):
   float64 for a float64 ``x_T`` (with ``jax_enable_x64``) -- never bfloat16/float16, whose 8
   (11) significant bits cannot hold a time grid (bfloat16 rounds t = 0.10377 to 0.10400 and
   DDPM step 750 to 752) nor accumulate hundreds of small updates;
-* the model receives ``x`` cast to its *model dtype* and ``t`` in the state dtype (a network
-  that computes in bfloat16 embeds time in float32, see :mod:`deis_jax.models`); its output is
-  cast back to the state dtype before the solver's arithmetic.
+* the model receives ``x`` cast to its *compute dtype* (``as_model(..., dtype=...)``;
+  default the dtype of ``x_T``) and ``t`` in the state dtype (a network that computes in
+  bfloat16 embeds time in float32, see :mod:`deis_jax.models`); its output is cast back to the
+  state dtype before the solver's arithmetic.
 
 The bfloat16 rounding of the model's input and output (about ``2**-9`` relative) is then the
 only error mixed precision adds; the solver adds none.
@@ -35,7 +36,7 @@ def check_dtype(name: str, value) -> np.dtype:
     ``jax_enable_x64`` is off (JAX would silently compute in float32).
 
     Example:
-      >>> check_dtype("model_dtype", "bf16")
+      >>> check_dtype("dtype", "bf16")
       dtype(bfloat16)
     """
     key = _ALIASES.get(value, value) if isinstance(value, str) else value

@@ -382,8 +382,9 @@ def vp_discrete(*, betas=None, alphas_cumprod=None, t_min=None, t_max=1.0) -> Sc
 
     With ``N`` entries, entry ``n`` (0-based) sits at ``t_n = (n+1)/N`` and
     ``log alpha`` is interpolated piecewise-linearly in ``t`` between them, so a model trained
-    on integer steps ``n`` is queried at ``n = N t - 1`` (see
-    :func:`deis_jax.parameterization.discrete_time_model`).
+    on integer steps ``n`` is queried at ``n = N t - 1`` (``as_model(...,
+    timestep="index")``, or ``timestep="discrete"`` for the rounded int32 index; see
+    :data:`deis_jax.model.TIMESTEPS`).
 
     Args:
       betas: per-step ``beta_n`` in ``(0, 1)``, shape ``(N,)``; or
@@ -547,7 +548,7 @@ def flow(shift=1.0, *, t_min=1e-3, t_max=1.0 - 1e-3) -> Schedule:
     ignores, as VP's does for its ``alpha(1) = 6.7e-3``.
 
     The network of a flow-matching model predicts the velocity ``dx/dt`` (``eps - x_0`` at
-    ``shift=1``): sample it with ``prediction="velocity"`` (see
+    ``shift=1``): sample it as ``as_model(network, schedule, prediction="velocity")`` (see
     :func:`deis_jax.parameterization.flow_velocity_model` for models conditioned on
     ``sigma``, such as SD3/Flux, and for the noise-at-``t = 0`` convention). Every solver
     runs on it; the best grid depends on the data (``benchmarks/results/flow.md``): the

@@ -170,8 +170,8 @@ def test_conditional_training_checkpoint_and_guided_sampling(tmp_path):
 
 
 def test_guided_model_checks():
-    cond = _cond_spec().as_model(None)
-    plain = DiffusionSpec(model={"name": "mlp"}, schedule=_cond_spec().schedule).as_model(None)
+    cond = _cond_spec().as_model({})  # parameters are not needed to check the arguments
+    plain = DiffusionSpec(model={"name": "mlp"}, schedule=_cond_spec().schedule).as_model({})
     assert guided_model(plain) is plain
     with pytest.raises(ValueError, match="model is unconditional"):
         guided_model(plain, 1)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deis_jax import get_solver, sample, schedules, testing, timesteps
+from deis_jax import as_model, get_solver, sample, schedules, testing, timesteps
 from deis_jax.solvers import dpm_fast, dpm_solver, dpm_solver_pp, dpmpp_2s, logrho_deis
 from deis_jax.solvers import deis_ab, ei
 from deis_jax.solvers.dpm_solver_pp import CURVATURE_SCALE, FINAL_RULES, dpmpp_weights
@@ -67,7 +67,8 @@ def test_x0_weights_match_numpy_quadrature(x64):
 
 def test_dpm1_ddim_tab0_agree(x64, problem):
     sched, gmm, x_T, _ = problem
-    outs = [sample(gmm.eps_fn(sched), sched, x_T, solver=name, nfe=10, grid="log_snr")
+    model = as_model(gmm.eps_fn(sched), sched)
+    outs = [sample(model, x_T, solver=name, nfe=10, grid="log_snr")
             for name in ("dpm1", "ddim", "tab0")]
     np.testing.assert_allclose(np.asarray(outs[0]), np.asarray(outs[1]), rtol=0, atol=1e-12)
     np.testing.assert_allclose(np.asarray(outs[0]), np.asarray(outs[2]), rtol=0, atol=1e-12)
@@ -85,8 +86,8 @@ def test_dpmpp_2m_matches_paper_formula(x64, problem):
     sched, gmm, x_T, _ = problem
     ts = np.array([1.0, 0.4, 0.1])
     # full order to the end: the auto final rule would lower these long steps
-    out = sample(gmm.eps_fn(sched), sched, x_T, solver=dpm_solver_pp(2, final_steps="none"),
-                 ts=jnp.asarray(ts))
+    out = sample(as_model(gmm.eps_fn(sched), sched), x_T,
+                 solver=dpm_solver_pp(2, final_steps="none"), ts=jnp.asarray(ts))
     alpha, sigma, lam = _vp_numpy(ts)
 
     def x0(x, i):
@@ -241,14 +242,14 @@ def test_singlestep_low_nfe_does_not_blow_up(x64):
     gmm = testing.ring_mixture(8, std=0.05)
     x_T = sched.prior_sample(jax.random.key(1), (100, 2))
     gt = np.asarray(testing.ode_ground_truth(gmm, sched, x_T, sched.t_max, sched.t_min)[0])
-    fn = gmm.eps_fn(sched)
+    model = as_model(gmm.eps_fn(sched), sched)
 
     def errors(solver, nfes, grid):
         s = get_solver(solver)
         out = []
         for n in nfes:  # DPM-Solver-fast's plan depends on the NFE: one sweep per NFE
             plan = s.for_nfe(s, n) if s.for_nfe else s
-            xs = sweep(plan, fn, sched, x_T, [timesteps(sched, plan.steps_for_nfe(n), grid)])
+            xs = sweep(plan, model, x_T, [timesteps(sched, plan.steps_for_nfe(n), grid)])
             out.append(np.sqrt(np.mean((np.asarray(xs[0]) - gt) ** 2)))
         return np.array(out)
 
@@ -303,7 +304,8 @@ def test_model_calls_are_the_reported_nfe(name, nfe):
         jax.debug.callback(lambda: calls.append(1))
         return gmm.eps(x, t, sched)
 
-    out = sample(counting, sched, jnp.ones((2, 2)), solver=name, nfe=nfe, full_output=True)
+    out = sample(as_model(counting, sched), jnp.ones((2, 2)), solver=name, nfe=nfe,
+                 full_output=True)
     jax.effects_barrier()
     assert out.nfe == nfe == len(calls)
 
@@ -325,7 +327,7 @@ def test_dpm2_matches_paper_formula(x64, problem):
     """One DPM-Solver-2 step by hand (Lu et al. 2022, Alg. 1, r_1 = 1/2) against the solver."""
     sched, gmm, x_T, _ = problem
     ts = np.array([1.0, 0.2])
-    out = sample(gmm.eps_fn(sched), sched, x_T, solver=dpm_solver(2, h_max=None),
+    out = sample(as_model(gmm.eps_fn(sched), sched), x_T, solver=dpm_solver(2, h_max=None),
                  ts=jnp.asarray(ts))
     alpha, sigma, lam = _vp_numpy(ts)
     h = lam[1] - lam[0]
@@ -360,20 +362,20 @@ def test_bad_arguments_raise_before_tracing():
         dpmpp_2s(h_max="big")
     sched = schedules.vp_linear()
     x_T = jnp.zeros((4, 2))
-    model = testing.gaussian_mixture(2, 2).eps_fn(sched)
+    model = as_model(testing.gaussian_mixture(2, 2).eps_fn(sched), sched)
     with pytest.raises(ValueError, match="nfe=8"):
-        sample(model, sched, x_T, solver="dpm3", nfe=8)
+        sample(model, x_T, solver="dpm3", nfe=8)
 
 
 def test_jit_and_vmap_over_seeds():
     sched = schedules.vp_linear()
     gmm = testing.gaussian_mixture(2, 3, std=0.4, seed=2)
-    fn = gmm.eps_fn(sched)
+    model = as_model(gmm.eps_fn(sched), sched)
 
     @jax.jit
     def draw(key):
         x_T = sched.prior_sample(key, (8, 2))
-        return sample(fn, sched, x_T, solver="dpm_fast", nfe=10, grid="log_snr")
+        return sample(model, x_T, solver="dpm_fast", nfe=10, grid="log_snr")
 
     keys = jax.random.split(jax.random.key(0), 3)
     batched = jax.vmap(draw)(keys)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deis_jax import get_solver, sample, schedules, testing, timesteps
+from deis_jax import as_model, get_solver, sample, schedules, testing, timesteps
 
 
 def test_edm_heun_is_rho_heun_with_an_euler_last_step(x64, problem):
@@ -26,8 +26,9 @@ def test_edm_heun_is_rho_heun_with_an_euler_last_step(x64, problem):
 
 def test_euler_is_ddim(x64, problem):
     sched, gmm, x_T, _ = problem
-    a = sample(gmm.eps_fn(sched), sched, x_T, solver="edm_euler", nfe=12, grid="edm")
-    b = sample(gmm.eps_fn(sched), sched, x_T, solver="ddim", nfe=12, grid="edm")
+    model = as_model(gmm.eps_fn(sched), sched)
+    a = sample(model, x_T, solver="edm_euler", nfe=12, grid="edm")
+    b = sample(model, x_T, solver="ddim", nfe=12, grid="edm")
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-12)
 
 
@@ -39,7 +40,7 @@ def test_heun_matches_karras_algorithm(x64, sched_fn):
     gmm = testing.gaussian_mixture(2, 3, std=0.4, seed=3)
     x_T = sched.prior_sample(jax.random.key(4), (16, 2))
     ts = np.asarray(timesteps(sched, 3, "edm"))
-    out = sample(gmm.eps_fn(sched), sched, x_T, solver="edm_heun", ts=jnp.asarray(ts))
+    out = sample(as_model(gmm.eps_fn(sched), sched), x_T, solver="edm_heun", ts=jnp.asarray(ts))
     alpha = np.asarray(sched.alpha(ts))
     rho = np.asarray(sched.rho(ts))
 
@@ -62,9 +63,9 @@ def test_nfe_rules():
     with pytest.raises(ValueError, match=r"1, 3, 5, 7, \.\.\. \(every 2\); got nfe=8"):
         heun.steps_for_nfe(8)
     sched = schedules.edm()
-    model = testing.gaussian_mixture(2, 2).eps_fn(sched)
+    model = as_model(testing.gaussian_mixture(2, 2).eps_fn(sched), sched)
     with pytest.raises(ValueError, match="nfe=10"):
-        sample(model, sched, jnp.zeros((2, 2)), solver="edm_heun", nfe=10)
+        sample(model, jnp.zeros((2, 2)), solver="edm_heun", nfe=10)
 
 
 def test_edm_denoiser_and_jit():
@@ -77,7 +78,8 @@ def test_edm_denoiser_and_jit():
         return y - rho[:, None] * eps
 
     x_T = sched.prior_sample(jax.random.key(0), (32, 2))
-    run = jax.jit(lambda x: sample(denoiser, sched, x, solver="edm_heun", nfe=35,
-                                   prediction="edm"))
-    ref = jax.jit(lambda x: sample(gmm.eps_fn(sched), sched, x, solver="edm_heun", nfe=35))
+    edm_model = as_model(denoiser, sched, prediction="edm")
+    eps_model = as_model(gmm.eps_fn(sched), sched)
+    run = jax.jit(lambda x: sample(edm_model, x, solver="edm_heun", nfe=35))
+    ref = jax.jit(lambda x: sample(eps_model, x, solver="edm_heun", nfe=35))
     np.testing.assert_allclose(np.asarray(run(x_T)), np.asarray(ref(x_T)), atol=2e-3)

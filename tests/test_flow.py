@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deis_jax import parameterization as P
-from deis_jax import sample, schedules, testing, timesteps
+from deis_jax import as_model, sample, schedules, testing, timesteps
 
 SHIFTS = (1.0, 3.0, 0.5)
 
@@ -56,8 +56,8 @@ def test_shift_is_data_and_vmaps_under_jit():
 
     def run(shift):
         s = schedules.flow(shift)
-        return sample(gmm.velocity_fn(s), s, x_T, solver="heun", nfe=9,
-                      prediction="velocity", check_finite=False)
+        return sample(as_model(gmm.velocity_fn(s), s, prediction="velocity"), x_T,
+                      solver="heun", nfe=9, check_finite=False)
 
     xs = jax.jit(jax.vmap(run))(shifts)
     for shift, x in zip(shifts, xs):
@@ -84,11 +84,11 @@ def test_grid_reaching_the_singular_ends_is_refused():
     s = schedules.flow()
     gmm = testing.gaussian_mixture(2, 3, std=0.3, seed=0)
     x_T = s.prior_sample(jax.random.key(0), (4, 2))
+    model = as_model(gmm.velocity_fn(s), s, prediction="velocity")
     for ts in ([1.0, 0.5, 0.001], [0.999, 0.5, 0.0]):
         with pytest.raises(ValueError, match=r"ts must lie in \[t_min, t_max\] = \[0.001, "
                                              r"0.999\] of the flow schedule"):
-            sample(gmm.velocity_fn(s), s, x_T, solver="euler", ts=jnp.asarray(ts),
-                   prediction="velocity")
+            sample(model, x_T, solver="euler", ts=jnp.asarray(ts))
 
 
 @pytest.mark.parametrize("make", [schedules.flow, lambda: schedules.flow(3.0),
@@ -111,7 +111,7 @@ def test_velocity_is_the_probability_flow_drift(x64, make):
     x0 = P.x0_from_eps(x, eps, s.alpha(t), s.sigma(t))
     np.testing.assert_allclose(P.eps_from_velocity(x, u, *coeffs), eps, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(P.x0_from_velocity(x, u, *coeffs), x0, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(P.as_velocity_fn(gmm.eps_fn(s), s, "eps")(x, t), u,
+    np.testing.assert_allclose(as_model(gmm.eps_fn(s), s).velocity(x, t), u,
                                rtol=1e-11, atol=1e-12 * scale)
 
 
@@ -158,8 +158,8 @@ def test_euler_is_the_flow_matching_euler_step(x64):
     gmm = testing.gaussian_mixture(2, 4, std=0.3, seed=0)
     x_T = s.prior_sample(jax.random.key(0), (16, 2))
     ts = np.asarray(timesteps(s, 7, "shifted"))
-    got = sample(gmm.velocity_fn(s), s, x_T, solver="euler", ts=jnp.asarray(ts),
-                 prediction="velocity")
+    got = sample(as_model(gmm.velocity_fn(s), s, prediction="velocity"), x_T, solver="euler",
+                 ts=jnp.asarray(ts))
     x = np.asarray(x_T)
     for i in range(7):
         x = x + (ts[i + 1] - ts[i]) * np.asarray(gmm.velocity(x, np.full(16, ts[i]), s))
@@ -172,9 +172,10 @@ def test_heun_is_edm_heun_on_edm_and_euler_is_ddim(x64):
     gmm = testing.gaussian_mixture(2, 3, std=0.3, seed=3)
     x_T = s.prior_sample(jax.random.key(2), (16, 2))
     ts = timesteps(s, 8, "edm")
+    model = as_model(gmm.eps_fn(s), s)
     for ours, theirs in (("heun", "edm_heun"), ("euler", "ddim")):
-        a = sample(gmm.eps_fn(s), s, x_T, solver=ours, ts=ts)
-        b = sample(gmm.eps_fn(s), s, x_T, solver=theirs, ts=ts)
+        a = sample(model, x_T, solver=ours, ts=ts)
+        b = sample(model, x_T, solver=theirs, ts=ts)
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -183,9 +184,9 @@ def test_velocity_and_eps_models_sample_alike(x64, solver, nfe):
     s = schedules.flow(3.0)
     gmm = testing.gaussian_mixture(2, 3, std=0.3, seed=0)
     x_T = s.prior_sample(jax.random.key(0), (8, 2))
-    a = sample(gmm.velocity_fn(s), s, x_T, solver=solver, nfe=nfe, prediction="velocity",
-               grid="uniform")
-    b = sample(gmm.eps_fn(s), s, x_T, solver=solver, nfe=nfe, grid="uniform")
+    a = sample(as_model(gmm.velocity_fn(s), s, prediction="velocity"), x_T, solver=solver,
+               nfe=nfe, grid="uniform")
+    b = sample(as_model(gmm.eps_fn(s), s), x_T, solver=solver, nfe=nfe, grid="uniform")
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 

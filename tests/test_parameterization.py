@@ -1,4 +1,5 @@
-"""Model parameterisations: every prediction type yields the same eps / x0 on an exact model."""
+"""Model parameterisations: every prediction type yields the same eps / x0 on an exact model
+(through the :class:`deis_jax.Model` methods and :func:`deis_jax.parameterization.convert`)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from deis_jax import parameterization as P
-from deis_jax import sample, schedules, testing
+from deis_jax import as_model, sample, schedules, testing
 
 
 @pytest.mark.parametrize("make", [schedules.vp_linear, schedules.ve, schedules.edm,
@@ -20,6 +21,9 @@ def test_all_predictions_agree(x64, make):
     eps = gmm.eps(x, t, s)
     a, sg = s.alpha(t), s.sigma(t)
     x0 = P.x0_from_eps(x, eps, a, sg)
+    velocity = gmm.velocity(x, t, s)
+    expected = {"eps": eps, "x0": x0, "velocity": velocity, "score": -eps / sg[:, None],
+                "v": a[:, None] * eps - sg[:, None] * x0}
 
     models = {
         "eps": lambda x, t: gmm.eps(x, t, s),
@@ -27,6 +31,9 @@ def test_all_predictions_agree(x64, make):
         "score": lambda x, t: gmm.score(x, t, s),
         "v": lambda x, t: P.v_from_eps(x, gmm.eps(x, t, s), s.alpha(t), s.sigma(t)),
         "velocity": lambda x, t: gmm.velocity(x, t, s),
+        # Rectified-flow network output u = eps - x0 (any schedule).
+        "flow": lambda x, t: gmm.eps(x, t, s) - P.x0_from_eps(x, gmm.eps(x, t, s), s.alpha(t),
+                                                              s.sigma(t)),
         # EDM denoiser D(y; rho) with y = x / alpha: the x0 prediction at rho.
         "edm": lambda y, rho: P.x0_from_eps(
             y * s.alpha(s.t_from_rho(rho))[:, None],
@@ -34,12 +41,15 @@ def test_all_predictions_agree(x64, make):
             s.alpha(s.t_from_rho(rho)), s.sigma(s.t_from_rho(rho))),
     }
     for pred, fn in models.items():
-        np.testing.assert_allclose(P.as_eps_fn(fn, s, pred)(x, t), eps, rtol=1e-8, atol=1e-10,
-                                   err_msg=pred)
-        np.testing.assert_allclose(P.as_x0_fn(fn, s, pred)(x, t), x0, rtol=1e-8, atol=1e-10,
-                                   err_msg=pred)
-        np.testing.assert_allclose(P.as_velocity_fn(fn, s, pred)(x, t), gmm.velocity(x, t, s),
-                                   rtol=1e-8, atol=1e-10, err_msg=pred)
+        model = as_model(fn, s, prediction=pred)
+        for target, want in expected.items():
+            np.testing.assert_allclose(getattr(model, target)(x, t), want, rtol=1e-8,
+                                       atol=1e-10, err_msg=f"{pred} -> {target}")
+        if pred != "edm":  # the one conversion the methods use, called directly
+            for target, want in expected.items():
+                np.testing.assert_allclose(P.convert(fn(x, t), pred, target, x, t, s), want,
+                                           rtol=1e-8, atol=1e-10,
+                                           err_msg=f"convert {pred} -> {target}")
 
 
 def test_edm_preconditioning_is_exact_for_the_ideal_network(x64):
@@ -63,10 +73,17 @@ def test_edm_preconditioning_is_exact_for_the_ideal_network(x64):
 
 
 def test_discrete_time_model_maps_t_to_table_index():
-    seen = []
-    fn = P.discrete_time_model(lambda x, n: seen.append(n) or x, 1000)
-    fn(jnp.zeros((2, 1)), jnp.array([0.001, 1.0]))
-    np.testing.assert_allclose(seen[0], [0.0, 999.0], atol=1e-4)
+    """``as_model(..., timestep="index")`` hands a DDPM network the step ``N t - 1`` (float),
+    ``timestep="discrete"`` the integer index, on a ``vp_discrete`` table of N = 1000."""
+    sched = schedules.vp_discrete(betas=np.linspace(1e-4, 0.02, 1000))
+    for timestep, dtype in (("index", jnp.float32), ("discrete", jnp.int32)):
+        seen = []
+        model = as_model(lambda x, n: seen.append(n) or x, sched, timestep=timestep)
+        model.output(jnp.zeros((2, 1)), jnp.array([0.001, 1.0]))
+        assert seen[0].dtype == dtype, (timestep, seen[0].dtype)
+        np.testing.assert_allclose(seen[0], [0.0, 999.0], atol=1e-4)
+    with pytest.raises(ValueError, match="timestep='index'.*vp_discrete"):
+        as_model(lambda x, n: x, schedules.vp_linear(), timestep="index")
 
 
 def test_sampling_with_v_prediction_matches_eps(x64):
@@ -74,11 +91,11 @@ def test_sampling_with_v_prediction_matches_eps(x64):
     gmm = testing.gaussian_mixture(2, 3, std=0.3, seed=0)
     x_T = s.prior_sample(jax.random.key(0), (8, 2))
     v_model = lambda x, t: P.v_from_eps(x, gmm.eps(x, t, s), s.alpha(t), s.sigma(t))  # noqa: E731
-    a = sample(gmm.eps_fn(s), s, x_T, solver="tab3", nfe=10)
-    b = sample(v_model, s, x_T, solver="tab3", nfe=10, prediction="v")
+    a = sample(as_model(gmm.eps_fn(s), s), x_T, solver="tab3", nfe=10)
+    b = sample(as_model(v_model, s, prediction="v"), x_T, solver="tab3", nfe=10)
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_unknown_prediction_is_rejected():
     with pytest.raises(ValueError, match="prediction"):
-        P.as_eps_fn(lambda x, t: x, schedules.vp_linear(), "noise")
+        as_model(lambda x, t: x, schedules.vp_linear(), prediction="noise")

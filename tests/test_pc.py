@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from deis_jax import sample, schedules, testing, timesteps
+from deis_jax import as_model, sample, schedules, testing, timesteps
 from deis_jax.solvers.edm_sde import edm_sde
 from deis_jax.solvers.pc import pc
 from test_stochastic import GMM, check_mixture_samples
@@ -14,24 +14,27 @@ from test_stochastic import GMM, check_mixture_samples
 BATCH = 4096
 
 
+VE = schedules.ve(sigma_max=50.0)
+MODEL = as_model(GMM.eps_fn(VE), VE)  # built once
+
+
 def _ve():
-    sched = schedules.ve(sigma_max=50.0)
-    return sched, sched.prior_sample(jax.random.key(0), (BATCH, 2))
+    return VE, VE.prior_sample(jax.random.key(0), (BATCH, 2))
 
 
 @pytest.mark.parametrize("predictor", ["reverse_diffusion", "euler_maruyama", "ancestral"])
 def test_pc_with_annealed_langevin(predictor):
     sched, x_T = _ve()
     solver = pc(predictor, "ald", snr=0.16)
-    x = sample(GMM.eps_fn(sched), sched, x_T, solver=solver, ts=timesteps(sched, 300, "log_snr"),
+    x = sample(MODEL, x_T, solver=solver, ts=timesteps(sched, 300, "log_snr"),
                key=jax.random.key(1))
     check_mixture_samples(GMM, sched, x)
 
 
 def test_edm_churn():
     sched, x_T = _ve()
-    x = sample(GMM.eps_fn(sched), sched, x_T, solver=edm_sde(S_churn=40.0), nfe=199,
-               grid="edm", key=jax.random.key(1))
+    x = sample(MODEL, x_T, solver=edm_sde(S_churn=40.0), nfe=199, grid="edm",
+               key=jax.random.key(1))
     check_mixture_samples(GMM, sched, x)
 
 
@@ -50,7 +53,7 @@ def test_langevin_corrector_per_sample_step():
                                   jnp.full((3, d), 0.3))
     sched = schedules.ve(sigma_max=50.0)
     x_T = sched.prior_sample(jax.random.key(0), (BATCH, d))
-    x = sample(gmm.eps_fn(sched), sched, x_T, solver=pc(snr=0.16),
+    x = sample(as_model(gmm.eps_fn(sched), sched), x_T, solver=pc(snr=0.16),
                ts=timesteps(sched, 200, "log_snr"), key=jax.random.key(1))
     x = np.asarray(x, np.float64)
     assert np.all(np.isfinite(x))
@@ -82,7 +85,7 @@ def test_pc_nfe(corrector, n_corr, per_step):
         return eps_fn(x, t)
 
     solver = pc("reverse_diffusion", corrector, n_corrector_steps=n_corr)
-    out = sample(model, sched, jnp.ones((4, 2)), solver=solver, nfe=4 * per_step,
+    out = sample(as_model(model, sched), jnp.ones((4, 2)), solver=solver, nfe=4 * per_step,
                  key=jax.random.key(1), full_output=True)
     jax.effects_barrier()
     assert out.nfe == calls[0] == 4 * per_step
@@ -98,13 +101,15 @@ def test_traced_snr_sweep_compiles_once():
         return eps_fn(x, t)
 
     ts = timesteps(sched, 5, "log_snr")
-    sweep = jax.jit(jax.vmap(lambda snr: sample(model, sched, x_T[:8], solver=pc(snr=snr), ts=ts,
+    counted = as_model(model, sched)
+    sweep = jax.jit(jax.vmap(lambda snr: sample(counted, x_T[:8], solver=pc(snr=snr), ts=ts,
                                                 key=jax.random.key(1))))
     out = sweep(jnp.array([0.05, 0.16]))
     n = traces[0]
+    assert n > 0
     sweep(jnp.array([0.1, 0.2]))
     assert traces[0] == n
-    ref = sample(eps_fn, sched, x_T[:8], solver=pc(snr=0.16), ts=ts, key=jax.random.key(1))
+    ref = sample(MODEL, x_T[:8], solver=pc(snr=0.16), ts=ts, key=jax.random.key(1))
     np.testing.assert_allclose(out[1], ref, rtol=1e-4, atol=1e-4)
 
 

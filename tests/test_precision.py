@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deis_jax import sample, schedules, testing, timesteps
+from deis_jax import as_model, sample, schedules, testing, timesteps
 from deis_jax.adaptive import solve_ode
 from deis_jax.models import MLPScore, UNet, model_from_config
 from deis_jax.precision import check_dtype, state_dtype
@@ -40,8 +40,8 @@ def test_model_sees_the_float32_grid_bit_for_bit(setup, solver):
     assert ts.dtype == jnp.float32
     seen = {x_dtype: {"t": [], "x_dtype": []} for x_dtype in ("bf16", "f32")}
     for name, start in (("bf16", x_T), ("f32", x_T.astype(jnp.float32))):
-        sample(recording_model(gmm.eps_fn(sched), seen[name]), sched, start, solver=solver,
-               ts=ts)
+        sample(as_model(recording_model(gmm.eps_fn(sched), seen[name]), sched), start,
+               solver=solver, ts=ts)
         jax.effects_barrier()
     for name in seen:
         ts_seen = np.stack([t[0] for t in seen[name]["t"]])
@@ -57,17 +57,19 @@ def test_model_sees_the_float32_grid_bit_for_bit(setup, solver):
 def test_state_is_float32_and_the_same_from_bf16_or_float32(setup):
     sched, gmm, x_T = setup
 
-    def bf16_eps(x, t):
-        return gmm.eps_fn(sched)(x, t).astype(BF16)
+    eps_fn = gmm.eps_fn(sched)
 
-    out_bf = sample(bf16_eps, sched, x_T, solver="tab3", nfe=8)
-    out_32 = sample(bf16_eps, sched, x_T.astype(jnp.float32), solver="tab3", nfe=8,
-                    model_dtype="bf16")
+    def bf16_eps(x, t):
+        return eps_fn(x, t).astype(BF16)
+
+    out_bf = sample(as_model(bf16_eps, sched), x_T, solver="tab3", nfe=8)
+    out_32 = sample(as_model(bf16_eps, sched, dtype="bf16"), x_T.astype(jnp.float32),
+                    solver="tab3", nfe=8)
     assert out_bf.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(out_bf), np.asarray(out_32))
     # The float32 state is what makes the bf16 run accurate: against a float32 model the
     # difference is the model's rounding only (a few 2^-9), not a bf16 state's drift.
-    ref = sample(gmm.eps_fn(sched), sched, x_T.astype(jnp.float32), solver="tab3", nfe=8)
+    ref = sample(as_model(eps_fn, sched), x_T.astype(jnp.float32), solver="tab3", nfe=8)
     diff = float(jnp.max(jnp.abs(out_bf - ref)))
     assert diff < 8 * 2.0 ** -9, diff
 
@@ -82,16 +84,17 @@ def test_bf16_model_adds_only_its_rounding(problem):
     sched, gmm64, x_T, gt = problem
     gmm = testing.GaussianMixture(*(jnp.asarray(a, jnp.float32) for a in gmm64))
     eps = gmm.eps_fn(sched)
+    model32 = as_model(eps, sched)
+    model_bf = as_model(lambda x, t: eps(x, t).astype(BF16), sched)
     x_T = jnp.asarray(x_T, jnp.float32).astype(BF16)
     with jax.enable_x64(True):  # the ground truth from the bf16-rounded x_T
         gt = np.asarray(testing.ode_ground_truth(gmm64, sched, np.asarray(x_T, np.float64),
                                                  sched.t_max, sched.t_min)[0])
     for solver in ("tab3", "dpmpp_3m", "unipc3"):
         for nfe in (10, 20):
-            x32 = np.asarray(sample(eps, sched, x_T.astype(jnp.float32), solver=solver,
+            x32 = np.asarray(sample(model32, x_T.astype(jnp.float32), solver=solver,
                                     nfe=nfe), np.float64)
-            xbf = np.asarray(sample(lambda x, t: eps(x, t).astype(BF16), sched, x_T,
-                                    solver=solver, nfe=nfe), np.float64)
+            xbf = np.asarray(sample(model_bf, x_T, solver=solver, nfe=nfe), np.float64)
             same = ~np.asarray(testing.mode_flips(gmm64, xbf, x32))
             assert same.mean() > 0.9
             diff = float(testing.rmse(xbf[same], x32[same]))
@@ -102,12 +105,16 @@ def test_bf16_model_adds_only_its_rounding(problem):
 
 def test_solve_ode_in_bf16_at_loose_tolerance(setup):
     sched, gmm, x_T = setup
-    sol = solve_ode(gmm.eps_fn(sched), sched, x_T, rtol=1e-3, atol=1e-3)
+    model = as_model(gmm.eps_fn(sched), sched)
+    sol = solve_ode(model, x_T, rtol=1e-3, atol=1e-3)
     assert sol.x.dtype == jnp.float32 and bool(jnp.all(sol.success))
-    same = solve_ode(gmm.eps_fn(sched), sched, x_T.astype(jnp.float32), rtol=1e-3, atol=1e-3,
-                     model_dtype=BF16)
+    same = solve_ode(model.replace(dtype=jnp.dtype(BF16).name), x_T.astype(jnp.float32),
+                     rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(np.asarray(sol.x), np.asarray(same.x))
-    ref = solve_ode(gmm.eps_fn(sched), sched, x_T.astype(jnp.float32), rtol=1e-3, atol=1e-3)
+    same = solve_ode(as_model(gmm.eps_fn(sched), sched, dtype=BF16), x_T.astype(jnp.float32),
+                     rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(np.asarray(sol.x), np.asarray(same.x))
+    ref = solve_ode(model, x_T.astype(jnp.float32), rtol=1e-3, atol=1e-3)
     assert float(testing.rmse(sol.x, ref.x)) < 1e-2
 
 
@@ -158,16 +165,18 @@ def test_state_dtype():
 @pytest.mark.parametrize("value", ["int8", "fp8", "complex64", 3])
 def test_bad_dtype_names_the_option(setup, value):
     sched, gmm, x_T = setup
-    with pytest.raises(ValueError, match="model_dtype.*valid choices"):
-        sample(gmm.eps_fn(sched), sched, x_T, nfe=5, model_dtype=value)
+    with pytest.raises(ValueError, match=r"unsupported dtype=.*valid choices"):
+        as_model(gmm.eps_fn(sched), sched, dtype=value)
+    with pytest.raises(TypeError, match="as_model.*dtype="):  # the old option of sample
+        sample(as_model(gmm.eps_fn(sched), sched), x_T, nfe=5, model_dtype=value)
     with pytest.raises(ValueError, match="model config dtype"):
         model_from_config({"name": "mlp", "dtype": value})
 
 
 def test_float64_policy_needs_x64(setup):
     sched, gmm, x_T = setup
-    with pytest.raises(ValueError, match="model_dtype='float64' needs float64.*jax_enable_x64"):
-        sample(gmm.eps_fn(sched), sched, x_T, nfe=5, model_dtype="float64")
+    with pytest.raises(ValueError, match="dtype='float64' needs float64.*jax_enable_x64"):
+        as_model(gmm.eps_fn(sched), sched, dtype="float64")
     with pytest.raises(ValueError, match="unknown precision"):
         default_spec(load_dataset("checkerboard", n_train=8, n_test=8), precision="fp8")
     assert check_dtype("d", "bf16") == jnp.dtype(BF16)

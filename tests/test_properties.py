@@ -10,9 +10,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deis_jax import sample, schedules, solve_ode, testing, timesteps
+from deis_jax import as_model, sample, schedules, solve_ode, testing, timesteps
 
 GMM = testing.gaussian_mixture(2, 3, std=0.3, seed=0)
+VP = schedules.vp_linear()
+MODEL = as_model(GMM.eps_fn(VP), VP)  # built once: every example reuses the compiled samplers
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
@@ -42,7 +44,7 @@ def _usable(sched) -> bool:
     ts = timesteps(sched, 6, "log_snr")
     x_T = sched.prior_sample(jax.random.key(0), (4, 2))
     return _finite(ts, sched.log_snr(ts), sched.rho(ts)) and _finite(
-        sample(GMM.eps_fn(sched), sched, x_T, solver="ddim", ts=ts))
+        sample(as_model(GMM.eps_fn(sched), sched), x_T, solver="ddim", ts=ts))
 
 
 CONSTRUCTORS = {
@@ -88,7 +90,6 @@ def test_sample(data):
     the model itself overflows on is reported as the model's NaN at step 0, not tested here);
     ``ts`` three hostile times; ``nfe`` any small int; ``eta`` (stochastic DDIM) a hostile
     float."""
-    sched = schedules.vp_linear()
     changed = data.draw(st.lists(st.sampled_from(["x_T", "ts", "nfe", "eta"]), min_size=1,
                                  max_size=2, unique=True))
     x_T = np.ones((4, 2), np.float32)
@@ -104,7 +105,7 @@ def test_sample(data):
         from deis_jax import solvers
 
         solver = "ddim" if eta is None else solvers.stochastic_ddim(eta)
-        return sample(GMM.eps_fn(sched), sched, jnp.asarray(x_T), solver=solver,
+        return sample(MODEL, jnp.asarray(x_T), solver=solver,
                       key=jax.random.key(0), **{k: (jnp.asarray(v) if k == "ts" else v)
                                                 for k, v in grid.items()})
 
@@ -114,7 +115,7 @@ def test_sample(data):
 @SETTINGS
 @given(data=st.data())
 def test_solve_ode(data):
-    sched = schedules.vp_linear()
+    sched = VP
     names = ("t_start", "t_end", "rtol", "atol")
     changed = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=2, unique=True))
     kwargs = {"rtol": 1e-3, "atol": 1e-3}
@@ -123,7 +124,7 @@ def test_solve_ode(data):
         kwargs[name] = data.draw(st.one_of(HOSTILE, in_range), label=name)
 
     def call():
-        return solve_ode(GMM.eps_fn(sched), sched, jnp.ones((4, 2)), **kwargs).x
+        return solve_ode(MODEL, jnp.ones((4, 2)), **kwargs).x
 
     try:
         _named_or_finite(call, changed, result_ok=_finite)

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from deis_jax import get_solver, sample, schedules, solver_names, testing
+from deis_jax import as_model, get_solver, sample, schedules, solver_names, testing
 
 
 def _reachable_nfe(solver, target=48):
@@ -23,10 +23,10 @@ def test_every_deterministic_solver_is_close_at_high_nfe(x64):
     gt, _ = testing.ode_ground_truth(gmm, sched, x_T, sched.t_max, sched.t_min)
     names = [n for n in solver_names() if not get_solver(n).stochastic]
     assert len(names) >= 13
+    model = as_model(gmm.eps_fn(sched), sched)
     for name in names:
         nfe = _reachable_nfe(get_solver(name))
-        out = sample(gmm.eps_fn(sched), sched, x_T, solver=name, nfe=nfe, grid="log_snr",
-                     full_output=True)
+        out = sample(model, x_T, solver=name, nfe=nfe, grid="log_snr", full_output=True)
         assert out.nfe == nfe
         assert np.all(np.isfinite(np.asarray(out.x))), name
         assert float(testing.rmse(out.x, gt)) < 6e-2, name

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from deis_jax import get_solver, sample, schedules, solver_names, testing, timesteps
+from deis_jax import as_model, get_solver, sample, schedules, solver_names, testing, timesteps
 from deis_jax.solvers.edm_sde import edm_sde
 from deis_jax.solvers.noise import per_sample_normal
 from deis_jax.solvers.pc import pc
@@ -22,6 +22,8 @@ GMM = testing.GaussianMixture(
     jnp.array([[-2.5, 0.0], [2.5, 0.5], [0.0, 3.0]]),
     jnp.array([[0.3, 0.2], [0.25, 0.35], [0.4, 0.3]]),
 )
+VP = schedules.vp_linear()
+MODEL = as_model(GMM.eps_fn(VP), VP)  # the mixture under VP-linear, built once
 
 
 def check_mixture_samples(gmm, schedule, x, n_se=3.0, p_min=0.01):
@@ -65,20 +67,19 @@ def test_every_stochastic_solver_has_a_distribution_entry():
 
 @pytest.mark.parametrize("name", STOCHASTIC)
 def test_large_nfe_samples_the_mixture(name):
-    sched = schedules.vp_linear()
+    sched = VP
     solver = _solver(name)
     x_T = sched.prior_sample(jax.random.key(0), (20_000, 2))
     ts = timesteps(sched, 400, "quadratic")
-    x = sample(GMM.eps_fn(sched), sched, x_T, solver=solver, ts=ts, key=jax.random.key(1))
+    x = sample(MODEL, x_T, solver=solver, ts=ts, key=jax.random.key(1))
     check_mixture_samples(GMM, sched, x)
 
 
 def test_energy_distance_falls_with_nfe():
-    sched = schedules.vp_linear()
     exact, _ = GMM.sample(jax.random.key(7), 1000)
-    x_T = sched.prior_sample(jax.random.key(8), (1000, 2))
+    x_T = VP.prior_sample(jax.random.key(8), (1000, 2))
     dist = [float(testing.energy_distance(
-        sample(GMM.eps_fn(sched), sched, x_T, solver="sde_ei1", nfe=n, key=jax.random.key(9)),
+        sample(MODEL, x_T, solver="sde_ei1", nfe=n, key=jax.random.key(9)),
         exact)) for n in (5, 10, 100)]
     assert dist[0] > dist[1] > dist[2]
     # Two exact samples of this size: energy distance ~ +-4e-3 (it has zero mean).
@@ -98,8 +99,9 @@ def test_eta_zero_is_the_deterministic_solver(x64, stochastic, deterministic, sc
     gmm = testing.gaussian_mixture(2, 3, std=0.3, seed=0)
     x_T = sched.prior_sample(jax.random.key(0), (64, 2))
     ts = timesteps(sched, 25, "log_snr")
-    x = sample(gmm.eps_fn(sched), sched, x_T, solver=stochastic, ts=ts, key=jax.random.key(1))
-    ref = sample(gmm.eps_fn(sched), sched, x_T, solver=deterministic, ts=ts)
+    model = as_model(gmm.eps_fn(sched), sched)
+    x = sample(model, x_T, solver=stochastic, ts=ts, key=jax.random.key(1))
+    ref = sample(model, x_T, solver=deterministic, ts=ts)
     assert x.dtype == jnp.float64
     np.testing.assert_allclose(x, ref, rtol=1e-12, atol=1e-12)
     assert float(jnp.max(jnp.abs(stochastic.table(sched, ts).noise))) == 0.0
@@ -111,8 +113,9 @@ def test_ve_ancestral_is_ddim_eta_one(x64):
     gmm = testing.gaussian_mixture(2, 3, std=0.3, seed=0)
     x_T = sched.prior_sample(jax.random.key(0), (64, 2))
     kw = dict(ts=timesteps(sched, 25, "log_snr"), key=jax.random.key(1))
-    x = sample(gmm.eps_fn(sched), sched, x_T, solver="ve_ancestral", **kw)
-    y = sample(gmm.eps_fn(sched), sched, x_T, solver="ddim_eta", **kw)
+    model = as_model(gmm.eps_fn(sched), sched)
+    x = sample(model, x_T, solver="ve_ancestral", **kw)
+    y = sample(model, x_T, solver="ddim_eta", **kw)
     np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-10)
 
 
@@ -124,9 +127,10 @@ def test_sde_ei2_at_eta_zero_is_second_order(x64):
     x_T = sched.prior_sample(jax.random.key(0), (32, 2))
     gt, _ = testing.ode_ground_truth(gmm, sched, x_T, sched.t_max, sched.t_min)
     steps = np.array([20, 40, 80])
+    model = as_model(gmm.eps_fn(sched), sched)
     for correction in ("exact", "midpoint"):
         solver = sde_ei2(0.0, correction)
-        errs = [float(testing.rmse(sample(gmm.eps_fn(sched), sched, x_T, solver=solver,
+        errs = [float(testing.rmse(sample(model, x_T, solver=solver,
                                           ts=timesteps(sched, int(n), "log_snr"),
                                           key=jax.random.key(1)), gt)) for n in steps]
         slope = stats.linregress(np.log(steps), np.log(errs)).slope
@@ -149,14 +153,17 @@ def test_vmap_over_eta_compiles_once(factory):
 
     x_T = sched.prior_sample(jax.random.key(0), (16, 2))
     ts = timesteps(sched, 10, "log_snr")
-    sweep = jax.jit(jax.vmap(lambda eta: sample(model, sched, x_T, solver=factory(eta), ts=ts,
+    counted = as_model(model, sched)
+    sweep = jax.jit(jax.vmap(lambda eta: sample(counted, x_T, solver=factory(eta), ts=ts,
                                                 key=jax.random.key(1))))
     out = sweep(jnp.array([0.0, 0.3, 1.0]))
     n_traces = traces[0]
+    assert n_traces > 0
     out2 = sweep(jnp.array([0.2, 0.5, 0.9]))
     assert traces[0] == n_traces  # new eta values: no retrace
+    plain = as_model(eps_fn, sched)
     for eta, x in ((0.3, out[1]), (0.9, out2[2])):
-        ref = sample(eps_fn, sched, x_T, solver=factory(eta), ts=ts, key=jax.random.key(1))
+        ref = sample(plain, x_T, solver=factory(eta), ts=ts, key=jax.random.key(1))
         np.testing.assert_allclose(x, ref, rtol=1e-4, atol=1e-5)
 
 
@@ -171,12 +178,11 @@ def test_same_seed_same_position_same_sample(name):
     solver = get_solver(name)
     x_T = sched.prior_sample(jax.random.key(0), (32, 2))
     nfe = solver.nfe_for_steps(8)
-    x32 = sample(gmm.eps_fn(sched), sched, x_T, solver=solver, nfe=nfe, key=jax.random.key(5))
-    x8 = sample(gmm.eps_fn(sched), sched, x_T[:8], solver=solver, nfe=nfe,
-                key=jax.random.key(5))
+    model = as_model(gmm.eps_fn(sched), sched)
+    x32 = sample(model, x_T, solver=solver, nfe=nfe, key=jax.random.key(5))
+    x8 = sample(model, x_T[:8], solver=solver, nfe=nfe, key=jax.random.key(5))
     np.testing.assert_allclose(x8, x32[:8], rtol=1e-5, atol=1e-5)
-    other = sample(gmm.eps_fn(sched), sched, x_T[:8], solver=solver, nfe=nfe,
-                   key=jax.random.key(6))
+    other = sample(model, x_T[:8], solver=solver, nfe=nfe, key=jax.random.key(6))
     assert float(jnp.min(jnp.abs(other - x8))) > 0  # the key matters
 
 
@@ -203,9 +209,10 @@ def test_edm_nfe_is_2n_minus_1():
 
     x_T = sched.prior_sample(jax.random.key(0), (8, 2))
     solver = edm_sde(S_churn=5.0)
+    counted = as_model(model, sched)
     for n_steps in (1, 6):
         calls[0] = 0
-        out = sample(model, sched, x_T, solver=solver, nfe=solver.nfe_for_steps(n_steps),
+        out = sample(counted, x_T, solver=solver, nfe=solver.nfe_for_steps(n_steps),
                      key=jax.random.key(1), full_output=True)
         jax.effects_barrier()
         assert out.nfe == calls[0] == 2 * n_steps - 1
@@ -218,10 +225,10 @@ def test_edm_without_churn_is_heun_in_rho(x64):
     gmm = testing.gaussian_mixture(2, 3, std=0.3, seed=0)
     x_T = sched.prior_sample(jax.random.key(0), (16, 2))
     ts = timesteps(sched, 12, "edm")
-    x = sample(gmm.eps_fn(sched), sched, x_T, solver=edm_sde(S_churn=0.0), ts=ts,
-               key=jax.random.key(1))
-    y = sample(gmm.eps_fn(sched), sched, x_T, solver="rho_heun", ts=ts[:-1])
-    y = sample(gmm.eps_fn(sched), sched, y, solver="ddim", ts=ts[-2:])  # Euler in rho
+    model = as_model(gmm.eps_fn(sched), sched)
+    x = sample(model, x_T, solver=edm_sde(S_churn=0.0), ts=ts, key=jax.random.key(1))
+    y = sample(model, x_T, solver="rho_heun", ts=ts[:-1])
+    y = sample(model, y, solver="ddim", ts=ts[-2:])  # Euler in rho
     np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)
 
 
@@ -252,7 +259,7 @@ def test_missing_key(name):
     gmm = testing.ring_mixture()
     solver = get_solver(name)
     with pytest.raises(ValueError, match="key"):
-        sample(gmm.eps_fn(sched), sched, jnp.zeros((4, 2)), solver=solver,
+        sample(as_model(gmm.eps_fn(sched), sched), jnp.zeros((4, 2)), solver=solver,
                nfe=solver.nfe_for_steps(3))
     coeffs = jax.tree_util.tree_map(lambda c: c[0], solver.table(sched, timesteps(sched, 3)))
     with pytest.raises(ValueError, match="key"):

@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deis_jax import sample, schedules, testing
-from deis_jax.parameterization import as_x0_fn
+from deis_jax import as_model, sample, schedules, testing
 from deis_jax.thresholding import dynamic_thresholding, threshold, thresholded_x0_fn
 
 
@@ -32,12 +31,15 @@ def test_matches_numpy(x64, p, m):
 def test_jit_and_model_wrapper():
     sched = schedules.vp_linear()
     gmm = testing.gaussian_mixture(4, 3, std=0.4, scale=3.0, seed=1)
-    eps_fn = gmm.eps_fn(sched)
+    model = as_model(gmm.eps_fn(sched), sched, prediction="eps")
     x = jax.random.normal(jax.random.key(0), (6, 4)) * 2
     t = jnp.full((6,), 0.3)
-    wrapped = dynamic_thresholding(eps_fn, sched, prediction="eps", percentile=0.9, max_value=1.5)
-    direct = threshold(as_x0_fn(eps_fn, sched, "eps")(x, t), 0.9, 1.5)
-    np.testing.assert_allclose(np.asarray(jax.jit(wrapped)(x, t)), np.asarray(direct), rtol=1e-6)
+    wrapped = dynamic_thresholding(model, percentile=0.9, max_value=1.5)
+    assert wrapped.prediction == "x0" and wrapped.schedule is model.schedule
+    direct = threshold(model.x0(x, t), 0.9, 1.5)
+    # the thresholded Model is a pytree: passed to jit as an argument
+    got = jax.jit(lambda m, x, t: m.x0(x, t))(wrapped, x, t)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(direct), rtol=1e-6)
 
 
 def test_sampling_with_thresholding(x64):
@@ -46,21 +48,24 @@ def test_sampling_with_thresholding(x64):
     sched = schedules.vp_linear()
     gmm = testing.gaussian_mixture(2, 3, std=0.3, scale=2.0, seed=4)
     x_T = sched.prior_sample(jax.random.key(1), (64, 2))
-    eps_fn = gmm.eps_fn(sched)
-    plain = sample(eps_fn, sched, x_T, solver="dpmpp_2m", nfe=12)
-    same = sample(dynamic_thresholding(eps_fn, sched, max_value=1e6), sched, x_T,
-                  solver="dpmpp_2m", nfe=12, prediction="x0")
+    model = as_model(gmm.eps_fn(sched), sched)
+    plain = sample(model, x_T, solver="dpmpp_2m", nfe=12)
+    same = sample(dynamic_thresholding(model, max_value=1e6), x_T, solver="dpmpp_2m", nfe=12)
     np.testing.assert_allclose(np.asarray(same), np.asarray(plain), rtol=1e-12, atol=1e-12)
     calls = []
-    x0_fn = thresholded_x0_fn(as_x0_fn(eps_fn, sched, "eps"), 0.995, 1.0)
+    x0_fn = thresholded_x0_fn(model.x0, 0.995, 1.0)
 
     def spy(x, t):
         out = x0_fn(x, t)
         jax.debug.callback(lambda o: calls.append(np.abs(np.asarray(o)).max()), out)
         return out
 
-    clipped = sample(spy, sched, x_T, solver="dpmpp_2m", nfe=12, prediction="x0")
+    clipped = sample(as_model(spy, sched, prediction="x0"), x_T, solver="dpmpp_2m", nfe=12)
     assert len(calls) == 12 and max(calls) <= 1.0 + 1e-12
+    wrapped = sample(dynamic_thresholding(model, percentile=0.995, max_value=1.0), x_T,
+                     solver="dpmpp_2m", nfe=12)
+    np.testing.assert_allclose(np.asarray(wrapped), np.asarray(clipped), rtol=1e-10,
+                               atol=1e-12)
     assert float(jnp.max(jnp.abs(plain))) > 1.5  # thresholding had something to do
     assert float(jnp.max(jnp.abs(clipped))) < 1.2
 
@@ -70,7 +75,12 @@ def test_bad_arguments():
         threshold(jnp.ones((2, 2)), percentile=0.0)
     with pytest.raises(ValueError, match="percentile"):
         thresholded_x0_fn(lambda x, t: x, percentile=1.5)
+    model = as_model(lambda x, t: x, schedules.vp_linear())
     with pytest.raises(ValueError, match="max_value"):
-        dynamic_thresholding(lambda x, t: x, schedules.vp_linear(), max_value=0.0)
-    with pytest.raises(ValueError, match="prediction"):
-        dynamic_thresholding(lambda x, t: x, schedules.vp_linear(), prediction="noise")
+        dynamic_thresholding(model, max_value=0.0)
+    with pytest.raises(ValueError, match="percentile"):
+        dynamic_thresholding(model, percentile=1.5)
+    with pytest.raises(ValueError, match="prediction"):  # the base model's prediction
+        as_model(lambda x, t: x, schedules.vp_linear(), prediction="noise")
+    with pytest.raises(TypeError, match="model must be a deis_jax.Model.*as_model"):
+        dynamic_thresholding(lambda x, t: x, max_value=1.0)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deis_jax import get_solver, sample, schedules, testing, timesteps
+from deis_jax import as_model, get_solver, sample, schedules, testing, timesteps
 from deis_jax.solvers import unipc
 from deis_jax.solvers.ei import FinalRule, final_weight, second_weight
 
@@ -28,7 +28,7 @@ def test_unipc1_matches_hand_computation(x64, problem, variant):
     output at the predicted point, no corrector on the last step (Zhao et al. 2023, Alg. 2)."""
     sched, gmm, x_T, _ = problem
     ts = np.array([1.0, 0.5, 0.2, 0.05])
-    out = sample(gmm.eps_fn(sched), sched, x_T, solver=unipc(1, variant=variant),
+    out = sample(as_model(gmm.eps_fn(sched), sched), x_T, solver=unipc(1, variant=variant),
                  ts=jnp.asarray(ts))
     alpha, sigma, lam = _vp_numpy(ts)
 
@@ -58,7 +58,7 @@ def test_unipc1_eps_matches_hand_computation(x64, problem, variant):
     the predictor by ``v = clip((|h| - 1)/2, 0, 1)``; no corrector on the last step."""
     sched, gmm, x_T, _ = problem
     ts = np.array([1.0, 0.7, 0.5, 0.35, 0.05])  # |h| = 2.56, 1.24, 0.77, 2.21
-    out = sample(gmm.eps_fn(sched), sched, x_T,
+    out = sample(as_model(gmm.eps_fn(sched), sched), x_T,
                  solver=unipc(1, variant=variant, prediction="eps"), ts=jnp.asarray(ts))
     alpha, sigma, lam = _vp_numpy(ts)
 
@@ -87,8 +87,9 @@ def test_unipc1_eps_matches_hand_computation(x64, problem, variant):
 def test_variants_differ_only_through_fixed_coefficients(x64, problem):
     """bh1 and bh2 differ (through UniC-1 / UniP-2's fixed 1/2) but converge together."""
     sched, gmm, x_T, gt = problem
-    a = sample(gmm.eps_fn(sched), sched, x_T, solver="unipc2", nfe=10, grid="log_snr")
-    b = sample(gmm.eps_fn(sched), sched, x_T, solver="unipc2_bh1", nfe=10, grid="log_snr")
+    model = as_model(gmm.eps_fn(sched), sched)
+    a = sample(model, x_T, solver="unipc2", nfe=10, grid="log_snr")
+    b = sample(model, x_T, solver="unipc2_bh1", nfe=10, grid="log_snr")
     assert float(jnp.max(jnp.abs(a - b))) > 1e-6
     assert float(testing.rmse(a, gt)) < 0.1 and float(testing.rmse(b, gt)) < 0.1
 
@@ -137,7 +138,7 @@ def test_final_steps(x64, problem, prediction):
         used = np.sum(np.asarray(c.pred) != 0, axis=-1)
         np.testing.assert_array_equal(used[-3:], [3, 2, 1])
         np.testing.assert_array_equal(np.sum(np.asarray(d.pred) != 0, axis=-1)[-3:], [3, 1, 1])
-    out = sample(gmm.eps_fn(sched), sched, x_T, solver=auto, nfe=3, grid="quadratic")
+    out = sample(as_model(gmm.eps_fn(sched), sched), x_T, solver=auto, nfe=3, grid="quadratic")
     assert bool(jnp.all(jnp.isfinite(out)))  # 3 steps: the smallest grid the rule acts on
 
 
@@ -161,12 +162,11 @@ def test_eps_corrector_fades_on_long_steps(x64):
     gmm = testing.ring_mixture(8, std=0.05)
     x_T = sched.prior_sample(jax.random.key(0), (200, 2))
     gt, _ = testing.ode_ground_truth(gmm, sched, x_T, sched.t_max, sched.t_min)
+    model = as_model(gmm.eps_fn(sched), sched)
     for nfe in (5, 6, 7):
-        ddim = testing.rmse(sample(gmm.eps_fn(sched), sched, x_T, solver="ddim", nfe=nfe,
-                                   grid="quadratic"), gt)
+        ddim = testing.rmse(sample(model, x_T, solver="ddim", nfe=nfe, grid="quadratic"), gt)
         for name in ("unipc1_eps", "unipc3_eps"):
-            err = testing.rmse(sample(gmm.eps_fn(sched), sched, x_T, solver=name, nfe=nfe,
-                                      grid="quadratic"), gt)
+            err = testing.rmse(sample(model, x_T, solver=name, nfe=nfe, grid="quadratic"), gt)
             assert float(err) < 1.5 * float(ddim), (name, nfe, float(err), float(ddim))
 
 
@@ -185,11 +185,11 @@ def test_bad_arguments():
 
 def test_jit_vmap_float32():
     sched = schedules.vp_linear()
-    fn = testing.gaussian_mixture(2, 3, std=0.4, seed=2).eps_fn(sched)
+    model = as_model(testing.gaussian_mixture(2, 3, std=0.4, seed=2).eps_fn(sched), sched)
 
     @jax.jit
     def draw(key):
-        return sample(fn, sched, sched.prior_sample(key, (8, 2)), solver="unipc3", nfe=8)
+        return sample(model, sched.prior_sample(key, (8, 2)), solver="unipc3", nfe=8)
 
     out = jax.vmap(draw)(jax.random.split(jax.random.key(0), 2))
     assert out.shape == (2, 8, 2) and out.dtype == jnp.float32

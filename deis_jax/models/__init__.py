@@ -1,8 +1,9 @@
 """Flax (Linen) score networks and a config-based constructor used by checkpoints.
 
 A model is described by a JSON-able config ``{"name": "mlp" | "unet", **attributes}`` so a
-checkpoint can rebuild it; a trained model enters the samplers as
-``sample(model.apply, schedule, x_T, params=params, ...)`` (the parameters are data: new
+checkpoint can rebuild it; a trained network enters the samplers through
+``deis_jax.as_model(module, schedule, params=variables, prediction=...)`` and then
+``sample(model, x_T, ...)`` (the parameters are data of the :class:`deis_jax.Model`: new
 ones reuse the compiled sampler).
 """
 

@@ -57,7 +57,7 @@ def label_conditioned(emb, label, num_classes: int | None, param_dtype):
     with ``C = num_classes`` and row ``C`` the *null label*: a network trained with label
     dropout (:class:`~deis_jax.training.DiffusionSpec` ``label_dropout``) gives its
     unconditional prediction there, as classifier-free guidance
-    (:func:`deis_jax.guidance.classifier_free`, ``null_label = n_classes``) asks.
+    (:func:`deis_jax.guidance.classifier_free` with ``null_cond = n_classes``) asks.
 
     Called inside a network's compact ``__call__``; it creates the ``nn.Embed`` only when
     ``num_classes`` is set, so an unconditional network keeps its parameters (and old

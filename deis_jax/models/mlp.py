@@ -37,13 +37,13 @@ class MLPScore(Precision):
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from deis_jax import sample, schedules
-      >>> model = MLPScore(hidden=32, depth=1)
-      >>> params = model.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
-      >>> model.apply(params, jnp.ones((4, 2)), jnp.full((4,), 0.5)).shape
+      >>> from deis_jax import as_model, sample, schedules
+      >>> net = MLPScore(hidden=32, depth=1)
+      >>> params = net.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
+      >>> net.apply(params, jnp.ones((4, 2)), jnp.full((4,), 0.5)).shape
       (4, 2)
-      >>> sample(model.apply, schedules.vp_linear(), jnp.ones((4, 2)), params=params,
-      ...        nfe=5).shape
+      >>> model = as_model(net, schedules.vp_linear(), params=params)
+      >>> sample(model, jnp.ones((4, 2)), nfe=5).shape
       (4, 2)
     """
 

@@ -136,13 +136,12 @@ def dpm_solver(order: int = 3, *, h_max=H_MAX) -> Solver:
 
     Example:
       >>> import jax
-      >>> from deis_jax import sample, schedules, testing
+      >>> from deis_jax import as_model, sample, schedules, testing
       >>> from deis_jax.solvers import dpm_solver
       >>> sched = schedules.vp_linear()
-      >>> gmm = testing.gaussian_mixture(2, 4, seed=0)
+      >>> model = as_model(testing.gaussian_mixture(2, 4, seed=0).eps_fn(sched), sched)
       >>> x_T = sched.prior_sample(jax.random.key(0), (8, 2))
-      >>> x = sample(gmm.eps_fn(sched), sched, x_T, solver=dpm_solver(3), nfe=12,
-      ...            grid="log_snr")
+      >>> x = sample(model, x_T, solver=dpm_solver(3), nfe=12, grid="log_snr")
     """
     order = check_member("order", order, (1, 2, 3))
     h_max = check_positive_or_none("h_max", h_max)

@@ -65,12 +65,12 @@ def edm_sde(S_churn=40.0, S_min=0.0, S_max=math.inf, S_noise=1.0) -> Solver:
 
     Example:
       >>> import jax
-      >>> from deis_jax import sample, schedules, testing
+      >>> from deis_jax import as_model, sample, schedules, testing
       >>> from deis_jax.solvers.edm_sde import edm_sde
       >>> sched = schedules.ve()
-      >>> gmm = testing.ring_mixture()
+      >>> model = as_model(testing.ring_mixture().eps_fn(sched), sched)
       >>> x_T = sched.prior_sample(jax.random.key(0), (4, 2))
-      >>> x0 = sample(gmm.eps_fn(sched), sched, x_T, solver=edm_sde(S_churn=10.0), nfe=19,
+      >>> x0 = sample(model, x_T, solver=edm_sde(S_churn=10.0), nfe=19,
       ...             key=jax.random.key(1))
     """
     S_churn = check_scalar("S_churn", S_churn, lower=0.0)

@@ -4,7 +4,7 @@ r"""Euler and Heun in ``t`` on the probability-flow ODE, written with the veloci
 The probability-flow ODE is ``dx/dt = u(x, t) = f(t) x + g(t)^2/(2 sigma_t) eps(x, t)``
 (Song et al. 2021, eq. 13), which is ``alpha' x0 + sigma' eps`` -- exactly what a
 flow-matching network predicts (``eps - x0`` on :func:`deis_jax.schedules.flow`; see
-:func:`deis_jax.parameterization.as_velocity_fn`). With ``h_i = t_{i+1} - t_i``:
+:meth:`deis_jax.Model.velocity`). With ``h_i = t_{i+1} - t_i``:
 
 * **Euler** (1 NFE per step, order 1): ``x_{i+1} = x_i + h_i u(x_i, t_i)`` (Score-SDE eq. 13;
   DEIS Sec. 3; the sampler of rectified flow, Liu et al. 2023, and of SD3's
@@ -14,8 +14,9 @@ flow-matching network predicts (``eps - x0`` on :func:`deis_jax.schedules.flow`;
   Alg. 1 (line 9), so ``N`` steps cost ``2N - 1`` NFE (Karras et al. 2022 in ``t`` instead of
   ``rho``; on EDM, where ``t = rho`` and ``alpha = 1``, it is ``edm_heun``).
 
-Both consume the velocity (``Solver.model == "velocity"``): a velocity model is called as is,
-any other prediction is converted by :func:`~deis_jax.parameterization.as_velocity_fn`.
+Both consume the velocity (``Solver.model == "velocity"``): the model's
+:meth:`~deis_jax.Model.velocity`, which calls a velocity network as is and converts any other
+prediction (:func:`~deis_jax.parameterization.convert`).
 Tables: :func:`~deis_jax.solvers.runge_kutta.t_table`.
 """
 

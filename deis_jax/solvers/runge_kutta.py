@@ -30,7 +30,7 @@ tableau ``(A, b, c)`` over ``h = rho_{i+1} - rho_i`` gives
 ``h`` is computed as ``rho_i expm1(lambda_i - lambda_{i+1})``, free of cancellation.
 
 **Runge--Kutta in t** (:func:`t_table`) on ``dx/dt = u(x, t)`` with the velocity model ``u``
-(:func:`deis_jax.parameterization.as_velocity_fn`) and ``h = t_{i+1} - t_i``: ``a = 1``,
+(:meth:`deis_jax.Model.velocity`) and ``h = t_{i+1} - t_i``: ``a = 1``,
 ``c_{sl} = h A_{sl}``, ``c_{Sl} = h b_l``, ``tau_s = t_i + c_s h`` (Euler and Heun in ``t``,
 the flow-matching baselines).
 """

@@ -60,12 +60,12 @@ def stochastic_ddim(eta=1.0) -> Solver:
 
     Example:
       >>> import jax
-      >>> from deis_jax import sample, schedules, testing
+      >>> from deis_jax import as_model, sample, schedules, testing
       >>> from deis_jax.solvers.stochastic_ddim import stochastic_ddim
       >>> sched = schedules.vp_linear()
-      >>> gmm = testing.ring_mixture()
+      >>> model = as_model(testing.ring_mixture().eps_fn(sched), sched)
       >>> x_T = sched.prior_sample(jax.random.key(0), (4, 2))
-      >>> x0 = sample(gmm.eps_fn(sched), sched, x_T, solver=stochastic_ddim(0.5), nfe=20,
+      >>> x0 = sample(model, x_T, solver=stochastic_ddim(0.5), nfe=20,
       ...             key=jax.random.key(1))
     """
     eta = check_scalar("eta", eta, lower=0.0, upper=1.0)

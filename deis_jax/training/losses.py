@@ -136,7 +136,7 @@ def flow_matching_loss(model_fn: Callable, schedule: Schedule, x0, key, *,
        x_t = \alpha_t x_0 + \sigma_t \epsilon,
 
     whose minimiser is the probability-flow velocity ``E[alpha' x0 + sigma' eps | x_t]``
-    (sample it with ``prediction="velocity"``). On :func:`deis_jax.schedules.flow` with
+    (sample it as ``as_model(net, schedule, prediction="velocity")``). On :func:`deis_jax.schedules.flow` with
     ``shift=1`` the target is ``eps - x0``; with a shift ``s`` it is
     ``sigma'_t (eps - x0)``, the velocity in the shifted time. Any schedule works: the target
     is the time derivative of its interpolation.
@@ -177,7 +177,7 @@ def edm_loss(denoiser_fn: Callable, x0, key, *, p_mean=-1.2, p_std=1.2, sigma_da
 
     so the raw network ``F`` inside :func:`deis_jax.parameterization.edm_precondition` sees a
     unit-variance target. ``y = x/alpha`` makes this valid for any schedule: a denoiser trained
-    here samples through ``prediction="edm"``.
+    here samples as ``as_model(denoiser, schedule, prediction="edm")``.
 
     Args:
       denoiser_fn: ``D(y, rho)`` (e.g. ``edm_precondition(partial(net.apply, params))``).
@@ -236,9 +236,10 @@ def default_prediction(loss: str) -> str:
 def check_loss_options(loss: str, prediction: str, weighting: str,
                        time_sampling: str = "uniform") -> None:
     """Valid names, and no setting the loss would ignore: ``prediction`` and ``weighting``
-    apply to ``"dsm"`` only (``"edm"`` trains a preconditioned denoiser, sampled with
-    ``prediction="edm"``; ``"ddpm"`` an eps-model with the simple weighting;
-    ``"flow_matching"`` a velocity model, ``prediction="velocity"``), and ``time_sampling``
+    apply to ``"dsm"`` only (``"edm"`` trains a preconditioned denoiser, sampled as
+    ``as_model(..., prediction="edm")``; ``"ddpm"`` an eps-model of the DDPM step index with
+    the simple weighting; ``"flow_matching"`` a velocity model,
+    ``as_model(..., prediction="velocity")``), and ``time_sampling``
     to ``"flow_matching"`` only, so any value but their defaults with another loss is
     refused rather than silently dropped."""
     check_choice("loss", loss, LOSSES)

@@ -1,8 +1,8 @@
 """What a checkpoint must record to sample: model config, schedule, loss and parameterisation.
 
-:class:`DiffusionSpec` is JSON-serialisable; ``spec.sampling_model()`` returns the
-``spec.as_model(params)`` returns the :class:`deis_jax.Model` every entry point takes, so
-sampling needs nothing but the checkpoint.
+:class:`DiffusionSpec` is JSON-serialisable; ``spec.as_model(params)`` returns the
+:class:`deis_jax.Model` every entry point takes, so sampling needs nothing but the
+checkpoint.
 """
 
 from __future__ import annotations
