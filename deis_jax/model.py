@@ -278,10 +278,13 @@ class Model:
         tail = ", cond" if self.cond is not None else ""
         return f"network({head}x, t{tail})"
 
-    def output(self, x, t, *, _cast: bool = True):
+    def output(self, x, t):
         """The network's own prediction (kind ``prediction``; an EDM denoiser's ``x0``) at
-        ``x: (batch, ...)`` and ``t`` (scalar or ``(batch,)``), in ``x``'s dtype (``_cast=False``:
-        the network's raw output, which :func:`check_model` inspects)."""
+        ``x: (batch, ...)`` and ``t`` (scalar or ``(batch,)``), in ``x``'s dtype."""
+        return self._raw(x, t).astype(x.dtype)
+
+    def _raw(self, x, t):
+        """The network's output as it returns it (any dtype: :func:`check_model` checks it)."""
         network, params = self._live()
         dtype = state_dtype(x.dtype)
         t = jnp.broadcast_to(jnp.asarray(t, dtype), x.shape[:1])
@@ -294,8 +297,7 @@ class Model:
             args.append(batched_cond(self.cond, x.shape[0]))
         if params is not None or self.module is not None:
             args.insert(0, params)
-        out = network(*args)
-        return out.astype(x.dtype) if _cast else out
+        return network(*args)
 
     def _to(self, target: str, x, t):
         t = jnp.broadcast_to(jnp.asarray(t, state_dtype(x.dtype)), x.shape[:1])
@@ -491,8 +493,7 @@ def _describe(model: Model, x) -> str:
 
 def _check_call(model: Model, x) -> None:
     try:
-        out = jax.eval_shape(lambda m, x: m.output(x, jnp.ones(x.shape[:1], x.dtype),
-                                                   _cast=False), model, x)
+        out = jax.eval_shape(lambda m, x: m._raw(x, jnp.ones(x.shape[:1], x.dtype)), model, x)
     except ValueError as err:
         if "cond has a leaf" in str(err):
             raise ValueError(f"{err} (as_model's cond=)") from None

@@ -24,11 +24,12 @@ functions take ``x`` of shape ``(batch, ...)`` and ``t`` of shape ``(batch,)``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax.numpy as jnp
 
-from deis_jax._checks import check_choice
+from deis_jax._checks import check_choice, check_scalar
 from deis_jax.schedules import Schedule
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "eps_from_velocity",
     "x0_from_velocity",
     "flow_velocity_model",
+    "EDMPrecondition",
     "edm_precondition",
 ]
 
@@ -188,21 +190,40 @@ def flow_velocity_model(model_fn: Callable, schedule: Schedule, *,
     return velocity
 
 
-def edm_precondition(net_fn: Callable, sigma_data=0.5) -> Callable:
+@dataclasses.dataclass(frozen=True)
+class EDMPrecondition:
+    r"""The EDM denoiser ``D(y, rho)`` of a raw network ``F(x_in, c_noise)``
+    (:func:`edm_precondition`); compares by value, so rebuilding it never recompiles.
+
+    Called as ``D(y, rho, *rest)``, or ``D(params, y, rho, *rest)`` with ``with_params``
+    (``rest``: a condition), it calls ``net(c_in y, c_noise, *rest)`` (``net(params, ...)``).
+    """
+
+    net: Callable
+    sigma_data: float = 0.5
+    with_params: bool = False
+
+    def __call__(self, *args):
+        head, (y, rho, *rest) = (args[:1], args[1:]) if self.with_params else ((), args)
+        r = _bcast(rho, y)
+        c = r**2 + self.sigma_data**2
+        out = self.net(*head, y / jnp.sqrt(c), 0.25 * jnp.log(rho), *rest)
+        return (self.sigma_data**2 / c) * y + (r * self.sigma_data / jnp.sqrt(c)) * out
+
+
+def edm_precondition(net_fn: Callable, sigma_data=0.5, *, with_params: bool = False
+                     ) -> EDMPrecondition:
     r"""Wrap a raw network ``F(x_in, c_noise)`` into the EDM denoiser ``D(y, rho)``.
 
     ``D(y; rho) = c_skip y + c_out F(c_in y, c_noise)`` with
     ``c_skip = s_d^2/(rho^2 + s_d^2)``, ``c_out = rho s_d / sqrt(rho^2 + s_d^2)``,
     ``c_in = 1/sqrt(rho^2 + s_d^2)``, ``c_noise = log(rho)/4`` (Karras et al. 2022, Table 1).
+    With ``with_params`` the network is ``F(params, x_in, c_noise)`` and the denoiser
+    ``D(params, y, rho)``: pass it to :func:`deis_jax.as_model` with ``params=`` and
+    ``prediction="edm"`` (the parameters are then data of the compiled sampler).
     """
-
-    def denoiser(y, rho):
-        r = _bcast(rho, y)
-        c = r**2 + sigma_data**2
-        out = net_fn(y / jnp.sqrt(c), 0.25 * jnp.log(rho))
-        return (sigma_data**2 / c) * y + (r * sigma_data / jnp.sqrt(c)) * out
-
-    return denoiser
+    return EDMPrecondition(net_fn, float(check_scalar("sigma_data", sigma_data, lower=0.0,
+                                                      lower_open=True)), bool(with_params))
 
 
 def _eps_of(kind, out, x, alpha, sigma, schedule, t):

@@ -28,3 +28,21 @@ def test_docstring_examples(name):
 def test_public_names_import():
     for name in deis_jax.__all__:
         assert getattr(deis_jax, name) is not None, name
+
+
+def _python_blocks(path):
+    import re
+    text = open(path).read()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_bring_your_model_page_runs():
+    """Every python block of docs/bring_your_model.md, in order, in one namespace."""
+    import pathlib
+    page = pathlib.Path(__file__).parents[1] / "docs" / "bring_your_model.md"
+    blocks = _python_blocks(page)
+    assert len(blocks) >= 8
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), namespace)  # noqa: S102
+    assert namespace["sweep"].shape == (4, 16, 2)

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deis_jax import schedules, testing
-from deis_jax.parameterization import as_x0_fn, edm_precondition
+from deis_jax import as_model, schedules, testing
+from deis_jax.parameterization import edm_precondition
 from deis_jax.training import losses
 
 N_CHUNKS, CHUNK = 16, 8192
@@ -70,7 +70,7 @@ def test_edm_loss_minimum_closed_form(data_std):
     sched = schedules.edm()
     gmm = _single_gaussian(-0.2, data_std)
     data = np.asarray(gmm.sample(jax.random.key(5), N_CHUNKS * CHUNK)[0])
-    x0_fn = as_x0_fn(gmm.eps_fn(sched), sched)
+    x0_fn = as_model(gmm.eps_fn(sched), sched).x0
     z, w = np.polynomial.hermite_e.hermegauss(80)
     rho = np.exp(-1.2 + 1.2 * z)
     lam = (rho**2 + 0.25) / (rho * 0.5) ** 2
@@ -184,10 +184,14 @@ def _loss_factories():
     gmm = testing.gaussian_mixture(dim=2, n_modes=3, std=0.3, seed=1)
     wrong = testing.gaussian_mixture(dim=2, n_modes=3, std=0.3, seed=2)
 
+    models = {exact: as_model((gmm if exact else wrong).eps_fn(vp), vp)
+              for exact in (True, False)}
+    edm_models = {exact: as_model((gmm if exact else wrong).eps_fn(edm), edm)
+                  for exact in (True, False)}
+
     def dsm(weighting, prediction):
         def f(theta, key, x0, exact):
-            g = gmm if exact else wrong
-            base = g.eps_fn(vp) if prediction == "eps" else as_x0_fn(g.eps_fn(vp), vp)
+            base = models[exact].eps if prediction == "eps" else models[exact].x0
             model = lambda x, t: base(x, t) + theta * _perturbation(x, t)  # noqa: E731
             return losses.dsm_loss(model, vp, x0, key, prediction=prediction,
                                    weighting=weighting)
@@ -201,8 +205,7 @@ def _loss_factories():
         return f
 
     def edm_f(theta, key, x0, exact):
-        g = gmm if exact else wrong
-        x0_fn = as_x0_fn(g.eps_fn(edm), edm)
+        x0_fn = edm_models[exact].x0
         return losses.edm_loss(lambda y, r: x0_fn(y, r) + theta * _perturbation(y, r), x0, key)
 
     def ddpm_f(theta, key, x0, exact):

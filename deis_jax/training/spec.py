@@ -8,7 +8,6 @@ checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax.numpy as jnp
@@ -136,14 +135,8 @@ class DiffusionSpec:
         info = {"spec": self, "step": step, "meta": meta}
         schedule = self.build_schedule()
         if self.loss == "edm":
-            network = functools.partial(_edm_denoiser, module, self.sigma_data)
+            network = edm_precondition(module.apply, self.sigma_data, with_params=True)
             return Model(network, params, schedule, "edm", "rho", None, None, info=info)
         timestep = "index" if self.loss == "ddpm" else "t"
         return as_model(module, schedule, params=params, prediction=self.prediction,
                         timestep=timestep).replace(info=info)
-
-
-def _edm_denoiser(model, sigma_data: float, params, y, rho, label=None):
-    """The EDM denoiser ``D(y; rho)`` of the raw network ``model`` (``edm_precondition``)."""
-    net = functools.partial(model.apply, params, label=label)
-    return edm_precondition(net, sigma_data)(y, rho)
