@@ -46,7 +46,8 @@ def main() -> None:
         rows, _ = evaluate_solvers(model, data, DEMO_SOLVERS, nfe=NFES, n=SAMPLES[name],
                                    grid=DEMO_GRIDS)
         jax.clear_caches()
-        lines += [f"## {name} ({SAMPLES[name]} samples per sampler; `{model.info['meta']['command']}`)",
+        command = model.info["meta"]["command"]
+        lines += [f"## {name} ({SAMPLES[name]} samples per sampler; `{command}`)",
                   "", quality_table(name, data.kind, rows), ""]
         ref = rows[0]
         for col, field in enumerate(("metric", "recognised")):

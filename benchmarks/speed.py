@@ -230,8 +230,8 @@ def main():
         "",
         "(a) `limit` = one jitted `lax.scan` making the same NFE model calls and nothing else; "
         "`/ limit` = sampler / limit. (b) `new/same` = eager `sample(model.replace(params=new), "
-        "...)` over the same call with the same parameters. (d) compile = trace + lower + compile of "
-        "the jitted sampler.",
+        "...)` over the same call with the same parameters. (d) compile = trace + lower + "
+        "compile of the jitted sampler.",
         "",
         "| model | solver | NFE | sampler ms | limit ms | (a) / limit | (b) new/same | "
         "(d) compile s |",

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from deis_jax._checks import (
     check_choice, check_int, check_scalar, check_tolerance, check_type, is_concrete)
 from deis_jax.grids import check_time_in_range
-from deis_jax.model import Model, batched_cond
+from deis_jax.model import Model, batched_cond, takes_model
 from deis_jax.sampling import prepare
 from deis_jax.schedules import Schedule
 
@@ -163,6 +163,7 @@ def check_solve_args(name: str, model, x, start, end, *, solver, per_sample, max
     return model, x, tuple(times), max_steps
 
 
+@takes_model
 def solve_ode(
     model: Model,
     x_T,

@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deis_jax._checks import check_all_finite, check_batch, check_key, check_type, is_concrete
-from deis_jax.model import Model
+from deis_jax._checks import check_all_finite, check_batch, check_key, is_concrete
+from deis_jax.model import Model, takes_model
 from deis_jax.parameterization import _bcast
 from deis_jax.sampling import sample
 from deis_jax.schedules import Schedule, check_schedule
@@ -158,6 +158,7 @@ def _run(model, x_T, hook, key, sample_kwargs):
     return hook(x, None)
 
 
+@takes_model
 def inpaint(model: Model, x_T, y, mask, *, key, **sample_kwargs):
     """Sample with the known entries of ``y`` (``mask == 1``) imposed by replacement after
     every step (:func:`inpaint_hook`), then set to ``y`` exactly.
@@ -182,21 +183,16 @@ def inpaint(model: Model, x_T, y, mask, *, key, **sample_kwargs):
       True
     """
     check_key("key", key)
-    _check_model(model)
     hook = inpaint_hook(jax.random.fold_in(key, 0), y, mask, model.schedule)
     return _run(model, x_T, hook, key, sample_kwargs)
 
 
+@takes_model
 def measure(model: Model, x_T, y, matrix, *, key, axis: int = -1, **sample_kwargs):
     """Sample under the linear measurement ``A x = y`` along ``axis``
     (:func:`measurement_hook`), imposed after every step and exactly at the end; arguments as
     in :func:`inpaint`. Colorization: ``matrix=[[1, 1, 1]]/sqrt(3)`` on the channel axis and
     ``y`` the grey level times ``sqrt(3)``."""
     check_key("key", key)
-    _check_model(model)
     hook = measurement_hook(jax.random.fold_in(key, 0), y, matrix, model.schedule, axis=axis)
     return _run(model, x_T, hook, key, sample_kwargs)
-
-
-def _check_model(model) -> None:
-    check_type("model", model, Model, "a deis_jax.Model (build one with deis_jax.as_model)")

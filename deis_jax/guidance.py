@@ -54,17 +54,13 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from deis_jax._checks import check_callable, check_choice, check_scalar, check_type, is_concrete
-from deis_jax.model import Model
+from deis_jax._checks import check_callable, check_choice, check_scalar, is_concrete
+from deis_jax.model import Model, takes_model
 from deis_jax.parameterization import _bcast
 
 __all__ = ["INTERVAL_VARIABLES", "classifier_free", "classifier_guidance"]
 
 INTERVAL_VARIABLES = ("t", "log_snr")
-
-
-def _check_base(model) -> None:
-    check_type("model", model, Model, "a deis_jax.Model (build one with deis_jax.as_model)")
 
 
 def _check_scale(name, value):
@@ -132,6 +128,7 @@ def _cfg_network(params, x, t, cond):
     return r * rescaled + (1 - r) * guided
 
 
+@takes_model
 def classifier_free(model: Model, scale, *, cond=None, null_cond=None, rescale=0.0,
                     interval=None, interval_in: str = "t") -> Model:
     r"""Classifier-free guidance: ``(1 + w) m(x, t, c) - w m(x, t, null)``, optionally
@@ -172,7 +169,6 @@ def classifier_free(model: Model, scale, *, cond=None, null_cond=None, rescale=0
       >>> sample(guided, x_T, solver="ddim", nfe=5).shape
       (4, 2)
     """
-    _check_base(model)
     cond = model.cond if cond is None else cond
     cond = model.replace(cond=cond).cond if cond is not None else None  # numbers -> arrays
     if null_cond is not None:
@@ -201,6 +197,7 @@ def _classifier_network(classifier_fn, params, x, t, label):
     return eps - (params["scale"] * _bcast(sigma, x) * grad).astype(eps.dtype)
 
 
+@takes_model
 def classifier_guidance(model: Model, classifier_fn: Callable, scale, *, label,
                         classifier_params=None) -> Model:
     r"""Classifier guidance: ``eps - s sigma_t grad_x log p_phi(y | x, t)``.
@@ -218,7 +215,6 @@ def classifier_guidance(model: Model, classifier_fn: Callable, scale, *, label,
     Returns:
       The guided :class:`~deis_jax.Model`, an eps-prediction.
     """
-    _check_base(model)
     check_callable("classifier_fn", classifier_fn,
                    "classifier_fn(classifier_params, x, t) -> logits")
     label = jnp.asarray(label)

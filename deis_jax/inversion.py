@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from deis_jax._checks import check_batch, check_type, is_concrete
-from deis_jax.model import Model
+from deis_jax._checks import check_batch, is_concrete
+from deis_jax.model import Model, takes_model
 from deis_jax.plan import Plan, make_plan
 from deis_jax.sampling import sample
 
@@ -58,6 +58,7 @@ def reversed_plan(plan: Plan) -> Plan:
     return Plan(plan.solver, plan.ts[::-1], plan.nfe)
 
 
+@takes_model
 def encode(model: Model, x, *, solver="ddim", ts=None, nfe=None, grid: str = "quadratic",
            **sample_kwargs):
     r"""Encode data ``x`` (at ``ts[-1]``, usually ``t_min``) into its latent at ``ts[0]``.
@@ -90,36 +91,31 @@ def encode(model: Model, x, *, solver="ddim", ts=None, nfe=None, grid: str = "qu
       >>> bool(testing.rmse(x_rec, x) < 0.05)
       True
     """
-    _check_model(model)
     plan = sampling_plan(model.schedule, solver, ts, nfe, grid)
     return sample(model, x, reversed_plan(plan), **sample_kwargs)
 
 
+@takes_model
 def decode(model: Model, z, *, solver="ddim", ts=None, nfe=None, grid: str = "quadratic",
            **sample_kwargs):
     """Decode a latent ``z`` (at ``ts[0]``) back to data: :func:`deis_jax.sample` on the
     decreasing grid (same arguments as :func:`encode`)."""
-    _check_model(model)
     plan = sampling_plan(model.schedule, solver, ts, nfe, grid)
     return sample(model, z, plan, **sample_kwargs)
 
 
+@takes_model
 def reconstruction_error(model: Model, x, *, solver="ddim", ts=None, nfe=None,
                          grid: str = "quadratic", **sample_kwargs):
     """``(x_rec, rmse)``: ``decode(encode(x))`` with the same solver and grid, and its
     root-mean-square error per sample (shape ``(batch,)``). Zero for exact solves; a solver of
     order ``p`` reaches ``O(h^p)``."""
-    _check_model(model)
     x = check_batch("x", x)
     plan = sampling_plan(model.schedule, solver, ts, nfe, grid)
     z = sample(model, x, reversed_plan(plan), **sample_kwargs)
     x_rec = sample(model, z, plan, **sample_kwargs)
     err = jnp.sqrt(jnp.mean(jnp.reshape((x_rec - x) ** 2, (x.shape[0], -1)), axis=-1))
     return x_rec, err
-
-
-def _check_model(model) -> None:
-    check_type("model", model, Model, "a deis_jax.Model (build one with deis_jax.as_model)")
 
 
 def slerp(z0, z1, w):

@@ -53,12 +53,12 @@ import numpy as np
 import optax
 
 from deis_jax._checks import (
-    check_all_finite, check_batch, check_choice, check_int, check_scalar, check_type)
+    check_all_finite, check_batch, check_choice, check_int, check_scalar)
 from deis_jax._progress import PROGRESS, Progress
 from deis_jax.adaptive import solve_ode
 from deis_jax.grid_files import TimeGrid, schedule_record
 from deis_jax.grids import GRID_KINDS, check_grid, timesteps
-from deis_jax.model import Model
+from deis_jax.model import Model, takes_model
 from deis_jax.plan import make_plan
 from deis_jax.sampling import sample
 from deis_jax.schedules import Schedule
@@ -117,6 +117,7 @@ def logits_from_grid(schedule: Schedule, ts):
 # --------------------------------------------------------------------------- teacher
 
 
+@takes_model
 def teacher_samples(model: Model, x_T, *, teacher="adaptive", tol: float = 1e-5, t_min=None,
                     t_max=None, batch_size: int = 1024):
     """High-accuracy solutions from ``x_T`` at ``t_max`` to ``t_min``, in batches.
@@ -131,7 +132,6 @@ def teacher_samples(model: Model, x_T, *, teacher="adaptive", tol: float = 1e-5,
       ``(x_0, description)``: an array like ``x_T`` and a string naming the teacher (and the
       model calls the adaptive solve took).
     """
-    check_type("model", model, Model, "a deis_jax.Model (build one with deis_jax.as_model)")
     schedule = model.schedule
     t_min, t_max = _range(schedule, t_min, t_max)
     x_T = check_batch("x_T", x_T)
@@ -203,6 +203,7 @@ def _resolve(schedule, solver, nfe: int) -> tuple[Solver, int]:
     return plan.solver, plan.n_steps
 
 
+@takes_model
 def sweep_grid_family(model: Model, x_T, x_0, *, solver, nfe: int, family: str = "edm",
                       values=None, t_min=None, t_max=None) -> GridSweep:
     """The error of every grid of a one-parameter family, in one compiled ``jax.vmap`` call.
@@ -218,7 +219,6 @@ def sweep_grid_family(model: Model, x_T, x_0, *, solver, nfe: int, family: str =
     Returns:
       A :class:`GridSweep`.
     """
-    check_type("model", model, Model, "a deis_jax.Model (build one with deis_jax.as_model)")
     schedule = model.schedule
     check_choice("family", family, tuple(FAMILY_DEFAULTS))
     solver, n_steps = _resolve(schedule, solver, nfe)
@@ -331,6 +331,7 @@ def _initial_grid(init_grid, model, solver, nfe, n_steps, x, y, kwargs):
     return ts, "given array"
 
 
+@takes_model
 def optimize_timesteps(
     model: Model,
     *,
@@ -409,7 +410,6 @@ def optimize_timesteps(
       >>> res.validation_error <= res.init_validation_error
       True
     """
-    check_type("model", model, Model, "a deis_jax.Model (build one with deis_jax.as_model)")
     schedule = model.schedule
     solver, n_steps = _resolve(schedule, solver, nfe)
     if n_steps < max(solver.min_steps, 2):

@@ -56,7 +56,7 @@ import numpy as np
 from deis_jax._checks import check_choice, check_int, check_key, is_concrete
 from deis_jax.adaptive import check_solve_args, integrate, nfe_for_steps, pf_ode_field
 from deis_jax.inversion import encode
-from deis_jax.model import Model, batched_cond
+from deis_jax.model import Model, batched_cond, takes_model
 from deis_jax.sampling import prepare
 
 __all__ = ["DIVERGENCES", "PROBES", "LikelihoodOutput", "log_likelihood",
@@ -196,6 +196,7 @@ def _bits_per_dim(logp, x):
     return -logp / (math.prod(x.shape[1:]) * math.log(2.0))
 
 
+@takes_model
 def log_likelihood(
     model: Model,
     x,
@@ -316,6 +317,7 @@ class FixedGridLikelihood(NamedTuple):
     nfe: int
 
 
+@takes_model
 def fixed_grid_log_likelihood(model: Model, x, *, solver="tab3", ts=None, nfe=None,
                               grid: str = "quadratic", data_range=None,
                               n_bins: int | None = None):

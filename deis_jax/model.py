@@ -53,7 +53,7 @@ from deis_jax.parameterization import _bcast, canonical_prediction, convert
 from deis_jax.precision import check_dtype, state_dtype
 from deis_jax.schedules import Schedule, check_schedule
 
-__all__ = ["Model", "as_model", "TIMESTEPS", "ScaledTime"]
+__all__ = ["Model", "as_model", "TIMESTEPS", "ScaledTime", "takes_model"]
 
 TIMESTEPS = ("t", "1000t", "index", "discrete", "sigma", "1000sigma", "rho", "log_snr",
              "edm")
@@ -215,7 +215,7 @@ class Model:
     """
 
     __slots__ = ("network", "params", "schedule", "prediction", "timestep", "dtype", "cond",
-                 "module", "info")
+                 "module", "info", "_flat")
 
     def __init__(self, network, params, schedule, prediction, timestep, dtype, cond,
                  module=None, info=None):
@@ -223,7 +223,7 @@ class Model:
         for name, value in (("network", network), ("params", params), ("schedule", schedule),
                             ("prediction", prediction), ("timestep", timestep),
                             ("dtype", dtype), ("cond", cond), ("module", module),
-                            ("info", info)):
+                            ("info", info), ("_flat", None)):
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name, value):
@@ -237,6 +237,8 @@ class Model:
         return self.network, self.params
 
     def tree_flatten(self):
+        if self._flat is not None:  # rebuilt from leaves: flatten as it was (AOT placeholders)
+            return self._flat
         network, params = self._live()
         net_static, net_data = _callables.split(network)
         p_data, p_static = _split_tree(params)
@@ -250,14 +252,16 @@ class Model:
     def tree_unflatten(cls, aux, children):
         net_static, p_static, c_static, prediction, timestep, dtype = aux
         net_data, p_data, schedule, c_data = children
-        return cls(_callables.merge(net_static, net_data), _merge_tree(p_static, p_data),
-                   schedule, prediction, _callables.unwrap(timestep), dtype,
-                   _merge_tree(c_static, c_data))
+        model = cls(_callables.merge(net_static, net_data), _merge_tree(p_static, p_data),
+                    schedule, prediction, _callables.unwrap(timestep), dtype,
+                    _merge_tree(c_static, c_data))
+        object.__setattr__(model, "_flat", (children, aux))
+        return model
 
     def replace(self, **changes) -> "Model":
         """A copy with some fields changed (``params``, ``cond``, ``dtype``, ...). Changing
         ``network`` or ``params`` of an NNX-backed model detaches it from its module."""
-        fields = {name: getattr(self, name) for name in self.__slots__}
+        fields = {name: getattr(self, name) for name in self.__slots__ if name != "_flat"}
         if "network" in changes or "params" in changes:
             fields["network"], fields["params"] = self._live()
             fields["module"] = None
@@ -323,6 +327,35 @@ class Model:
     def velocity(self, x, t):
         """``dx/dt`` of the probability-flow ODE."""
         return self._to("velocity", x, t)
+
+
+_OLD_KEYWORDS = ("schedule", "params", "prediction", "model_dtype", "model_fn")
+
+
+def takes_model(fn):
+    """Decorate an entry point whose first argument is a :class:`Model`: the old call form
+    ``fn(model_fn, schedule, ..., params=..., prediction=...)`` and any non-``Model`` first
+    argument are refused with one ``TypeError`` that says how to build the model."""
+
+    @functools.wraps(fn)
+    def entry(*args, **kwargs):
+        name = fn.__name__
+        old = [k for k in _OLD_KEYWORDS if k in kwargs]
+        if (len(args) > 1 and isinstance(args[1], Schedule)) or old:
+            raise TypeError(
+                f"{name}(model_fn, schedule, ..., params=..., prediction=...) is gone"
+                + (f" (got {', '.join(k + '=' for k in old)})" if old else "")
+                + f": build the model once with deis_jax.as_model(model_fn, schedule, "
+                f"params=..., prediction=..., dtype=...) and call {name}(model, ...)")
+        model = args[0] if args else kwargs.get("model")
+        if not isinstance(model, Model):
+            raise TypeError(
+                f"model must be a deis_jax.Model, got {type(model).__name__}: build one with "
+                f"deis_jax.as_model(network, schedule, params=..., prediction=...) and call "
+                f"{name}(model, ...)")
+        return fn(*args, **kwargs)
+
+    return entry
 
 
 def _check_timestep(timestep, schedule: Schedule, prediction: str):

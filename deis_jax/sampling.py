@@ -23,10 +23,9 @@ import jax.numpy as jnp
 
 from deis_jax import _callables
 from deis_jax._checks import check_all_finite, check_batch, check_callable, check_key, is_concrete
-from deis_jax.model import Model, check_model
+from deis_jax.model import Model, check_model, takes_model
 from deis_jax.plan import Plan, make_plan
 from deis_jax.precision import state_dtype
-from deis_jax.schedules import Schedule
 from deis_jax.solvers.base import Solver
 
 __all__ = ["SampleOutput", "sample", "run_table", "solver_model", "prepare"]
@@ -52,24 +51,6 @@ def solver_model(model: Model, solver: Solver) -> Callable:
     """The model as ``solver``'s steps consume it: its eps-, x0- or velocity-prediction
     method (``fn(x, t)`` with a scalar or ``(batch,)`` ``t``)."""
     return getattr(model, solver.model)
-
-
-_LEGACY = {"params": "params", "prediction": "prediction", "model_dtype": "dtype"}
-
-
-def _refuse_legacy(model, second, legacy: dict) -> None:
-    """The old call form ``sample(model_fn, schedule, x_T, params=..., ...)`` is gone."""
-    if isinstance(second, Schedule) or (legacy.keys() & _LEGACY.keys()):
-        raise TypeError(
-            "sample(model_fn, schedule, x_T, params=..., prediction=...) is gone: build the "
-            "model once with deis_jax.as_model(model_fn, schedule, params=..., "
-            "prediction=..., dtype=...) and call sample(model, x_T, ...)")
-    if legacy:
-        raise TypeError(f"sample() got unexpected keyword argument(s) {sorted(legacy)}")
-    if not isinstance(model, Model):
-        raise TypeError(f"model must be a deis_jax.Model, got {type(model).__name__}: build "
-                        "one with deis_jax.as_model(network, schedule, params=..., "
-                        "prediction=...)")
 
 
 def prepare(model: Model, x, *, name: str = "x_T"):
@@ -152,6 +133,7 @@ def _run(model, plan, x_T, key, hook, hook_data, return_trajectory, check_finite
                      check_finite=check_finite)
 
 
+@takes_model
 def sample(
     model: Model,
     x_T,
@@ -166,7 +148,6 @@ def sample(
     return_trajectory: bool = False,
     full_output: bool = False,
     check_finite: bool = True,
-    **legacy,
 ):
     r"""Integrate from ``x_T`` at ``ts[0]`` to ``ts[-1]`` with the chosen solver.
 
@@ -226,7 +207,6 @@ def sample(
       >>> sample(model, x_T, solver="tab3", nfe=10).shape
       (16, 2)
     """
-    _refuse_legacy(model, x_T, legacy)
     model, x_T = prepare(model, x_T)
     if plan is None:
         plan = make_plan(model.schedule, solver, nfe=nfe, ts=ts, grid=grid)

@@ -26,8 +26,8 @@ from typing import Callable
 
 import jax.numpy as jnp
 
-from deis_jax._checks import check_scalar, check_type
-from deis_jax.model import Model
+from deis_jax._checks import check_scalar
+from deis_jax.model import Model, takes_model
 
 __all__ = ["threshold", "thresholded_x0_fn", "dynamic_thresholding"]
 
@@ -78,6 +78,7 @@ def _thresholded(params, x, t):
     return threshold(params["base"].x0(x, t), params["percentile"], params["max_value"])
 
 
+@takes_model
 def dynamic_thresholding(model: Model, *, percentile: float = 0.995,
                          max_value: float = 1.0) -> Model:
     """A thresholded *data-prediction* :class:`~deis_jax.Model` from a model in any
@@ -89,7 +90,6 @@ def dynamic_thresholding(model: Model, *, percentile: float = 0.995,
       model: the base model.
       percentile, max_value: see :func:`threshold`.
     """
-    check_type("model", model, Model, "a deis_jax.Model (build one with deis_jax.as_model)")
     _check(percentile, max_value)
     params = {"base": model, "percentile": jnp.asarray(percentile),
               "max_value": jnp.asarray(max_value)}

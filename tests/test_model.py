@@ -11,6 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
+import deis_jax
 from deis_jax import Model, as_model, guidance, sample, schedules, testing
 from deis_jax.adaptive import solve_ode
 
@@ -355,3 +356,24 @@ def test_unsupported_networks_and_conditions_are_named():
         guidance.classifier_free(model, 1.0, null_cond={"text": jnp.zeros((1, 9))})
     with pytest.raises(ValueError, match="needs null_cond"):
         guidance.classifier_free(model, 1.0)
+
+
+@pytest.mark.parametrize("call", [
+    lambda eps, x: solve_ode(eps, VP, x),
+    lambda eps, x: guidance.classifier_free(eps, 0, 1.0, n_classes=2),
+    lambda eps, x: deis_jax.likelihood.log_likelihood(as_model(eps, VP), x, prediction="x0"),
+    lambda eps, x: deis_jax.inversion.encode(eps, VP, x, nfe=5),
+    lambda eps, x: deis_jax.learned_grids.teacher_samples(eps, VP, x),
+], ids=["solve_ode", "classifier_free", "log_likelihood", "encode", "teacher_samples"])
+def test_every_entry_point_refuses_the_old_form_naming_as_model(call):
+    eps = testing.ring_mixture().eps_fn(VP)
+    with pytest.raises(TypeError, match="as_model"):
+        call(eps, VP.prior_sample(jax.random.key(0), (4, 2)))
+
+
+def test_a_model_compiled_ahead_of_time_takes_the_model_again():
+    model = as_model(lambda p, x, t: p["w"] * x, VP, params={"w": jnp.float32(0.5), "n": 3})
+    x_T = VP.prior_sample(jax.random.key(0), (4, 2))
+    run = lambda m, x: sample(m, x, solver="ddim", nfe=4)  # noqa: E731
+    compiled = jax.jit(run).lower(model, x_T).compile()
+    np.testing.assert_allclose(compiled(model, x_T), run(model, x_T), rtol=1e-6)
