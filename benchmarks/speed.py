@@ -124,9 +124,8 @@ def _limit_fn(model_fn, batch):
 
 def _sampler_fn(model, name, nfe):
     """``run(params, x)``: the sampler of ``model`` with new parameters,
-    ``sample(model.replace(params=params), x, ...)``. (The parameters, not the Model, are the
-    argument: an ahead-of-time compiled executable, ``jax.jit(run).lower(...).compile()``,
-    refuses a Model argument -- its pytree metadata does not match when called.)"""
+    ``sample(model.replace(params=params), x, ...)``: the parameters are the argument, as a
+    training loop hands new ones to the same model."""
     solver = get_solver(name)
     key = jax.random.key(0) if solver.stochastic else None
 

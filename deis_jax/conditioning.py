@@ -183,6 +183,10 @@ def inpaint(model: Model, x_T, y, mask, *, key, **sample_kwargs):
       True
     """
     check_key("key", key)
+    x_T = check_batch("x_T", x_T)
+    if jnp.shape(y) != x_T.shape:
+        raise ValueError(f"y must have x_T's shape {x_T.shape} (one known sample per "
+                         f"sample drawn), got y of shape {jnp.shape(y)}")
     hook = inpaint_hook(jax.random.fold_in(key, 0), y, mask, model.schedule)
     return _run(model, x_T, hook, key, sample_kwargs)
 
@@ -194,5 +198,16 @@ def measure(model: Model, x_T, y, matrix, *, key, axis: int = -1, **sample_kwarg
     in :func:`inpaint`. Colorization: ``matrix=[[1, 1, 1]]/sqrt(3)`` on the channel axis and
     ``y`` the grey level times ``sqrt(3)``."""
     check_key("key", key)
+    x_T = check_batch("x_T", x_T)
     hook = measurement_hook(jax.random.fold_in(key, 0), y, matrix, model.schedule, axis=axis)
+    want = list(x_T.shape)
+    want[axis] = hook.keywords["operator"].shape[0]
+    if jnp.shape(y) != tuple(want):
+        raise ValueError(f"y must have x_T's shape {x_T.shape} with axis {axis} of length m = "
+                         f"{want[axis]} (the measurements), i.e. {tuple(want)}; got y of shape "
+                         f"{jnp.shape(y)}")
+    if hook.keywords["z"].shape != x_T.shape:
+        raise ValueError(f"matrix of shape {hook.keywords['operator'].shape} acts on axis "
+                         f"{axis} of length {x_T.shape[axis]} of x_T {x_T.shape}: it must have "
+                         f"{x_T.shape[axis]} columns")
     return _run(model, x_T, hook, key, sample_kwargs)

@@ -51,7 +51,11 @@ def timesteps(
       power: exponent of the ``"power"`` grid, uniform in ``t^(1/power)``; may be traced.
       rho: exponent of the ``"edm"`` grid, uniform in ``rho_t^(1/rho)``; may be traced.
       shift: the shift ``s > 0`` of the ``"shifted"`` grid, uniform in
-        ``u = t / (s - (s - 1) t)``; may be traced.
+        ``u = t / (s - (s - 1) t)``; may be traced. On :func:`~deis_jax.schedules.flow`
+        with its own shift ``s0`` the grid is the one whose noise levels ``sigma_t`` are the
+        SD3 shift ``s`` of a uniform grid, i.e. ``t`` shifted by ``s / s0`` (so
+        ``flow(shift=3)`` with the default ``shift=3`` is uniform in ``t``, not shifted
+        twice).
 
     Returns:
       Array of shape ``(n_steps + 1,)`` with ``ts[0] = t_max`` and ``ts[-1] = t_min`` exactly.
@@ -96,6 +100,8 @@ def timesteps(
         lo, hi = schedule.log_snr(t_max), schedule.log_snr(t_min)
         ts = schedule.t_from_log_snr(lo + u * (hi - lo))
     elif kind == "shifted":
+        if schedule.name == "flow":  # its t is already shifted: shifts compose by product
+            shift = shift / schedule.params["shift"]
         lo, hi = (t / (shift - (shift - 1.0) * t) for t in (t_min, t_max))
         v = hi + u * (lo - hi)
         ts = shift * v / (1.0 + (shift - 1.0) * v)

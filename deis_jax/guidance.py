@@ -191,7 +191,12 @@ def _classifier_network(classifier_fn, params, x, t, label):
     def log_prob(x):  # samples are independent: the gradient of the sum is per sample
         logits = classifier_fn(params["classifier"], x, t)
         logp = jax.nn.log_softmax(logits, axis=-1)
-        return jnp.sum(jnp.take_along_axis(logp, label[:, None], axis=-1))
+        # a label past the logits' width reads NaN (not 0 with a zero gradient, which would
+        # return the unguided samples silently): sampling then stops with FloatingPointError
+        picked = jnp.take_along_axis(logp, label[:, None], axis=-1, mode="clip")
+        bad = ((label < 0) | (label >= logp.shape[-1]))[:, None]
+        poison = logp[:, :1] * jnp.where(bad, jnp.nan, 0.0)  # NaN (and its gradient) if bad
+        return jnp.sum(jnp.where(bad, poison, picked))
 
     grad = jax.grad(log_prob)(x)
     return eps - (params["scale"] * _bcast(sigma, x) * grad).astype(eps.dtype)
@@ -209,7 +214,9 @@ def classifier_guidance(model: Model, classifier_fn: Callable, scale, *, label,
         one), trained on ``x_t`` of the model's schedule; defined once (it is static).
       scale: the guidance scale ``s`` (traced data; ``1`` with the exact classifier gives the
         exact conditional model).
-      label: the requested class, a scalar or ``(batch,)`` integers (data).
+      label: the requested class, a scalar or ``(batch,)`` integers (data); a label the
+        classifier's logits do not have makes the guided model return NaN, so ``sample``
+        raises ``FloatingPointError`` instead of returning unguided samples.
       classifier_params: the classifier's parameters (a pytree of arrays: data).
 
     Returns:

@@ -127,7 +127,7 @@ def slerp(z0, z1, w):
        \qquad \cos\theta = \frac{\langle z_0, z_1\rangle}{|z_0|\,|z_1|},
 
     the angle taken over all but the leading (batch) axis; linear interpolation where
-    ``theta`` is too small for the ratio (parallel latents). Jittable; ``jax.vmap`` over ``w``
+    ``theta`` is too small for the ratio (parallel latents) or undefined (a zero latent). Jittable; ``jax.vmap`` over ``w``
     for a path.
 
     Args:
@@ -150,7 +150,9 @@ def slerp(z0, z1, w):
                          f"shape {w.shape}")
     axes = tuple(range(1, z0.ndim))
     norms = jnp.sqrt(jnp.sum(z0**2, axis=axes) * jnp.sum(z1**2, axis=axes))
-    cos = jnp.clip(jnp.sum(z0 * z1, axis=axes) / norms, -1.0, 1.0)
+    # a zero latent has no direction: interpolate linearly (cos = 1) instead of 0/0 = NaN
+    cos = jnp.clip(jnp.sum(z0 * z1, axis=axes) / jnp.where(norms > 0, norms, 1.0), -1.0, 1.0)
+    cos = jnp.where(norms > 0, cos, 1.0)
     theta = jnp.arccos(cos)
     small = theta < 1e-4
     sin = jnp.where(small, 1.0, jnp.sin(theta))

@@ -38,7 +38,8 @@ class SampleOutput(NamedTuple):
       x: the final sample, same shape as ``x_T``.
       trajectory: ``(N+1, *x_T.shape)`` states at every grid time (``x_T`` first), or None.
       nfe: exact number of model evaluations (a Python int).
-      nonfinite_step: first step whose output was non-finite (int32), ``-1`` if none.
+      nonfinite_step: first step whose output was non-finite (int32), ``-1`` if none; None
+        with ``check_finite=False`` (not checked, so it cannot say "none").
     """
 
     x: Any
@@ -243,4 +244,4 @@ def sample(
         )
     if not full_output:
         return x
-    return SampleOutput(x, traj, plan.nfe, bad)
+    return SampleOutput(x, traj, plan.nfe, bad if check_finite else None)
