@@ -33,6 +33,7 @@ import numpy as np
 
 from deis_jax import GRID_KINDS, evaluate, get_solver, plots, schedules, solver_names, training
 from deis_jax._checks import check_writable_dir, check_writable_file
+from deis_jax._files import atomic_write
 from deis_jax._progress import PROGRESS
 from deis_jax.demo import run_demo
 from deis_jax.grid_files import load_grid, save_grid
@@ -151,8 +152,9 @@ def cmd_sample(args) -> int:
                               seed=args.seed, grid=grid, label=args.label,
                               guidance=guidance)
     extra = {} if args.label is None else {"label": args.label, "guidance": guidance}
-    np.savez(stem + ".npz", samples=x, solver=args.solver, nfe=args.nfe, seed=args.seed,
-             step=model.info["step"], **extra)
+    with atomic_write(stem + ".npz", "wb") as f:
+        np.savez(f, samples=x, solver=args.solver, nfe=args.nfe, seed=args.seed,
+                 step=model.info["step"], **extra)
     written = [stem + ".npz"]
     what = f"{args.solver}, NFE {args.nfe}" + (
         f", label {args.label}, guidance {guidance:g}" if args.label is not None else "")

@@ -27,6 +27,7 @@ import numpy as np
 
 from deis_jax import pretrained
 from deis_jax._checks import check_int
+from deis_jax._files import atomic_write
 from deis_jax._progress import Progress
 from deis_jax.evaluate import evaluate_solvers, quality_table
 from deis_jax.plots import save_panel_table
@@ -204,6 +205,6 @@ def run_demo(out: str, *, nfes=(5, 10), n_digits: int = 1000, n_points: int = 40
         digits, board, trained,
         f"figures: {os.path.join(out, 'digits.png')}, {os.path.join(out, 'checkerboard.png')}"
         f"\ntotal time: {time.perf_counter() - t_start:.0f}s\n"])
-    with open(os.path.join(out, "quality.md"), "w") as f:
+    with atomic_write(os.path.join(out, "quality.md")) as f:
         f.write(report)
     return report

@@ -32,6 +32,7 @@ import os
 import numpy as np
 
 from deis_jax._checks import check_writable_file
+from deis_jax._files import atomic_write
 from deis_jax.schedules import Schedule, check_schedule
 
 __all__ = ["FORMAT", "TimeGrid", "check_grid_for", "load_grid", "save_grid",
@@ -125,7 +126,7 @@ def save_grid(path, ts, *, schedule: Schedule, solver=None, nfe: int | None = No
                   timespec="seconds"),
               **metadata}
     text = json.dumps(record, indent=1)
-    with open(path, "w") as f:
+    with atomic_write(path) as f:  # an interrupted write leaves the old file whole
         f.write(text + "\n")
     record.pop("ts")
     return TimeGrid(v, {**record, "path": path})

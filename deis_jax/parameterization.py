@@ -25,6 +25,7 @@ functions take ``x`` of shape ``(batch, ...)`` and ``t`` of shape ``(batch,)``.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Callable
 
 import jax.numpy as jnp
@@ -190,7 +191,7 @@ def flow_velocity_model(model_fn: Callable, schedule: Schedule, *,
     return velocity
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class EDMPrecondition:
     r"""The EDM denoiser ``D(y, rho)`` of a raw network ``F(x_in, c_noise)``
     (:func:`edm_precondition`); compares by value, so rebuilding it never recompiles.
@@ -202,6 +203,19 @@ class EDMPrecondition:
     net: Callable
     sigma_data: float = 0.5
     with_params: bool = False
+
+    def _key(self):
+        # a bound method (a Flax module's apply) compares its module by value, as
+        # deis_jax.as_model does: Python compares a method's __self__ by identity
+        net = self.net
+        net = (net.__func__, net.__self__) if inspect.ismethod(net) else net
+        return net, self.sigma_data, self.with_params
+
+    def __eq__(self, other):
+        return isinstance(other, EDMPrecondition) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
 
     def __call__(self, *args):
         head, (y, rho, *rest) = (args[:1], args[1:]) if self.with_params else ((), args)

@@ -3,16 +3,20 @@
 Figures are built with ``matplotlib.figure.Figure`` and saved through the Agg canvas, so
 nothing here touches pyplot's global state or the backend a notebook uses. A panel is
 ``{title: samples}``: points ``(n, d)`` (the first two coordinates are drawn) or images
-``(n, h, w, 1)`` in ``[-1, 1]``.
+``(n, h, w, 1)`` in ``[-1, 1]``. Files are written atomically (an interrupted save leaves
+the old figure whole), in the format their extension names (PNG without one).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from deis_jax._files import atomic_write
 
 __all__ = ["image_grid", "save_comparison", "save_image_grids", "save_panel_table", "save_samples",
            "save_scatter"]
@@ -95,7 +99,9 @@ def _save_cells(path: str, rows: Sequence[Sequence], style: _Style) -> None:
                 title, x, caption = cell
                 _draw(ax, title, x, style, caption)
     fig.tight_layout()
-    fig.savefig(path, dpi=style.dpi)
+    fmt = os.path.splitext(os.fspath(path))[1][1:].lower() or "png"
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format=fmt, dpi=style.dpi)
 
 
 def _save_rows(path: str, rows: Sequence[Mapping], style: _Style) -> None:

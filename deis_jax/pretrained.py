@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import serialization
 
+from deis_jax._files import atomic_write
 from deis_jax.model import Model
 from deis_jax.training import DiffusionSpec, load_model
 
@@ -101,7 +102,7 @@ def export(ckpt_dir, name: str, *, recipe: tuple[str, ...], wall_seconds: float,
     """
     model = load_model(ckpt_dir)
     os.makedirs(directory, exist_ok=True)
-    with open(_path(name, ".msgpack", directory), "wb") as f:
+    with atomic_write(_path(name, ".msgpack", directory), "wb") as f:
         f.write(serialization.to_bytes(jax.device_get(model.params)))
     meta = model.info["meta"]
     rec = {
@@ -118,7 +119,7 @@ def export(ckpt_dir, name: str, *, recipe: tuple[str, ...], wall_seconds: float,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {jax.default_backend()}",
         "versions": {"jax": jax.__version__, "flax": flax.__version__},
     }
-    with open(_path(name, ".json", directory), "w") as f:
+    with atomic_write(_path(name, ".json", directory)) as f:
         json.dump(rec, f, indent=1)
     return rec
 

@@ -16,6 +16,7 @@ ROOT = pathlib.Path(deis_jax.__file__).parent
 LAYERS = [  # (module prefix, layer); the longest matching prefix wins
     ("deis_jax._checks", 0),
     ("deis_jax._callables", 0),
+    ("deis_jax._files", 0),
     ("deis_jax.precision", 0),
     ("deis_jax._progress", 0),
     ("deis_jax.schedules", 1),

@@ -72,7 +72,7 @@ def test_edm_preconditioning_is_exact_for_the_ideal_network(x64):
     np.testing.assert_allclose(d(y, rho), x0, rtol=1e-9, atol=1e-12)
 
 
-def test_discrete_time_model_maps_t_to_table_index():
+def test_index_and_discrete_timesteps_map_t_to_the_table_index():
     """``as_model(..., timestep="index")`` hands a DDPM network the step ``N t - 1`` (float),
     ``timestep="discrete"`` the integer index, on a ``vp_discrete`` table of N = 1000."""
     sched = schedules.vp_discrete(betas=np.linspace(1e-4, 0.02, 1000))

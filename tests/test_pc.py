@@ -12,8 +12,6 @@ from deis_jax.solvers.pc import pc
 from test_stochastic import GMM, check_mixture_samples
 
 BATCH = 4096
-
-
 VE = schedules.ve(sigma_max=50.0)
 MODEL = as_model(GMM.eps_fn(VE), VE)  # built once
 

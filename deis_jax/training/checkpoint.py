@@ -5,6 +5,7 @@ needs only the checkpoint path.
 Layout::
 
     DIR/deis_jax_checkpoint.json   marker: {"format": "deis_jax checkpoint", "version": 1}
+    DIR/.deis_jax.lock             while a run writes: its pid and host (see writer_lock)
     DIR/<step>/model               parameters and EMA parameters (what sampling needs)
     DIR/<step>/train               optimizer state, step counter, PRNG key (for resuming)
     DIR/<step>/meta                JSON: the DiffusionSpec, the step, the training config...
@@ -15,6 +16,12 @@ an interrupted save never shadows the previous checkpoint. Non-finite parameters
 saved (:func:`save_checkpoint` refuses them), so the newest step is always the last finite
 one and the keep-last-``n`` rotation never deletes it.
 
+One writer per directory: a training run holds the directory's lock (:func:`writer_lock`, an
+exclusive ``flock``) from before its resume check until it returns, and a second run is
+refused (:class:`LockedError`, naming the holder's pid) before it trains. A save never
+replaces an existing step (:func:`save_checkpoint` refuses one already on disk, which orbax
+would otherwise delete to write its own).
+
 Reading falls back: without an explicit ``step``, :func:`load_model` and
 :func:`restore_checkpoint` try the newest step first and, when it cannot be read (truncated
 or corrupted files, unreadable metadata, non-finite values), warn naming that step and why
@@ -24,8 +31,11 @@ so damage confined to the optimizer state does not block sampling.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import time
 import warnings
 from typing import Callable
 
@@ -34,11 +44,19 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from deis_jax._checks import all_finite, check_int, check_writable_dir
+from deis_jax._files import atomic_write
 from deis_jax.model import Model
 from deis_jax.training.spec import DiffusionSpec
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock (writer_lock then takes no lock)
+    fcntl = None
+
 __all__ = [
+    "LOCK",
     "MARKER",
+    "LockedError",
     "RefusedError",
     "checkpoint_dir",
     "checkpoint_manager",
@@ -46,10 +64,13 @@ __all__ = [
     "load_model",
     "restore_checkpoint",
     "save_checkpoint",
+    "writer_lock",
 ]
 
 MARKER = "deis_jax_checkpoint.json"
 """File that marks a directory as a deis_jax checkpoint directory."""
+LOCK = ".deis_jax.lock"
+"""File of a checkpoint directory that the run writing it holds locked (:func:`writer_lock`)."""
 _FORMAT = {"format": "deis_jax checkpoint", "version": 1}
 _MODEL = ("params", "ema_params")
 _TRAIN = ("opt_state", "step", "key")
@@ -58,6 +79,10 @@ _TRAIN = ("opt_state", "step", "key")
 class RefusedError(ValueError):
     """A readable checkpoint that does not fit the request (another model, another config):
     reported as is, never taken for damage and skipped."""
+
+
+class LockedError(ValueError):
+    """Another process is writing the checkpoint directory (it holds its :data:`LOCK`)."""
 
 
 def checkpoint_dir(directory, *, create: bool) -> str:
@@ -84,7 +109,7 @@ def checkpoint_dir(directory, *, create: bool) -> str:
             f"ckpt='{directory}' is not a deis_jax checkpoint directory (it has no {MARKER}); "
             "pass a directory written by deis_jax, or a new or empty one to train into")
     if create and not marked:
-        with open(os.path.join(path, MARKER), "w") as f:
+        with atomic_write(os.path.join(path, MARKER)) as f:
             json.dump(_FORMAT, f)
     return path
 
@@ -100,29 +125,118 @@ def checkpoint_manager(directory, *, keep: int = 3) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(path, options=options)
 
 
+def writer_lock(directory):
+    """Hold the checkpoint directory ``directory`` (created and marked, see
+    :func:`checkpoint_dir`) as its only writer: a context manager.
+
+    An exclusive, non-blocking ``flock`` of ``directory/``:data:`LOCK`, which records the
+    holder's pid and host while it is held and is removed on release. The kernel releases a
+    flock when its holder exits, however it exits (SIGKILL included): the lock of a dead
+    process never blocks, and a left-over file (with a stale pid) is simply taken over. Only
+    the flock is trusted, never the pid. Without ``fcntl`` (Windows) no lock is taken.
+
+    Example::
+
+        with writer_lock("runs/cb"):
+            ...  # resume, train and save: no other writer meanwhile
+
+    Raises:
+      LockedError: another process holds the lock; the message names the directory and the
+        holder's pid.
+    """
+    path = checkpoint_dir(directory, create=True)
+    if fcntl is None:
+        return contextlib.nullcontext(path)
+    return _held(os.path.join(path, LOCK), directory)
+
+
+@contextlib.contextmanager
+def _held(lock: str, directory):
+    fd = _acquire(lock, directory)
+    try:
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+        yield os.path.dirname(lock)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # still holding it: see _acquire
+        os.close(fd)
+
+
+def _acquire(lock: str, directory) -> int:
+    """An open descriptor of ``lock`` holding its exclusive flock."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise LockedError(
+                f"ckpt_dir='{directory}' is being written by another training run ({holder}, "
+                f"holding {lock}): wait for it to finish, or train into another "
+                "directory") from None
+        except OSError as err:
+            os.close(fd)
+            raise ValueError(f"cannot lock ckpt_dir='{directory}' for writing ({lock}: "
+                             f"{err.strerror or err}); use a directory on a local file "
+                             "system") from None
+        # A holder releasing it between our open and our flock has removed the file: we then
+        # hold an orphan, and a third run may lock a new file at that path. Try again.
+        try:
+            current = os.path.samestat(os.stat(lock), os.fstat(fd))
+        except FileNotFoundError:
+            current = False
+        if current:
+            os.ftruncate(fd, 0)
+            return fd
+        os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """``"pid P on HOST"`` from a lock file (its holder may not have written it yet)."""
+    for _ in range(50):
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            record = json.loads(os.read(fd, 4096))
+            return f"pid {int(record['pid'])} on {record['host']}"
+        except (ValueError, KeyError, TypeError):
+            time.sleep(0.01)
+    return "pid unknown"
+
+
 def save_checkpoint(manager: ocp.CheckpointManager, state, spec: DiffusionSpec, *,
                     extra: dict | None = None) -> None:
     """Save ``state`` and the metadata (``spec``, ``extra``) as step ``int(state.step)``.
 
     Raises:
       ValueError: the parameters or EMA parameters hold NaN/inf (nothing is written, so the
-        newest checkpoint stays the last finite one).
+        newest checkpoint stays the last finite one); the directory already holds this step
+        (written by another run: it is never replaced).
     """
     step = int(state.step)
     if not bool(all_finite((state.params, state.ema_params))):
         raise ValueError(f"refusing to save step {step}: its parameters hold non-finite values "
                          "(NaN/inf); the newest checkpoint stays the last finite one")
+    # Orbax's manager checks only the steps it knows (those on disk when it was opened and
+    # its own saves), then deletes whatever else sits at the step's path to write it: look
+    # on disk.
+    directory = os.fspath(manager.directory)
+    if step in manager.all_steps() or os.path.exists(os.path.join(directory, str(step))):
+        raise ValueError(f"refusing to save step {step}: ckpt_dir='{directory}' already holds "
+                         "that step (from another run?), and a save never replaces one")
     meta = {**_FORMAT, "spec": spec.to_dict(), "step": step, **(extra or {})}
-    manager.save(
+    saved = manager.save(
         step,
         args=ocp.args.Composite(
             model=ocp.args.StandardSave({k: getattr(state, k) for k in _MODEL}),
             train=ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step,
                                          "key": jax.random.key_data(state.key)}),
             meta=ocp.args.JsonSave(meta)),
-        force=True,
     )
     manager.wait_until_finished()
+    if not saved:  # its save policy declined (a step not after its newest): never silently
+        raise ValueError(f"orbax declined to save step {step} in ckpt_dir='{directory}' "
+                         f"(its newest step is {manager.latest_step()})")
 
 
 def latest_step(directory) -> int | None:

@@ -23,6 +23,7 @@ then turn NaN and every later checkpoint with them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -40,8 +41,8 @@ from deis_jax._checks import (
     all_finite, check_choice, check_int, check_scalar, check_type)
 from deis_jax._progress import PROGRESS, Progress
 from deis_jax.training.checkpoint import (
-    RefusedError, checkpoint_dir, checkpoint_manager, latest_step, restore_checkpoint,
-    save_checkpoint)
+    RefusedError, checkpoint_manager, latest_step, restore_checkpoint, save_checkpoint,
+    writer_lock)
 from deis_jax.training.data import Dataset, batch_indices, check_dataset
 from deis_jax.training.losses import drop_labels, make_loss
 from deis_jax.training.sharding import replicate, shard_batch
@@ -264,7 +265,9 @@ def fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig = TrainConfig(),
         shape ``spec.data["shape"]`` records).
       config: hyper-parameters.
       ckpt_dir: checkpoint directory (save every ``config.ckpt_every`` steps and at the end,
-        keep ``config.keep``), checked writable and ours before any work. An existing
+        keep ``config.keep``), checked writable and ours before any work, and held by this
+        run alone until it returns or raises (a second run on it is refused before it
+        trains; see :func:`~deis_jax.training.checkpoint.writer_lock`). An existing
         checkpoint there is resumed exactly, from its newest intact step (newer unreadable
         steps are moved aside to ``<step>.damaged``, with a warning); its recorded spec and
         config are compared first (see :class:`TrainConfig`). The metadata records the
@@ -283,7 +286,8 @@ def fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig = TrainConfig(),
     Raises:
       FloatingPointError: the loss, the gradients or the parameters became non-finite; the
         message names the step and the batch, and the last finite state is saved first.
-      ValueError, TypeError: bad arguments, data or checkpoint directory, before any work.
+      ValueError, TypeError: bad arguments, data or checkpoint directory, or a checkpoint
+        directory another run is writing (``LockedError``), before any work.
     """
     check_type("spec", spec, DiffusionSpec, "a DiffusionSpec")
     check_type("config", config, TrainConfig, "a TrainConfig")
@@ -295,8 +299,17 @@ def fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig = TrainConfig(),
         max_seconds = check_scalar("max_seconds", max_seconds, lower=0.0, allow_inf=True)
     check_dataset(data, spec.data.get("shape"))
     _check_conditional(spec, data)
-    if ckpt_dir is not None:
-        checkpoint_dir(ckpt_dir, create=True)
+    # One writer per directory, from before the resume check until the run returns or raises.
+    with contextlib.nullcontext() if ckpt_dir is None else writer_lock(ckpt_dir):
+        return _fit(spec, data, config, ckpt_dir=ckpt_dir, until=until,
+                    max_seconds=max_seconds, mesh=mesh, eval_fn=eval_fn, progress=progress,
+                    stream=stream)
+
+
+def _fit(spec: DiffusionSpec, data: Dataset, config: TrainConfig, *, ckpt_dir, until: int,
+         max_seconds: float | None, mesh, eval_fn: Callable | None, progress: str,
+         stream) -> FitResult:
+    """:func:`fit` after its argument checks (holding the lock of ``ckpt_dir``, if any)."""
     stream = sys.stdout if stream is None else stream
     model = spec.build_model()
     loss_fn = make_loss(spec.loss, spec.build_schedule(), prediction=spec.prediction,
@@ -476,7 +489,7 @@ def _warn_schedule_change(config: TrainConfig, ckpt_dir, meta: dict) -> None:
         warnings.warn(
             f"resuming ckpt_dir='{ckpt_dir}' at step {meta['step']} with another learning-rate "
             f"schedule length ({'; '.join(changed)}): the rest of the run follows the new "
-            "schedule, so it differs from an uninterrupted run of this length", stacklevel=3)
+            "schedule, so it differs from an uninterrupted run of this length", stacklevel=4)
 
 
 def _move_aside(ckpt_dir, skipped) -> None:
@@ -489,7 +502,7 @@ def _move_aside(ckpt_dir, skipped) -> None:
             dst, k = f"{src}.damaged{k}", k + 1
         os.rename(src, dst)
         warnings.warn(f"moved the unreadable checkpoint step {step} ({why}) aside to "
-                      f"'{dst}'; training continues from an older step", stacklevel=3)
+                      f"'{dst}'; training continues from an older step", stacklevel=4)
 
 
 def _nonfinite_error(bad: int, data: Dataset, config: TrainConfig, saved_in) -> Exception:
