@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from deis_jax._checks import check_batch, is_concrete
+from deis_jax._checks import check_all_finite, check_batch, is_concrete
 from deis_jax.model import Model, takes_model
 from deis_jax.plan import Plan, make_plan
 from deis_jax.sampling import sample
@@ -91,6 +91,8 @@ def encode(model: Model, x, *, solver="ddim", ts=None, nfe=None, grid: str = "qu
       >>> bool(testing.rmse(x_rec, x) < 0.05)
       True
     """
+    x = check_batch("x", x)
+    check_all_finite("x", x)  # named as this call names it (sample would say x_T)
     plan = sampling_plan(model.schedule, solver, ts, nfe, grid)
     return sample(model, x, reversed_plan(plan), **sample_kwargs)
 
@@ -111,6 +113,7 @@ def reconstruction_error(model: Model, x, *, solver="ddim", ts=None, nfe=None,
     root-mean-square error per sample (shape ``(batch,)``). Zero for exact solves; a solver of
     order ``p`` reaches ``O(h^p)``."""
     x = check_batch("x", x)
+    check_all_finite("x", x)  # named as this call names it (sample would say x_T)
     plan = sampling_plan(model.schedule, solver, ts, nfe, grid)
     z = sample(model, x, reversed_plan(plan), **sample_kwargs)
     x_rec = sample(model, z, plan, **sample_kwargs)

@@ -53,7 +53,7 @@ import numpy as np
 import optax
 
 from deis_jax._checks import (
-    check_all_finite, check_batch, check_choice, check_int, check_scalar)
+    check_all_finite, check_batch, check_choice, check_int, check_key, check_scalar)
 from deis_jax._progress import PROGRESS, Progress
 from deis_jax.adaptive import solve_ode
 from deis_jax.grid_files import TimeGrid, schedule_record
@@ -148,6 +148,10 @@ def teacher_samples(model: Model, x_T, *, teacher="adaptive", tol: float = 1e-5,
                          f"arrays, got teacher={teacher!r}")
     name, nfe = teacher
     plan = make_plan(schedule, name, nfe=nfe, grid="log_snr", t_min=t_min, t_max=t_max)
+    if plan.solver.stochastic:
+        raise ValueError(f"teacher={teacher!r}: a teacher is a deterministic solve of the same "
+                         f"ODE from the same noise, and {plan.solver.name!r} is stochastic; "
+                         "use 'adaptive' or a deterministic solver such as ('tab3', 200)")
     parts = [sample(model, x_T[i:i + batch_size], plan)
              for i in range(0, x_T.shape[0], batch_size)]
     return jnp.concatenate(parts), f"{plan.solver.name} at NFE {nfe} on the log-SNR grid"
@@ -436,6 +440,8 @@ def optimize_timesteps(
                              "calibration noises")
         if key is None:
             raise ValueError("batch_size needs a PRNG key= to draw the mini-batches")
+    if key is not None:
+        check_key("key", key)
     if optimizer is None:
         optimizer = optax.adam(check_scalar("learning_rate", learning_rate, lower=0.0,
                                             lower_open=True))

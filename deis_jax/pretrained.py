@@ -82,10 +82,36 @@ def load(name: str, *, directory: str = ASSET_DIR) -> Model:
       ValueError: unknown ``name`` (the message lists the available ones).
     """
     meta = record(name, directory=directory)
-    with open(_path(name, ".msgpack", directory), "rb") as f:
-        params = jax.tree.map(jnp.asarray, serialization.msgpack_restore(f.read()))
+    path = _path(name, ".msgpack", directory)
+    with open(path, "rb") as f:
+        try:
+            params = jax.tree.map(jnp.asarray, serialization.msgpack_restore(f.read()))
+        except Exception as err:  # noqa: BLE001 -- msgpack's errors name no file
+            raise ValueError(f"{path} is not a readable parameter file ({type(err).__name__}: "
+                             f"{err}); it may be truncated: rebuild the asset with "
+                             "python recipes/build_pretrained.py") from None
     spec = DiffusionSpec.from_dict(meta["spec"])
+    _check_params(path, spec, params)
     return spec.as_model(params, step=int(meta["step"]), meta=meta)
+
+
+def _check_params(path, spec: DiffusionSpec, params) -> None:
+    """The parameters must have the structure and shapes of the spec's network."""
+    shape = tuple(spec.data["shape"])
+    want = jax.eval_shape(spec.build_model().init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, *shape), jnp.float32),
+                          jax.ShapeDtypeStruct((1,), jnp.float32))
+    got_leaves = jax.tree_util.tree_leaves_with_path(params)
+    want_leaves = jax.tree_util.tree_leaves_with_path(want)
+    got = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in got_leaves}
+    need = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in want_leaves}
+    if got != need:
+        diff = sorted(set(got.items()) ^ set(need.items()))
+        where, _ = diff[0]
+        raise ValueError(
+            f"{path} holds parameters of another network than its record's spec "
+            f"({spec.model}): {where} is {got.get(where, 'missing')} in the file and "
+            f"{need.get(where, 'absent')} in the spec's network ({len(diff)} differences)")
 
 
 def export(ckpt_dir, name: str, *, recipe: tuple[str, ...], wall_seconds: float,

@@ -161,6 +161,8 @@ def gaussian_mixture(dim: int, n_modes: int, *, std=0.5, scale=1.0, seed: int = 
 
 def ring_mixture(n_modes: int = 8, *, radius=1.0, std=0.05, dtype=None) -> GaussianMixture:
     """``n_modes`` equal-weight 2-d Gaussians on a circle (the "8 Gaussians" problem)."""
+    if isinstance(n_modes, bool) or not isinstance(n_modes, (int, np.integer)) or n_modes < 1:
+        raise ValueError(f"n_modes must be an int >= 1, got n_modes={n_modes!r}")
     angles = 2 * np.pi * np.arange(n_modes) / n_modes
     means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=-1)
     dtype = dtype or jnp.result_type(float)
@@ -223,6 +225,9 @@ def energy_distance(x, y, *, unbiased: bool = True):
     V-statistic (averages over all pairs, never negative). Costs ``O((n + m)^2 d)``.
     """
     x, y = jnp.asarray(x), jnp.asarray(y)
+    if x.ndim < 1 or y.ndim < 1 or x.shape[0] < 2 or y.shape[0] < 2:
+        raise ValueError(f"energy_distance needs at least 2 samples on each side, got x of "
+                         f"shape {x.shape} and y of shape {y.shape}")
     x, y = jnp.reshape(x, (x.shape[0], -1)), jnp.reshape(y, (y.shape[0], -1))
 
     def mean_dist(a, b, same):

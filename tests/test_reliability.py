@@ -71,3 +71,35 @@ def test_conditioning_inputs_are_compared_with_x_T_before_tracing():
         measure(model, x_T, jnp.ones((4, 1, 1)), jnp.ones((1, 3)) / 3, key=key, nfe=5)
     assert measure(model, x_T, jnp.ones((4, 2, 1)), jnp.ones((1, 3)) / 3, key=key,
                    nfe=5).shape == x_T.shape
+
+
+def test_unclear_inputs_get_one_line_naming_them(tmp_path):
+    """Raw errors from inside msgpack, the solver or the metrics before."""
+    import shutil
+
+    from deis_jax import pretrained
+    from deis_jax.inversion import encode, reconstruction_error
+    from deis_jax.learned_grids import teacher_samples
+
+    with pytest.raises(ValueError, match="n_modes must be an int >= 1"):
+        testing.ring_mixture(0)
+    with pytest.raises(ValueError, match="at least 2 samples on each side"):
+        testing.energy_distance(jnp.zeros((0, 2)), jnp.ones((5, 2)))
+    x = jnp.ones((2, 2)).at[0, 0].set(jnp.nan)
+    for call in (lambda: encode(MODEL, x, nfe=4), lambda: reconstruction_error(MODEL, x, nfe=4)):
+        with pytest.raises(ValueError, match=r"^x contains 1 non-finite"):
+            call()
+    with pytest.raises(ValueError, match=r"a teacher is a deterministic solve.*'ddpm'"):
+        teacher_samples(MODEL, jnp.ones((2, 2)), teacher=("ddpm", 20))
+    for name in ("two_moons.json", "two_moons.msgpack"):
+        shutil.copy(f"{pretrained.ASSET_DIR}/{name}", tmp_path / name)
+    data = (tmp_path / "two_moons.msgpack").read_bytes()
+    (tmp_path / "two_moons.msgpack").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"two_moons.msgpack is not a readable parameter file"):
+        pretrained.load("two_moons", directory=str(tmp_path))
+    shutil.copy(f"{pretrained.ASSET_DIR}/pinwheel.msgpack", tmp_path / "two_moons.msgpack")
+    pretrained.load("two_moons", directory=str(tmp_path))  # same network: loads
+    shutil.copy(f"{pretrained.ASSET_DIR}/digits.msgpack", tmp_path / "two_moons.msgpack")
+    with pytest.raises(ValueError, match=r"two_moons.msgpack holds parameters of another "
+                                         r"network than its record's spec"):
+        pretrained.load("two_moons", directory=str(tmp_path))
