@@ -266,6 +266,15 @@ class Model:
             fields["network"], fields["params"] = self._live()
             fields["module"] = None
         fields.update(changes)
+        if "prediction" in changes:
+            fields["prediction"] = canonical_prediction(fields["prediction"])
+        if "timestep" in changes:
+            fields["timestep"] = _check_timestep(fields["timestep"], fields["schedule"],
+                                                 fields["prediction"])
+        if "dtype" in changes and fields["dtype"] is not None:
+            fields["dtype"] = check_dtype("dtype", fields["dtype"]).name
+        if "cond" in changes:
+            fields["cond"] = _check_cond(fields["cond"])
         return Model(**fields)
 
     def __repr__(self):

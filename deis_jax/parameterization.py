@@ -281,6 +281,7 @@ def convert(out, kind: str, target: str, x, t, schedule: Schedule):
       x: the state ``(batch, ...)``; t: ``(batch,)`` (or a scalar).
       schedule: the schedule of ``x_t = alpha_t x_0 + sigma_t eps``.
     """
+    check_choice("kind", kind, ("eps", "x0", "score", "v", "velocity", "flow"))
     if kind == target:
         return out
     alpha, sigma = schedule.alpha(t), schedule.sigma(t)
