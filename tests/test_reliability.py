@@ -103,3 +103,12 @@ def test_unclear_inputs_get_one_line_naming_them(tmp_path):
     with pytest.raises(ValueError, match=r"two_moons.msgpack holds parameters of another "
                                          r"network than its record's spec"):
         pretrained.load("two_moons", directory=str(tmp_path))
+
+
+def test_checkpoint_fallback_reasons_carry_no_python_reprs():
+    """TensorStore's messages quote bound-method reprs, which filled every fallback warning."""
+    from deis_jax.training.checkpoint import _reason
+
+    err = ValueError("OUT_OF_RANGE: Error reading 'a.zarray' <bound method pybind11_detail_"
+                     "function_record.f of <tensorstore.Spec object at 0x7f3a2b>> in OCDBT")
+    assert _reason(err) == "ValueError: OUT_OF_RANGE: Error reading 'a.zarray' in OCDBT"

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import time
 import warnings
@@ -253,8 +254,16 @@ def latest_step(directory) -> int | None:
         manager.close()
 
 
+# Python reprs that TensorStore puts into its messages (``<bound method pybind11_detail_...>``,
+# ``<... object at 0x7f...>``): they say nothing to a user and fill every warning line
+_REPR = re.compile(r"\s*<(?:bound method [^<>]*|[^<>]* at 0x[0-9a-fA-F]+)>")
+
+
 def _reason(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
+    text, before = str(err), None
+    while text != before:  # nested reprs: the inner one first
+        text, before = _REPR.sub("", text), text
+    lines = text.strip().splitlines()
     return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
 
 
