@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from deis_jax._checks import (
-    check_choice, check_int, check_scalar, check_tolerance, check_type, is_concrete)
+    check_choice, check_int, check_scalar, check_tolerance, is_concrete)
 from deis_jax.grids import check_time_in_range
 from deis_jax.model import Model, batched_cond, takes_model
 from deis_jax.sampling import prepare
@@ -146,7 +146,6 @@ def check_solve_args(name: str, model, x, start, end, *, solver, per_sample, max
     check_choice("solver", solver, ADAPTIVE_SOLVERS)
     check_choice("per_sample", per_sample, (True, False))
     max_steps = check_int("max_steps", max_steps, minimum=1)
-    check_type("model", model, Model, "a deis_jax.Model (build one with deis_jax.as_model)")
     model, x = prepare(model, x, name=name)
     check_tolerance("rtol", rtol, x.dtype)
     check_tolerance("atol", atol, x.dtype)

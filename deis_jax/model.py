@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
+import sys
 import types
 from typing import Any
 
@@ -171,7 +173,6 @@ def _is_linen(obj) -> bool:
 
 
 def _is_equinox(obj) -> bool:
-    import sys
     eqx = sys.modules.get("equinox")  # only a module that equinox made can be one
     return eqx is not None and isinstance(obj, eqx.Module)
 
@@ -484,7 +485,6 @@ def as_model(network, schedule: Schedule | None = None, *, params=None, predicti
 
 
 def _is_function_like(obj) -> bool:
-    import inspect
     return (inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isbuiltin(obj)
             or isinstance(obj, functools.partial))
 
